@@ -1,0 +1,150 @@
+//! The shared state of one broadcast: a sliding window of GoPs.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use gopbus_proto::{EndReason, Frame, GopHeader};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::BusConfig;
+
+/// How a GoP ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum GopState {
+    /// Frames may still be appended.
+    Open = 0,
+    /// The next GoP opened, or the publisher stopped cleanly.
+    Complete = 1,
+    /// The publisher vanished or was replaced mid-GoP.
+    CutShort = 2,
+}
+
+/// One GoP channel: its header and the frames so far, in decode order.
+pub(crate) struct Gop {
+    pub(crate) header: Arc<GopHeader>,
+    pub(crate) frames: RwLock<Vec<Frame>>,
+    state: AtomicU8,
+    pub(crate) bytes: AtomicUsize,
+}
+
+impl Gop {
+    pub(crate) fn new(header: GopHeader) -> Self {
+        Self {
+            header: Arc::new(header),
+            frames: RwLock::new(Vec::new()),
+            state: AtomicU8::new(GopState::Open as u8),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn state(&self) -> GopState {
+        match self.state.load(Ordering::Acquire) {
+            0 => GopState::Open,
+            1 => GopState::Complete,
+            _ => GopState::CutShort,
+        }
+    }
+
+    pub(crate) fn close(&self, how: GopState) {
+        // Only the first close counts.
+        let _ = self.state.compare_exchange(GopState::Open as u8, how as u8, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn frames(&self) -> RwLockReadGuard<'_, Vec<Frame>> {
+        // A poisoned lock means a panic while pushing a clone into a Vec; the Vec is still valid.
+        self.frames.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn frames_mut(&self) -> RwLockWriteGuard<'_, Vec<Frame>> {
+        self.frames.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Mutable state of a broadcast, behind one lock that is held only for O(1) work.
+pub(crate) struct State {
+    /// Past GoPs and the current one (at the back); at most `window + 1`.
+    pub(crate) gops: VecDeque<Arc<Gop>>,
+    /// The next GoP's sequence number.
+    pub(crate) next_seq: u64,
+    /// Set once, when the broadcast ends.
+    pub(crate) ended: Option<EndReason>,
+    /// Incremented at each takeover; a publisher handle with an older epoch is dead.
+    pub(crate) epoch: u64,
+    /// Cancelled when the current publisher is replaced or the broadcast ends.
+    pub(crate) publisher_token: Option<CancellationToken>,
+}
+
+/// Counters of one broadcast, readable without locks.
+#[derive(Debug, Default)]
+pub struct BroadcastStats {
+    /// Frames pushed.
+    pub frames: AtomicU64,
+    /// Payload bytes pushed.
+    pub bytes: AtomicU64,
+    /// GoPs opened.
+    pub gops: AtomicU64,
+    /// Subscribers attached now.
+    pub subscribers: AtomicUsize,
+    /// GoPs skipped by lagging subscribers, summed over all subscribers.
+    pub skipped_gops: AtomicU64,
+    /// Publisher takeovers.
+    pub takeovers: AtomicU64,
+}
+
+/// Shared between the broker, the publisher and every subscriber of one broadcast.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: BusConfig,
+    state: RwLock<State>,
+    /// Woken after every change; subscribers wait on it.
+    pub(crate) notify: Notify,
+    /// Sequence number of the newest GoP, or `u64::MAX` before the first one.
+    pub(crate) newest_seq: AtomicU64,
+    /// Highest decode timestamp pushed so far, or `i64::MIN`.
+    pub(crate) last_dts: AtomicI64,
+    pub(crate) stats: BroadcastStats,
+}
+
+pub(crate) const NO_GOP: u64 = u64::MAX;
+
+impl Shared {
+    pub(crate) fn new(name: Arc<str>, config: BusConfig) -> Self {
+        Self {
+            name,
+            config,
+            state: RwLock::new(State {
+                gops: VecDeque::with_capacity(config.window + 1),
+                next_seq: 0,
+                ended: None,
+                epoch: 0,
+                publisher_token: None,
+            }),
+            notify: Notify::new(),
+            newest_seq: AtomicU64::new(NO_GOP),
+            last_dts: AtomicI64::new(i64::MIN),
+            stats: BroadcastStats::default(),
+        }
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a publisher is attached and the broadcast has not ended.
+    pub(crate) fn is_live(&self) -> bool {
+        let st = self.read();
+        st.ended.is_none() && st.publisher_token.is_some()
+    }
+
+    /// Bytes held in the GoP window now.
+    pub(crate) fn window_bytes(&self) -> usize {
+        self.read().gops.iter().map(|g| g.bytes.load(Ordering::Relaxed)).sum()
+    }
+}

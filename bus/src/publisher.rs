@@ -1,0 +1,155 @@
+//! The publishing handle of a broadcast.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use gopbus_proto::{EndReason, Frame, GopHeader};
+use tokio_util::sync::CancellationToken;
+
+use crate::broadcast::{Gop, GopState, Shared};
+use crate::broker::Bus;
+use crate::error::BusError;
+
+/// Publishes one broadcast: [`open_gop`](Self::open_gop) at each keyframe, then
+/// [`push`](Self::push) frames. Never waits for subscribers.
+///
+/// Dropping the handle ends the broadcast with [`EndReason::PublisherLeft`] and
+/// marks the current GoP cut short, unless [`end`](Self::end) was called or
+/// another publisher took over.
+pub struct Publisher {
+    bus: Bus,
+    shared: Arc<Shared>,
+    epoch: u64,
+    token: CancellationToken,
+    previous_last_dts: Option<i64>,
+    current: Option<Arc<Gop>>,
+    done: bool,
+    cut: bool,
+}
+
+impl Publisher {
+    pub(crate) fn new(
+        bus: Bus,
+        shared: Arc<Shared>,
+        epoch: u64,
+        token: CancellationToken,
+        previous_last_dts: Option<i64>,
+    ) -> Self {
+        Self { bus, shared, epoch, token, previous_last_dts, current: None, done: false, cut: false }
+    }
+
+    /// The broadcast's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The highest timestamp the previous publisher pushed, if this one took over:
+    /// a new publisher rebases its timestamps after it so players see them rise.
+    pub const fn previous_last_dts(&self) -> Option<i64> {
+        self.previous_last_dts
+    }
+
+    /// Resolves when this handle is replaced by a takeover or the broadcast ends.
+    pub async fn replaced(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Whether this handle is still the broadcast's publisher.
+    pub fn is_active(&self) -> bool {
+        !self.token.is_cancelled()
+    }
+
+    /// Closes the current GoP and opens a new one. The bus assigns `header.seq`.
+    /// Returns the new GoP's sequence number.
+    pub fn open_gop(&mut self, mut header: GopHeader) -> Result<u64, BusError> {
+        let mut st = self.shared.write();
+        self.check(&st)?;
+        header.seq = st.next_seq;
+        st.next_seq += 1;
+        let seq = header.seq;
+        if let Some(prev) = st.gops.back() {
+            prev.close(GopState::Complete);
+        }
+        let gop = Arc::new(Gop::new(header));
+        st.gops.push_back(gop.clone());
+        while st.gops.len() > self.shared.config.window + 1 {
+            st.gops.pop_front();
+        }
+        self.shared.newest_seq.store(seq, Ordering::Release);
+        drop(st);
+        self.current = Some(gop);
+        self.shared.stats.gops.fetch_add(1, Ordering::Relaxed);
+        self.shared.notify.notify_waiters();
+        Ok(seq)
+    }
+
+    /// Appends a frame to the current GoP.
+    pub fn push(&mut self, frame: Frame) -> Result<(), BusError> {
+        if self.token.is_cancelled() {
+            return Err(self.dead_reason());
+        }
+        let gop = self.current.as_ref().ok_or(BusError::NoGop)?;
+        let len = frame.payload.len();
+        let dts = frame.header.dts;
+        gop.frames_mut().push(frame);
+        gop.bytes.fetch_add(len, Ordering::Relaxed);
+        self.shared.last_dts.fetch_max(dts, Ordering::Relaxed);
+        self.shared.stats.frames.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.shared.notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Ends the broadcast. [`EndReason::PublisherLeft`] closes the current GoP as
+    /// complete (a clean stop); any other reason marks it cut short.
+    pub fn end(mut self, reason: EndReason) {
+        self.finish(reason);
+    }
+
+    fn finish(&mut self, reason: EndReason) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mut st = self.shared.write();
+        if st.epoch != self.epoch || st.ended.is_some() {
+            return;
+        }
+        let how = if reason == EndReason::PublisherLeft && !self.cut { GopState::Complete } else { GopState::CutShort };
+        if let Some(gop) = st.gops.back() {
+            gop.close(how);
+        }
+        tracing::info!(broadcast = %self.shared.name, %reason, "broadcast ended");
+        st.ended = Some(reason);
+        st.publisher_token = None;
+        drop(st);
+        self.token.cancel();
+        self.shared.notify.notify_waiters();
+        self.bus.remove_if_same(&self.shared);
+    }
+
+    fn check(&self, st: &crate::broadcast::State) -> Result<(), BusError> {
+        if st.ended.is_some() {
+            return Err(BusError::Ended);
+        }
+        if st.epoch != self.epoch {
+            return Err(BusError::TakenOver);
+        }
+        Ok(())
+    }
+
+    fn dead_reason(&self) -> BusError {
+        if self.shared.read().ended.is_some() {
+            BusError::Ended
+        } else {
+            BusError::TakenOver
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.cut = true;
+        self.finish(EndReason::PublisherLeft);
+    }
+}

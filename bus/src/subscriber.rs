@@ -1,0 +1,228 @@
+//! The subscribing handle of a broadcast: one cursor into the GoP window.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use gopbus_proto::{EndReason, Frame, GopHeader};
+
+use crate::broadcast::{Gop, GopState, Shared, NO_GOP};
+use crate::broker::Bus;
+use gopbus_proto::wire::StartAt;
+
+/// How a subscriber starts and how far it may fall behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Start at the current GoP or the next one.
+    pub start: StartAt,
+    /// Allowed lag in GoPs; `None` takes the bus default.
+    pub max_lag: Option<u64>,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self { start: StartAt::CurrentGop, max_lag: None }
+    }
+}
+
+/// What a subscriber receives, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A GoP starts; its frames follow.
+    Gop(Arc<GopHeader>),
+    /// The next frame of the current GoP.
+    Frame(Frame),
+    /// The GoP `seq` ended before its natural end (the publisher vanished or was
+    /// replaced); its frames so far were all delivered.
+    CutShort {
+        /// The GoP's sequence number.
+        seq: u64,
+    },
+    /// The subscriber fell behind and jumped from GoP `from` to GoP `to`; the GoPs
+    /// in between (and the rest of `from`) were not delivered.
+    Skipped {
+        /// The GoP it was in.
+        from: u64,
+        /// The GoP it continues with.
+        to: u64,
+    },
+    /// The broadcast ended; nothing follows.
+    End(EndReason),
+}
+
+struct Cursor {
+    seq: u64,
+    gop: Weak<Gop>,
+    index: usize,
+    header_sent: bool,
+    cut_reported: bool,
+}
+
+impl Cursor {
+    fn new(seq: u64, gop: &Arc<Gop>) -> Self {
+        Self { seq, gop: Arc::downgrade(gop), index: 0, header_sent: false, cut_reported: false }
+    }
+}
+
+/// One subscriber's cursor. Memory is O(1) whatever it does: it holds a GoP number,
+/// an index, and a weak reference that does not keep an evicted GoP's frames alive.
+///
+/// Drive it with [`next`](Self::next) (waits) or [`try_next`](Self::try_next)
+/// (returns `None` when nothing is ready). After [`Event::End`] it only returns
+/// `End` again.
+pub struct Subscriber {
+    bus: Bus,
+    shared: Arc<Shared>,
+    start: StartAt,
+    max_lag: u64,
+    /// For `StartAt::NextGop`: the first GoP it may start at.
+    min_seq: Option<u64>,
+    cursor: Option<Cursor>,
+    skipped_gops: u64,
+    ended: Option<EndReason>,
+}
+
+impl Subscriber {
+    pub(crate) fn new(bus: Bus, shared: Arc<Shared>, opts: SubscribeOptions) -> Self {
+        let max_lag = opts.max_lag.unwrap_or(shared.config.max_lag).min(shared.config.window as u64);
+        let min_seq = match opts.start {
+            StartAt::CurrentGop => None,
+            StartAt::NextGop => Some(match shared.newest_seq.load(Ordering::Acquire) {
+                NO_GOP => 0,
+                s => s + 1,
+            }),
+        };
+        Self { bus, shared, start: opts.start, max_lag, min_seq, cursor: None, skipped_gops: 0, ended: None }
+    }
+
+    /// The broadcast's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// GoPs this subscriber skipped because it fell behind.
+    pub const fn skipped_gops(&self) -> u64 {
+        self.skipped_gops
+    }
+
+    /// Where this subscriber asked to start.
+    pub const fn start(&self) -> StartAt {
+        self.start
+    }
+
+    /// Waits for the next event. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Event {
+        let shared = self.shared.clone();
+        loop {
+            let notified = shared.notify.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a push between the look and the wait wakes us.
+            notified.as_mut().enable();
+            if let Some(ev) = self.try_next() {
+                return ev;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next event if one is ready.
+    pub fn try_next(&mut self) -> Option<Event> {
+        if let Some(reason) = &self.ended {
+            return Some(Event::End(reason.clone()));
+        }
+        loop {
+            let Some(cursor) = self.cursor.as_mut() else {
+                return self.begin();
+            };
+            let newest = self.shared.newest_seq.load(Ordering::Acquire);
+            if newest != NO_GOP && newest.saturating_sub(cursor.seq) > self.max_lag {
+                return Some(self.jump(newest));
+            }
+            let Some(gop) = cursor.gop.upgrade() else {
+                // Evicted from the window while we were in it.
+                return Some(self.jump(newest));
+            };
+            if !cursor.header_sent {
+                cursor.header_sent = true;
+                return Some(Event::Gop(gop.header.clone()));
+            }
+            // Load the state before the frames: frames pushed before a close are visible.
+            let state = gop.state();
+            if let Some(frame) = gop.frames().get(cursor.index) {
+                cursor.index += 1;
+                return Some(Event::Frame(frame.clone()));
+            }
+            if state == GopState::Open {
+                return self.pending_end();
+            }
+            if state == GopState::CutShort && !cursor.cut_reported {
+                cursor.cut_reported = true;
+                return Some(Event::CutShort { seq: cursor.seq });
+            }
+            let seq = cursor.seq;
+            match self.find(seq + 1) {
+                Some(next) => self.cursor = Some(Cursor::new(seq + 1, &next)),
+                // Park on the finished GoP; a later `open_gop` or `end` wakes us.
+                None => return self.pending_end(),
+            }
+        }
+    }
+
+    /// Picks the starting GoP.
+    fn begin(&mut self) -> Option<Event> {
+        let st = self.shared.read();
+        let pick = match self.min_seq {
+            None => st.gops.back().cloned(),
+            Some(min) => st.gops.iter().find(|g| g.header.seq >= min).cloned(),
+        };
+        if let Some(gop) = pick {
+            let seq = gop.header.seq;
+            drop(st);
+            self.cursor = Some(Cursor { header_sent: true, ..Cursor::new(seq, &gop) });
+            return Some(Event::Gop(gop.header.clone()));
+        }
+        let ended = st.ended.clone();
+        drop(st);
+        ended.map(|r| {
+            self.ended = Some(r.clone());
+            Event::End(r)
+        })
+    }
+
+    fn find(&self, seq: u64) -> Option<Arc<Gop>> {
+        let st = self.shared.read();
+        let front = st.gops.front()?.header.seq;
+        let idx = seq.checked_sub(front)?;
+        st.gops.get(idx as usize).cloned()
+    }
+
+    fn jump(&mut self, newest: u64) -> Event {
+        let from = self.cursor.as_ref().map_or(newest, |c| c.seq);
+        let skipped = newest.saturating_sub(from);
+        self.skipped_gops += skipped;
+        self.shared.stats.skipped_gops.fetch_add(skipped, Ordering::Relaxed);
+        tracing::debug!(broadcast = %self.shared.name, from, to = newest, "subscriber fell behind, skipped");
+        let gop = self.find(newest);
+        self.cursor = Some(Cursor {
+            seq: newest,
+            gop: gop.as_ref().map(Arc::downgrade).unwrap_or_default(),
+            index: 0,
+            header_sent: false,
+            cut_reported: false,
+        });
+        Event::Skipped { from, to: newest }
+    }
+
+    /// `Some(End)` if the broadcast has ended (and latches it).
+    fn pending_end(&mut self) -> Option<Event> {
+        let reason = self.shared.read().ended.clone()?;
+        self.ended = Some(reason.clone());
+        Some(Event::End(reason))
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.shared.stats.subscribers.fetch_sub(1, Ordering::AcqRel);
+        self.bus.release_if_idle(&self.shared);
+    }
+}

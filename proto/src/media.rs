@@ -1,0 +1,302 @@
+//! The media model that travels on the bus.
+//!
+//! A broadcast is a sequence of GoPs. Each GoP starts with a [`GopHeader`] that
+//! carries the decoder configuration of every track, so a subscriber can start at
+//! any GoP with no earlier state; then come [`Frame`]s in decode order.
+//!
+//! Timestamps are `i64` milliseconds (the 1 kHz timescale RTMP publishes in),
+//! unwrapped from FLV's 32-bit values by ingest.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A track within a broadcast. Published tracks have fixed ids; derived tracks
+/// (renditions, transcoded audio) get ids from [`TrackId::FIRST_DERIVED`] up.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct TrackId(pub u8);
+
+impl TrackId {
+    /// The published H.264 video track.
+    pub const VIDEO: Self = Self(0);
+    /// The published AAC audio track.
+    pub const AUDIO: Self = Self(1);
+    /// The first id free for derived tracks.
+    pub const FIRST_DERIVED: Self = Self(16);
+}
+
+/// Per-frame flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct FrameFlags(pub u8);
+
+impl FrameFlags {
+    /// A random-access point (IDR for H.264; every AAC frame).
+    pub const KEYFRAME: Self = Self(0x01);
+
+    /// Whether every bit of `other` is set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// The small fixed header of one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct FrameHeader {
+    /// The track the frame belongs to.
+    pub track: TrackId,
+    /// Decode timestamp in milliseconds.
+    pub dts: i64,
+    /// Composition offset (pts − dts) in milliseconds; non-zero with B-frames.
+    pub cts: i32,
+    /// Keyframe and other flags.
+    pub flags: FrameFlags,
+    /// Payload length in bytes.
+    pub len: u32,
+}
+
+impl FrameHeader {
+    /// Whether this frame is a random-access point.
+    pub const fn is_keyframe(&self) -> bool {
+        self.flags.contains(FrameFlags::KEYFRAME)
+    }
+
+    /// Presentation timestamp in milliseconds.
+    pub const fn pts(&self) -> i64 {
+        self.dts + self.cts as i64
+    }
+}
+
+/// One frame: header plus payload.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The fixed header.
+    pub header: FrameHeader,
+    /// The payload: AVCC length-prefixed NAL units for H.264, one raw AAC access unit.
+    pub payload: Payload,
+}
+
+/// A media payload as one or more slices of the buffers it arrived in.
+///
+/// RTMP splits a message into chunks with headers in between, so a payload that
+/// spans chunks is a short list of slices of the socket read buffer rather than a
+/// fresh contiguous copy. Cloning is a reference-count increment: fan-out never
+/// copies bytes and never allocates.
+#[derive(Clone, Default)]
+pub struct Payload {
+    parts: Parts,
+    len: usize,
+}
+
+#[derive(Clone, Default)]
+enum Parts {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(Arc<[Bytes]>),
+}
+
+impl Payload {
+    /// A payload of one contiguous slice.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        let len = bytes.len();
+        if len == 0 {
+            return Self::default();
+        }
+        Self { parts: Parts::One(bytes), len }
+    }
+
+    /// A payload of several slices, in order. Empty slices are dropped.
+    pub fn from_parts(mut parts: Vec<Bytes>) -> Self {
+        parts.retain(|p| !p.is_empty());
+        match parts.len() {
+            0 => Self::default(),
+            1 => Self::from_bytes(parts.pop().expect("one element")),
+            _ => {
+                let len = parts.iter().map(Bytes::len).sum();
+                Self { parts: Parts::Many(parts.into()), len }
+            }
+        }
+    }
+
+    /// Total length in bytes.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload has no bytes.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The slices, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        match &self.parts {
+            Parts::Empty => &[],
+            Parts::One(b) => std::slice::from_ref(b),
+            Parts::Many(v) => v,
+        }
+    }
+
+    /// Copies the payload into one contiguous buffer. For small configuration
+    /// records and tests; the media path never calls this.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for p in self.parts() {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    /// Copies the first `out.len()` bytes into `out`; errors if the payload is shorter.
+    pub fn copy_prefix(&self, out: &mut [u8]) -> Result<(), crate::Error> {
+        copy_prefix(self.parts(), out)
+    }
+}
+
+/// Copies the first `out.len()` bytes of `parts` into `out`.
+pub fn copy_prefix(parts: &[Bytes], out: &mut [u8]) -> Result<(), crate::Error> {
+    let mut filled = 0;
+    for p in parts {
+        if filled == out.len() {
+            break;
+        }
+        let n = p.len().min(out.len() - filled);
+        out[filled..filled + n].copy_from_slice(&p[..n]);
+        filled += n;
+    }
+    if filled < out.len() {
+        return Err(crate::Error::Incomplete { needed: out.len() - filled });
+    }
+    Ok(())
+}
+
+/// Drops the first `n` bytes of `parts` by re-slicing, never copying.
+pub fn advance_parts(parts: &mut Vec<Bytes>, mut n: usize) {
+    let mut drop = 0;
+    for p in parts.iter_mut() {
+        if n == 0 {
+            break;
+        }
+        if p.len() <= n {
+            n -= p.len();
+            drop += 1;
+        } else {
+            *p = p.slice(n..);
+            n = 0;
+        }
+    }
+    parts.drain(..drop);
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({} bytes in {} parts)", self.len, self.parts().len())
+    }
+}
+
+/// Decoder configuration of an H.264 track.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct VideoConfig {
+    /// The AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.3.3.1).
+    pub avcc: Vec<u8>,
+    /// Coded width in pixels, after cropping.
+    pub width: u32,
+    /// Coded height in pixels, after cropping.
+    pub height: u32,
+    /// `profile_idc` (66 Baseline, 77 Main, 100 High, …).
+    pub profile: u8,
+    /// `level_idc` × 10 (31 means level 3.1).
+    pub level: u8,
+}
+
+/// Decoder configuration of an AAC track.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct AudioConfig {
+    /// The AudioSpecificConfig (ISO/IEC 14496-3 §1.6.2.1).
+    pub asc: Vec<u8>,
+    /// Audio object type (2 = AAC-LC).
+    pub object_type: u8,
+    /// Sample rate in Hz (of the core AAC layer).
+    pub sample_rate: u32,
+    /// Channel count.
+    pub channels: u8,
+}
+
+/// The header of a GoP channel: everything a subscriber needs to start here.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct GopHeader {
+    /// Sequence number within the broadcast, from 0, gapless.
+    pub seq: u64,
+    /// Timestamp of the GoP's first frame, in milliseconds.
+    pub start_dts: i64,
+    /// The video track's configuration, if the broadcast has video.
+    pub video: Option<VideoConfig>,
+    /// The audio track's configuration, if the broadcast has audio.
+    pub audio: Option<AudioConfig>,
+    /// The publisher's `onMetaData`, AMF0-encoded as `["onMetaData", {...}]`.
+    pub metadata: Option<Vec<u8>>,
+}
+
+/// Why a broadcast ended.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum EndReason {
+    /// The publisher stopped or disconnected.
+    PublisherLeft,
+    /// The stream key was rotated or the stream deleted.
+    KeyRevoked,
+    /// The server is shutting down.
+    Shutdown,
+    /// An error, with a message for the log.
+    Error(String),
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PublisherLeft => f.write_str("publisher left"),
+            Self::KeyRevoked => f.write_str("stream key revoked"),
+            Self::Shutdown => f.write_str("server shutting down"),
+            Self::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_clone_shares_memory() {
+        let buf = Bytes::from_static(b"hello world");
+        let p = Payload::from_parts(vec![buf.slice(0..5), buf.slice(5..)]);
+        let q = p.clone();
+        assert_eq!(p.len(), 11);
+        assert_eq!(p.parts()[0].as_ptr(), q.parts()[0].as_ptr());
+        assert_eq!(q.to_vec(), b"hello world");
+    }
+
+    #[test]
+    fn advance_and_prefix_across_parts() {
+        let mut parts = vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cdef")];
+        let mut four = [0u8; 4];
+        copy_prefix(&parts, &mut four).unwrap();
+        assert_eq!(&four, b"abcd");
+        let base = parts[1].as_ptr();
+        advance_parts(&mut parts, 3);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(&parts[0][..], b"def");
+        // Re-sliced, not copied.
+        assert_eq!(parts[0].as_ptr(), base.wrapping_add(1));
+        let mut ten = [0u8; 10];
+        assert_eq!(copy_prefix(&parts, &mut ten), Err(crate::Error::Incomplete { needed: 7 }));
+    }
+}

@@ -1,0 +1,203 @@
+//! Bus wire messages: rkyv-archived bodies inside a hand-written frame.
+//!
+//! ```text
+//! +---------+------+----------------+------------------------+
+//! | version | kind | length (u32be) | rkyv archive (length)  |
+//! +---------+------+----------------+------------------------+
+//! ```
+//!
+//! The archive is validated once, when the message arrives ([`decode`]); after that
+//! callers hold typed values. A truncated buffer answers [`Error::Incomplete`] so
+//! one reader can loop on `read_buf`.
+
+use bytes::{Buf, BufMut, BytesMut};
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use crate::media::{EndReason, FrameHeader, GopHeader};
+use crate::Error;
+
+/// The framing version this build speaks.
+pub const VERSION: u8 = 1;
+/// Bytes before the archive.
+pub const PREFIX_LEN: usize = 6;
+/// Largest archive accepted; bus messages are headers, never media payloads.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Where a new subscriber starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum StartAt {
+    /// At the start of the current GoP (its keyframe is already there).
+    CurrentGop,
+    /// At the start of the next GoP.
+    NextGop,
+}
+
+/// Messages on a connection's control stream.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum Control {
+    /// First message of a client: protocol version and bus token.
+    Hello {
+        /// The client's framing version.
+        version: u8,
+        /// The shared bus token.
+        token: String,
+    },
+    /// A publisher announces a broadcast it will publish.
+    Announce {
+        /// Broadcast name.
+        broadcast: String,
+    },
+    /// A subscriber asks for a broadcast.
+    Subscribe {
+        /// Broadcast name.
+        broadcast: String,
+        /// Where to start.
+        start: StartAt,
+    },
+    /// The last request succeeded.
+    Ok,
+    /// A broadcast ended.
+    End {
+        /// Broadcast name.
+        broadcast: String,
+        /// Why.
+        reason: EndReason,
+    },
+    /// The last request failed.
+    Error {
+        /// What went wrong, for the peer's log.
+        message: String,
+    },
+}
+
+/// Any bus message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A control-stream message.
+    Control(Control),
+    /// Opens a GoP sub-channel stream.
+    Gop(GopHeader),
+    /// Precedes a frame payload of `len` bytes on a sub-channel stream.
+    Frame(FrameHeader),
+}
+
+const KIND_CONTROL: u8 = 1;
+const KIND_GOP: u8 = 2;
+const KIND_FRAME: u8 = 3;
+
+/// Appends one framed message to `out`.
+pub fn encode(msg: &Message, out: &mut BytesMut) {
+    // Serializing our own plain structs cannot fail: no shared pointers, no limits hit.
+    let (kind, body) = match msg {
+        Message::Control(c) => (KIND_CONTROL, rkyv::to_bytes::<rancor::Error>(c)),
+        Message::Gop(g) => (KIND_GOP, rkyv::to_bytes::<rancor::Error>(g)),
+        Message::Frame(f) => (KIND_FRAME, rkyv::to_bytes::<rancor::Error>(f)),
+    };
+    let body = body.expect("serializing owned plain data is infallible");
+    out.reserve(PREFIX_LEN + body.len());
+    out.put_u8(VERSION);
+    out.put_u8(kind);
+    out.put_u32(body.len() as u32);
+    out.put_slice(&body);
+}
+
+/// Takes one framed message off the front of `buf`, validating its archive.
+/// Leaves `buf` untouched and answers [`Error::Incomplete`] when it holds less than one message.
+pub fn decode(buf: &mut BytesMut) -> Result<Message, Error> {
+    if buf.len() < PREFIX_LEN {
+        return Err(Error::Incomplete { needed: PREFIX_LEN - buf.len() });
+    }
+    if buf[0] != VERSION {
+        return Err(Error::Unsupported { what: "bus framing version", value: u32::from(buf[0]) });
+    }
+    let kind = buf[1];
+    let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+    if len > MAX_BODY {
+        return Err(Error::invalid("bus message", "body larger than 1 MiB"));
+    }
+    if buf.len() < PREFIX_LEN + len {
+        return Err(Error::Incomplete { needed: PREFIX_LEN + len - buf.len() });
+    }
+    // rkyv needs aligned bytes; bus messages are small headers, so align by copying.
+    let mut aligned = AlignedVec::<16>::with_capacity(len);
+    aligned.extend_from_slice(&buf[PREFIX_LEN..PREFIX_LEN + len]);
+    let bad = |_| Error::invalid("bus message", "archive failed validation");
+    let msg = match kind {
+        KIND_CONTROL => Message::Control(rkyv::from_bytes::<Control, rancor::Error>(&aligned).map_err(bad)?),
+        KIND_GOP => Message::Gop(rkyv::from_bytes::<GopHeader, rancor::Error>(&aligned).map_err(bad)?),
+        KIND_FRAME => Message::Frame(rkyv::from_bytes::<FrameHeader, rancor::Error>(&aligned).map_err(bad)?),
+        other => return Err(Error::Unsupported { what: "bus message kind", value: u32::from(other) }),
+    };
+    buf.advance(PREFIX_LEN + len);
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{AudioConfig, FrameFlags, TrackId};
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Control(Control::Hello { version: VERSION, token: "secret".into() }),
+            Message::Control(Control::Subscribe { broadcast: "alice".into(), start: StartAt::CurrentGop }),
+            Message::Control(Control::End { broadcast: "alice".into(), reason: EndReason::Error("boom".into()) }),
+            Message::Gop(GopHeader {
+                seq: 7,
+                start_dts: 1 << 40,
+                video: None,
+                audio: Some(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
+                metadata: Some(vec![2, 0, 1, b'x']),
+            }),
+            Message::Frame(FrameHeader {
+                track: TrackId::VIDEO,
+                dts: -5,
+                cts: 40,
+                flags: FrameFlags::KEYFRAME,
+                len: 1234,
+            }),
+        ]
+    }
+
+    #[test]
+    fn round_trip_byte_by_byte() {
+        let mut all = BytesMut::new();
+        for m in samples() {
+            encode(&m, &mut all);
+        }
+        // Feed one byte at a time: every prefix is Incomplete until a message completes.
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for &b in all.iter() {
+            buf.put_u8(b);
+            loop {
+                match decode(&mut buf) {
+                    Ok(m) => out.push(m),
+                    Err(Error::Incomplete { .. }) => break,
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+        }
+        assert_eq!(out, samples());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn corrupt_input_is_an_error() {
+        let mut buf = BytesMut::new();
+        encode(&samples()[3], &mut buf);
+        let mut bad_version = buf.clone();
+        bad_version[0] = 9;
+        assert!(matches!(decode(&mut bad_version), Err(Error::Unsupported { .. })));
+        let mut too_long = buf.clone();
+        too_long[2] = 0xff;
+        assert!(matches!(decode(&mut too_long), Err(Error::Invalid { .. })));
+        // Garbage archive of a plausible length.
+        let mut garbage =
+            BytesMut::from(&[VERSION, KIND_GOP, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(decode(&mut garbage).is_err());
+    }
+}
