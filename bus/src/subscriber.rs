@@ -74,8 +74,8 @@ pub struct Subscriber {
     shared: Arc<Shared>,
     start: StartAt,
     max_lag: u64,
-    /// For `StartAt::NextGop`: the first GoP it may start at.
-    min_seq: Option<u64>,
+    /// The first GoP it may start at.
+    first_seq: u64,
     cursor: Option<Cursor>,
     skipped_gops: u64,
     ended: Option<EndReason>,
@@ -84,14 +84,14 @@ pub struct Subscriber {
 impl Subscriber {
     pub(crate) fn new(bus: Bus, shared: Arc<Shared>, opts: SubscribeOptions) -> Self {
         let max_lag = opts.max_lag.unwrap_or(shared.config.max_lag).min(shared.config.window as u64);
-        let min_seq = match opts.start {
-            StartAt::CurrentGop => None,
-            StartAt::NextGop => Some(match shared.newest_seq.load(Ordering::Acquire) {
-                NO_GOP => 0,
-                s => s + 1,
-            }),
+        // Decided now, not at the first read: "current" is the GoP current at subscribe
+        // time; before the first GoP, it is the first one.
+        let first_seq = match (shared.newest_seq.load(Ordering::Acquire), opts.start) {
+            (NO_GOP, _) => 0,
+            (newest, StartAt::CurrentGop) => newest,
+            (newest, StartAt::NextGop) => newest + 1,
         };
-        Self { bus, shared, start: opts.start, max_lag, min_seq, cursor: None, skipped_gops: 0, ended: None }
+        Self { bus, shared, start: opts.start, max_lag, first_seq, cursor: None, skipped_gops: 0, ended: None }
     }
 
     /// The broadcast's name.
@@ -170,10 +170,8 @@ impl Subscriber {
     /// Picks the starting GoP.
     fn begin(&mut self) -> Option<Event> {
         let st = self.shared.read();
-        let pick = match self.min_seq {
-            None => st.gops.back().cloned(),
-            Some(min) => st.gops.iter().find(|g| g.header.seq >= min).cloned(),
-        };
+        let first = self.first_seq;
+        let pick = st.gops.iter().find(|g| g.header.seq >= first).cloned();
         if let Some(gop) = pick {
             let seq = gop.header.seq;
             drop(st);
