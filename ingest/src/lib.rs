@@ -1,1 +1,41 @@
-//! RTMP ingest.
+//! RTMP ingest and RTMP play for gopbus.
+//!
+//! # Role
+//!
+//! Accepts RTMP connections. A publisher (OBS, ffmpeg) presents a secret stream
+//! key, which [`keys::KeyStore`] maps to a public stream name; its media goes onto
+//! the [`gopbus_bus::Bus`] as GoPs. A player asks for a public name and is a bus
+//! subscriber like any other.
+//!
+//! # Contract
+//!
+//! - Zero-copy: media payloads stay slices of the socket read buffer from chunk
+//!   reassembly ([`chunk::ChunkDecoder`]) through the bus to the players' vectored
+//!   writes ([`chunk::ChunkEncoder`]); only chunk headers and FLV tag headers are
+//!   written per frame and per player.
+//! - One driver task per connection; admission is bounded; handshake and idle
+//!   time are limited. A bad peer is disconnected with a logged reason and never
+//!   disturbs another connection.
+//! - Ingest never reaches into subscribers; subscribers never reach into ingest.
+//!
+//! # Layout
+//!
+//! - [`chunk`]: the RTMP chunk layer, both directions.
+//! - [`session`](crate::server): the per-connection driver and command flow.
+//! - [`publish`], [`play`]: sans-IO media adapters to and from the bus.
+//! - [`keys`]: stream keys in SQLite.
+//! - [`timeline`]: 32-bit timestamp unwrapping and takeover rebasing.
+#![warn(missing_docs)]
+
+pub mod chunk;
+mod error;
+pub mod keys;
+pub mod play;
+pub mod publish;
+mod server;
+mod session;
+pub mod timeline;
+
+pub use error::{ChunkError, SessionError, StoreError};
+pub use keys::KeyStore;
+pub use server::{Ingest, IngestConfig};

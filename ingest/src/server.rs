@@ -1,0 +1,162 @@
+//! The RTMP listener: bounded admission, one driver task per connection, and the
+//! registry of live publishers (for takeover and key revocation).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use gopbus_bus::Bus;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::keys::{KeyHash, KeyStore};
+use crate::session;
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// The RTMP application name in publish and play URLs (`rtmp://host/APP/...`).
+    pub app: String,
+    /// Most connections at once; more are refused at accept.
+    pub max_connections: usize,
+    /// Time allowed for the RTMP handshake.
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (players send
+    /// acknowledgements; publishers send media).
+    pub idle_timeout: Duration,
+    /// Largest RTMP message accepted.
+    pub max_message: usize,
+    /// Chunk size gopbus sends with.
+    pub out_chunk_size: usize,
+    /// Bytes queued for one player before gopbus stops pulling from the bus for it.
+    pub player_queue: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            app: "live".into(),
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_message: 8 << 20,
+            out_chunk_size: 4096,
+            player_queue: 512 * 1024,
+        }
+    }
+}
+
+/// A publisher that is live now.
+pub(crate) struct LivePublisher {
+    pub(crate) key: KeyHash,
+    pub(crate) session: u64,
+    /// Cancelled when the key is revoked.
+    pub(crate) revoked: CancellationToken,
+}
+
+/// The RTMP server. Share it with `Arc`.
+pub struct Ingest {
+    pub(crate) bus: Bus,
+    pub(crate) store: Arc<KeyStore>,
+    pub(crate) config: IngestConfig,
+    pub(crate) live: DashMap<String, LivePublisher>,
+    next_session: AtomicU64,
+}
+
+impl Ingest {
+    /// A server publishing onto `bus`, authorizing keys with `store`.
+    pub fn new(bus: Bus, store: Arc<KeyStore>, config: IngestConfig) -> Arc<Self> {
+        Arc::new(Self { bus, store, config, live: DashMap::new(), next_session: AtomicU64::new(1) })
+    }
+
+    /// The bus this server publishes to.
+    pub const fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Accepts connections until `shutdown`, then waits (up to 5 s) for them to close.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        let tracker = TaskTracker::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = self.config.max_connections, "connection refused: too many connections");
+                drop(stream);
+                continue;
+            };
+            let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            let span = tracing::info_span!("rtmp", id, %peer);
+            tracker.spawn(
+                async move {
+                    match session::run(this, stream, id, shutdown).await {
+                        Ok(()) => tracing::info!("connection closed"),
+                        Err(e) => tracing::warn!(error = %e, "connection closed with error"),
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+            tracing::warn!("connections still open 5 s after shutdown");
+        }
+    }
+
+    /// Checks every live publisher's key against the store and disconnects those
+    /// whose key no longer belongs to their stream (rotated, or stream deleted).
+    pub fn revalidate_keys(&self) {
+        for entry in &self.live {
+            let valid = matches!(self.store.name_for(entry.key), Ok(Some(ref n)) if n == entry.key());
+            if !valid {
+                tracing::info!(broadcast = %entry.key(), "stream key revoked; disconnecting publisher");
+                entry.revoked.cancel();
+            }
+        }
+    }
+
+    /// Revalidates keys whenever another process changes the database (checked
+    /// every `every`), until `shutdown`.
+    pub async fn watch_keys(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut last = self.store.data_version().ok();
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let store = self.store.clone();
+            let now = tokio::task::spawn_blocking(move || store.data_version().ok()).await.ok().flatten();
+            if now != last {
+                last = now;
+                self.revalidate_keys();
+            }
+        }
+    }
+
+    /// Binds `addr` and runs until `shutdown`.
+    pub async fn bind_and_run(self: Arc<Self>, addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<()> {
+        let listener = TcpListener::bind(addr).await?;
+        self.run(listener, shutdown).await;
+        Ok(())
+    }
+}

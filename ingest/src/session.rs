@@ -1,0 +1,512 @@
+//! One RTMP connection: handshake, the command flow (connect, createStream,
+//! publish, play), and a single driver loop that reads, writes and pulls from the
+//! bus without ever blocking one on another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use gopbus_bus::{Event, SubscribeOptions, Subscriber};
+use gopbus_proto::EndReason;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::messages::{MessagePayload, PeerBandwidthLimitType, RtmpMessage, UserControlEventType};
+use rml_rtmp::rml_amf0::Amf0Value;
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::chunk::{csid, types, ChunkDecoder, ChunkEncoder, OutQueue, RawMessage};
+use crate::error::SessionError;
+use crate::keys::{validate_name, KeyHash};
+use crate::play::Egress;
+use crate::publish::MediaIngest;
+use crate::server::{Ingest, LivePublisher};
+
+/// Read buffer size: payload slices keep a buffer alive while the GoP window
+/// holds them, so this is also the granularity of ingest memory.
+const READ_BUF: usize = 64 * 1024;
+/// The one message stream id gopbus hands out.
+const STREAM_ID: u32 = 1;
+/// Window acknowledgement size and peer bandwidth we announce.
+const WINDOW: u32 = 2_500_000;
+
+struct Publishing {
+    media: MediaIngest,
+    name: String,
+    revoked: CancellationToken,
+}
+
+struct Playing {
+    sub: Subscriber,
+    egress: Egress,
+}
+
+struct Conn {
+    ingest: Arc<Ingest>,
+    id: u64,
+    dec: ChunkDecoder,
+    enc: ChunkEncoder,
+    out: OutQueue,
+    received: u64,
+    acked: u64,
+    peer_window: u64,
+    connected: bool,
+    publishing: Option<Publishing>,
+    playing: Option<Playing>,
+    /// Set when the connection should close once `out` is flushed.
+    close: Option<Result<(), SessionError>>,
+}
+
+/// Runs one connection to its end.
+pub(crate) async fn run(
+    ingest: Arc<Ingest>,
+    stream: TcpStream,
+    id: u64,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError> {
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let leftover = tokio::time::timeout(ingest.config.handshake_timeout, handshake(&mut rd, &mut wr))
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout)??;
+    let mut rbuf = BytesMut::with_capacity(READ_BUF);
+    rbuf.extend_from_slice(&leftover);
+    let mut conn = Conn {
+        dec: ChunkDecoder::new(ingest.config.max_message),
+        enc: ChunkEncoder::new(),
+        out: OutQueue::default(),
+        ingest,
+        id,
+        received: 0,
+        acked: 0,
+        peer_window: 0,
+        connected: false,
+        publishing: None,
+        playing: None,
+        close: None,
+    };
+    let result = conn.drive(&mut rd, &mut wr, &mut rbuf, &shutdown).await;
+    let reason = match &result {
+        _ if shutdown.is_cancelled() => EndReason::Shutdown,
+        Ok(()) => EndReason::PublisherLeft,
+        Err(SessionError::Refused(_)) if conn.publishing.as_ref().is_some_and(|p| p.revoked.is_cancelled()) => {
+            EndReason::KeyRevoked
+        }
+        Err(e) => EndReason::Error(e.to_string()),
+    };
+    conn.stop_publishing(reason, false);
+    let _ = wr.shutdown().await;
+    result
+}
+
+async fn handshake(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Result<Vec<u8>, SessionError> {
+    let mut hs = Handshake::new(PeerType::Server);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            return Err(SessionError::Handshake("connection closed during the handshake".into()));
+        }
+        match hs.process_bytes(&buf[..n]).map_err(|e| SessionError::Handshake(e.to_string()))? {
+            HandshakeProcessResult::InProgress { response_bytes } => wr.write_all(&response_bytes).await?,
+            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                wr.write_all(&response_bytes).await?;
+                return Ok(remaining_bytes);
+            }
+        }
+    }
+}
+
+async fn replaced(p: Option<&Publishing>) {
+    match p {
+        Some(p) => p.media.publisher().replaced().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn revoked(p: Option<&Publishing>) {
+    match p {
+        Some(p) => p.revoked.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_event(p: Option<&mut Playing>) -> Event {
+    match p {
+        Some(p) => p.sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Conn {
+    async fn drive(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+        rbuf: &mut BytesMut,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let idle = self.ingest.config.idle_timeout;
+        let queue_limit = self.ingest.config.player_queue;
+        loop {
+            while self.close.is_none() {
+                let Some(msg) = self.dec.decode(rbuf)? else { break };
+                self.handle_message(msg).await?;
+            }
+            if let Some(result) = self.close.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.out.flush_to(wr)).await;
+                return result;
+            }
+            if rbuf.capacity() - rbuf.len() < 4096 {
+                // Only a partial chunk header is left in the buffer: this copies no payload.
+                rbuf.reserve(READ_BUF);
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    if self.playing.is_some() {
+                        self.send_status("status", "NetStream.Play.UnpublishNotify", "server shutting down");
+                    }
+                    self.close = Some(Ok(()));
+                }
+                _ = revoked(self.publishing.as_ref()) => {
+                    self.close = Some(Err(SessionError::Refused("stream key revoked".into())));
+                }
+                _ = replaced(self.publishing.as_ref()) => {
+                    self.close = Some(Err(SessionError::Refused("another publisher took over this stream".into())));
+                }
+                r = self.out.write_to(wr), if !self.out.is_empty() => { r?; }
+                ev = next_event(self.playing.as_mut()), if self.out.len() < queue_limit => self.play_event(ev),
+                r = rd.read_buf(rbuf) => {
+                    let n = r?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.received += n as u64;
+                    if self.peer_window > 0 && self.received - self.acked >= self.peer_window {
+                        self.acked = self.received;
+                        self.send(csid::CONTROL, 0, RtmpMessage::Acknowledgement { sequence_number: self.received as u32 });
+                    }
+                }
+                _ = tokio::time::sleep(idle) => return Err(SessionError::Idle(idle)),
+            }
+        }
+    }
+
+    fn play_event(&mut self, ev: Event) {
+        let Some(playing) = self.playing.as_mut() else { return };
+        if let Some(reason) = playing.egress.handle(ev, &mut self.enc, &mut self.out) {
+            tracing::info!(%reason, frames = playing.egress.frames, skipped_gops = playing.egress.skipped_gops, "broadcast ended; closing player");
+            self.enc.encode(
+                csid::CONTROL,
+                0,
+                types::USER_CONTROL,
+                0,
+                &[0, 1, 0, 0, 0, STREAM_ID as u8],
+                &[],
+                &mut self.out,
+            );
+            self.send_status("status", "NetStream.Play.UnpublishNotify", &format!("broadcast ended: {reason}"));
+            self.send_status("status", "NetStream.Play.Stop", "stopped");
+            self.playing = None;
+            self.close = Some(Ok(()));
+        }
+    }
+
+    async fn handle_message(&mut self, msg: RawMessage) -> Result<(), SessionError> {
+        match msg.type_id {
+            types::VIDEO | types::AUDIO => {
+                let Some(p) = self.publishing.as_mut() else {
+                    tracing::debug!("media from a connection that is not publishing; ignored");
+                    return Ok(());
+                };
+                if msg.type_id == types::VIDEO {
+                    p.media.handle_video(msg.timestamp, msg.parts, msg.len)
+                } else {
+                    p.media.handle_audio(msg.timestamp, msg.parts, msg.len)
+                }
+            }
+            types::SET_CHUNK_SIZE => {
+                let b = msg.contiguous();
+                let size = b.get(..4).ok_or_else(|| malformed("Set Chunk Size", "shorter than 4 bytes"))?;
+                self.dec.set_chunk_size(u32::from_be_bytes([size[0], size[1], size[2], size[3]]) & 0x7fff_ffff)?;
+                Ok(())
+            }
+            types::ABORT => {
+                let b = msg.contiguous();
+                if let Some(c) = b.get(..4) {
+                    self.dec.abort(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                }
+                Ok(())
+            }
+            _ => {
+                let payload = MessagePayload {
+                    timestamp: RtmpTimestamp::new(msg.timestamp),
+                    type_id: msg.type_id,
+                    message_stream_id: msg.stream_id,
+                    data: msg.contiguous(),
+                };
+                let parsed = payload.to_rtmp_message().map_err(|e| malformed("message", e.to_string()))?;
+                self.handle_control(parsed).await
+            }
+        }
+    }
+
+    async fn handle_control(&mut self, msg: RtmpMessage) -> Result<(), SessionError> {
+        match msg {
+            RtmpMessage::WindowAcknowledgement { size } => self.peer_window = u64::from(size),
+            RtmpMessage::UserControl { event_type: UserControlEventType::PingRequest, timestamp, .. } => {
+                let ts = timestamp.unwrap_or(RtmpTimestamp::new(0));
+                let reply = RtmpMessage::UserControl {
+                    event_type: UserControlEventType::PingResponse,
+                    stream_id: None,
+                    buffer_length: None,
+                    timestamp: Some(ts),
+                };
+                self.send(csid::CONTROL, 0, reply);
+            }
+            RtmpMessage::Amf0Data { values } => {
+                if let Some(p) = self.publishing.as_mut() {
+                    p.media.handle_data(values);
+                }
+            }
+            RtmpMessage::Amf0Command { command_name, transaction_id, command_object, additional_arguments } => {
+                self.handle_command(&command_name, transaction_id, command_object, additional_arguments).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn handle_command(
+        &mut self,
+        name: &str,
+        txn: f64,
+        object: Amf0Value,
+        args: Vec<Amf0Value>,
+    ) -> Result<(), SessionError> {
+        tracing::debug!(command = name, "command");
+        match name {
+            "connect" => self.on_connect(txn, &object),
+            "createStream" => {
+                self.require_connected()?;
+                self.result(txn, vec![Amf0Value::Null, Amf0Value::Number(f64::from(STREAM_ID))]);
+                Ok(())
+            }
+            "releaseStream" | "FCPublish" | "getStreamLength" | "FCSubscribe" => {
+                if txn != 0.0 {
+                    self.result(txn, vec![Amf0Value::Null, Amf0Value::Undefined]);
+                }
+                Ok(())
+            }
+            "publish" => self.on_publish(&args).await,
+            "play" => self.on_play(&args),
+            "deleteStream" | "closeStream" | "FCUnpublish" => {
+                if self.publishing.is_some() {
+                    self.stop_publishing(EndReason::PublisherLeft, true);
+                }
+                self.playing = None;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_connect(&mut self, txn: f64, object: &Amf0Value) -> Result<(), SessionError> {
+        let app = match object {
+            Amf0Value::Object(props) => match props.get("app") {
+                Some(Amf0Value::Utf8String(s)) => s.clone(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        let app = app.split('?').next().unwrap_or_default().trim_end_matches('/');
+        if app != self.ingest.config.app {
+            let why = format!("unknown application {app:?}; use rtmp://HOST/{}/...", self.ingest.config.app);
+            self.command(
+                "_error",
+                txn,
+                vec![Amf0Value::Null, status_object("error", "NetConnection.Connect.Rejected", &why)],
+            );
+            self.close = Some(Err(SessionError::Refused(why)));
+            return Ok(());
+        }
+        self.send(csid::CONTROL, 0, RtmpMessage::WindowAcknowledgement { size: WINDOW });
+        self.send(
+            csid::CONTROL,
+            0,
+            RtmpMessage::SetPeerBandwidth { size: WINDOW, limit_type: PeerBandwidthLimitType::Dynamic },
+        );
+        let chunk = self.ingest.config.out_chunk_size;
+        self.send(csid::CONTROL, 0, RtmpMessage::SetChunkSize { size: chunk as u32 });
+        self.enc.set_chunk_size(chunk);
+        let mut props = HashMap::new();
+        props.insert("fmsVer".to_owned(), Amf0Value::Utf8String("FMS/3,0,1,123".into()));
+        props.insert("capabilities".to_owned(), Amf0Value::Number(31.0));
+        let mut info = status_props("status", "NetConnection.Connect.Success", "Connection succeeded.");
+        info.insert("objectEncoding".to_owned(), Amf0Value::Number(0.0));
+        self.result(txn, vec![Amf0Value::Object(props), Amf0Value::Object(info)]);
+        self.connected = true;
+        Ok(())
+    }
+
+    async fn on_publish(&mut self, args: &[Amf0Value]) -> Result<(), SessionError> {
+        self.require_connected()?;
+        let key = stream_arg(args);
+        let store = self.ingest.store.clone();
+        let lookup_key = key.clone();
+        let found = tokio::task::spawn_blocking(move || store.authorize(&lookup_key))
+            .await
+            .map_err(|e| SessionError::Refused(format!("key lookup failed: {e}")))?;
+        let name = match found {
+            Ok(Some(name)) => name,
+            Ok(None) => {
+                self.send_status("error", "NetStream.Publish.BadName", "invalid stream key");
+                self.close = Some(Err(SessionError::Refused("publish with an invalid stream key".into())));
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "stream key lookup failed");
+                self.send_status("error", "NetStream.Publish.Failed", "stream key lookup failed");
+                self.close = Some(Err(SessionError::Refused(format!("key lookup failed: {e}"))));
+                return Ok(());
+            }
+        };
+        if self.publishing.is_some() || self.playing.is_some() {
+            return Err(SessionError::Refused("publish on a connection that already publishes or plays".into()));
+        }
+        let publisher = self.ingest.bus.publish(&name);
+        let revoked = CancellationToken::new();
+        self.ingest
+            .live
+            .insert(name.clone(), LivePublisher { key: KeyHash::of(&key), session: self.id, revoked: revoked.clone() });
+        tracing::info!(broadcast = %name, "publishing");
+        self.publishing = Some(Publishing { media: MediaIngest::new(publisher), name, revoked });
+        self.stream_begin();
+        self.send_status("status", "NetStream.Publish.Start", "publishing");
+        Ok(())
+    }
+
+    fn on_play(&mut self, args: &[Amf0Value]) -> Result<(), SessionError> {
+        self.require_connected()?;
+        let name = stream_arg(args);
+        if validate_name(&name).is_err() {
+            self.send_status("error", "NetStream.Play.StreamNotFound", &format!("no stream named {name:?}"));
+            self.close = Some(Err(SessionError::Refused(format!("play of invalid name {name:?}"))));
+            return Ok(());
+        }
+        if self.publishing.is_some() || self.playing.is_some() {
+            return Err(SessionError::Refused("play on a connection that already publishes or plays".into()));
+        }
+        tracing::info!(broadcast = %name, live = self.ingest.bus.is_live(&name), "playing");
+        let sub = self.ingest.bus.subscribe(&name, SubscribeOptions::default());
+        self.stream_begin();
+        self.send_status("status", "NetStream.Play.Reset", "resetting");
+        self.send_status("status", "NetStream.Play.Start", &format!("playing {name}"));
+        self.send(
+            csid::STREAM,
+            STREAM_ID,
+            RtmpMessage::Amf0Data {
+                values: vec![
+                    Amf0Value::Utf8String("|RtmpSampleAccess".into()),
+                    Amf0Value::Boolean(true),
+                    Amf0Value::Boolean(true),
+                ],
+            },
+        );
+        self.playing = Some(Playing { sub, egress: Egress::new(STREAM_ID) });
+        Ok(())
+    }
+
+    /// Ends this connection's broadcast, if it publishes. `clean` marks the GoP complete.
+    fn stop_publishing(&mut self, reason: EndReason, clean: bool) {
+        let Some(p) = self.publishing.take() else { return };
+        let (frames, dropped) = (p.media.frames, p.media.dropped);
+        self.ingest.live.remove_if(&p.name, |_, v| v.session == self.id);
+        let publisher = p.media.into_publisher();
+        if !publisher.is_active() {
+            tracing::info!(broadcast = %p.name, frames, dropped, "publisher replaced");
+            return;
+        }
+        tracing::info!(broadcast = %p.name, %reason, frames, dropped, "publisher stopped");
+        if clean || reason != EndReason::PublisherLeft {
+            publisher.end(reason);
+        }
+        // Otherwise dropping the handle ends the broadcast with its GoP cut short.
+    }
+
+    fn require_connected(&self) -> Result<(), SessionError> {
+        if self.connected {
+            Ok(())
+        } else {
+            Err(SessionError::Refused("command before connect".into()))
+        }
+    }
+
+    fn stream_begin(&mut self) {
+        let msg = RtmpMessage::UserControl {
+            event_type: UserControlEventType::StreamBegin,
+            stream_id: Some(STREAM_ID),
+            buffer_length: None,
+            timestamp: None,
+        };
+        self.send(csid::CONTROL, 0, msg);
+    }
+
+    fn result(&mut self, txn: f64, values: Vec<Amf0Value>) {
+        self.command("_result", txn, values);
+    }
+
+    fn command(&mut self, name: &str, txn: f64, mut values: Vec<Amf0Value>) {
+        let object = if values.is_empty() { Amf0Value::Null } else { values.remove(0) };
+        let msg = RtmpMessage::Amf0Command {
+            command_name: name.to_owned(),
+            transaction_id: txn,
+            command_object: object,
+            additional_arguments: values,
+        };
+        self.send(csid::COMMAND, 0, msg);
+    }
+
+    fn send_status(&mut self, level: &str, code: &str, description: &str) {
+        let msg = RtmpMessage::Amf0Command {
+            command_name: "onStatus".into(),
+            transaction_id: 0.0,
+            command_object: Amf0Value::Null,
+            additional_arguments: vec![status_object(level, code, description)],
+        };
+        self.send(csid::STREAM, STREAM_ID, msg);
+    }
+
+    fn send(&mut self, chunk_stream: u32, stream_id: u32, msg: RtmpMessage) {
+        match msg.into_message_payload(RtmpTimestamp::new(0), stream_id) {
+            Ok(p) => self.enc.encode(chunk_stream, 0, p.type_id, stream_id, &[], &[p.data], &mut self.out),
+            Err(e) => tracing::error!(error = %e, "could not serialize an outgoing message"),
+        }
+    }
+}
+
+fn malformed(what: &'static str, why: impl Into<String>) -> SessionError {
+    SessionError::Malformed { what, why: why.into() }
+}
+
+/// The stream name or key argument of `publish`/`play`, without a `?query`.
+fn stream_arg(args: &[Amf0Value]) -> String {
+    let raw = args.iter().find_map(|v| if let Amf0Value::Utf8String(s) = v { Some(s.as_str()) } else { None });
+    raw.unwrap_or_default().split('?').next().unwrap_or_default().to_owned()
+}
+
+fn status_props(level: &str, code: &str, description: &str) -> HashMap<String, Amf0Value> {
+    let mut props = HashMap::new();
+    props.insert("level".to_owned(), Amf0Value::Utf8String(level.into()));
+    props.insert("code".to_owned(), Amf0Value::Utf8String(code.into()));
+    props.insert("description".to_owned(), Amf0Value::Utf8String(description.into()));
+    props
+}
+
+fn status_object(level: &str, code: &str, description: &str) -> Amf0Value {
+    Amf0Value::Object(status_props(level, code, description))
+}
