@@ -1,0 +1,366 @@
+//! Helpers for end-to-end tests: the real `gopbus` binary, real ffmpeg/ffprobe,
+//! all on 127.0.0.1 with free ports. Every child process is kept by handle and
+//! killed by handle.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Path of a required external tool; panics with instructions when it is missing.
+pub fn require(tool: &str) -> &'static str {
+    static FOUND: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
+    let map = FOUND.get_or_init(Default::default);
+    let ok = *map.lock().unwrap().entry(tool.to_owned()).or_insert_with(|| {
+        Command::new(tool).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    });
+    assert!(ok, "`{tool}` is required by this test and was not found on PATH: run the README's test command (`bash .ci/test`), which installs it, or `apt-get install ffmpeg`");
+    match tool {
+        "ffmpeg" => "ffmpeg",
+        "ffprobe" => "ffprobe",
+        other => panic!("unknown tool {other}"),
+    }
+}
+
+/// A fresh directory for one test.
+pub fn tmpdir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "gopbus-test-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process that is killed (by its handle) when dropped.
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child present until dropped")
+    }
+
+    /// Waits for the child to exit within `limit` and returns its output.
+    pub fn wait_output(mut self, limit: Duration) -> Output {
+        let deadline = Instant::now() + limit;
+        while self.child().try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A running `gopbus serve`.
+pub struct Server {
+    proc: Proc,
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn gopbus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gopbus"))
+}
+
+impl Server {
+    pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[])
+    }
+
+    pub fn start_with(tag: &str, extra: &[&str]) -> Self {
+        let data = tmpdir(tag);
+        let rtmp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = data.join("serve.log");
+        let child = gopbus()
+            .args(["serve", "--rtmp", &rtmp.to_string(), "--http", &http.to_string(), "--quic", &quic.to_string()])
+            .arg("--data")
+            .arg(&data)
+            .args(extra)
+            .env("RUST_LOG", "info,gopbus_ingest=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning gopbus serve");
+        let server = Self { proc: Proc::new(child), rtmp, http, data, log };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.rtmp).is_ok() && TcpStream::connect(self.http).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gopbus serve did not start; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn streams(&self, args: &[&str]) -> Output {
+        gopbus().arg("streams").args(args).arg("--data").arg(&self.data).output().unwrap()
+    }
+
+    /// Creates a stream and returns its key.
+    pub fn create_stream(&self, name: &str) -> String {
+        let out = self.streams(&["create", name, "--json"]);
+        assert!(out.status.success(), "streams create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["key"].as_str().unwrap().to_owned()
+    }
+
+    pub fn rotate(&self, name: &str) -> String {
+        let out = self.streams(&["rotate", name, "--json"]);
+        assert!(out.status.success(), "streams rotate failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["key"].as_str().unwrap().to_owned()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("rtmp://{}/live/{path}", self.rtmp)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.proc.child().try_wait().unwrap().is_none()
+    }
+}
+
+/// Test media made once per test binary with ffmpeg.
+pub struct Fixture;
+
+impl Fixture {
+    /// H.264 High profile with B-frames (GoP 1 s at 30 fps) and AAC at `rate` Hz stereo, `secs` long.
+    pub fn av(rate: u32, secs: u32) -> PathBuf {
+        Self::make(&format!("av-{rate}-{secs}.flv"), |out| {
+            vec![
+                "-f".into(),
+                "lavfi".into(),
+                "-i".into(),
+                "testsrc2=size=640x360:rate=30".into(),
+                "-f".into(),
+                "lavfi".into(),
+                "-i".into(),
+                format!("sine=frequency=440:sample_rate={rate}"),
+                "-t".into(),
+                secs.to_string(),
+                "-c:v".into(),
+                "libx264".into(),
+                "-profile:v".into(),
+                "high".into(),
+                "-bf".into(),
+                "2".into(),
+                "-g".into(),
+                "30".into(),
+                "-keyint_min".into(),
+                "30".into(),
+                "-sc_threshold".into(),
+                "0".into(),
+                "-pix_fmt".into(),
+                "yuv420p".into(),
+                "-preset".into(),
+                "veryfast".into(),
+                "-c:a".into(),
+                "aac".into(),
+                "-ac".into(),
+                "2".into(),
+                "-b:a".into(),
+                "96k".into(),
+                "-f".into(),
+                "flv".into(),
+                out.to_string_lossy().into_owned(),
+            ]
+        })
+    }
+
+    /// Audio only: AAC 44.1 kHz.
+    pub fn audio_only(secs: u32) -> PathBuf {
+        Self::make(&format!("audio-{secs}.flv"), |out| {
+            vec![
+                "-f".into(),
+                "lavfi".into(),
+                "-i".into(),
+                "sine=frequency=300:sample_rate=44100".into(),
+                "-t".into(),
+                secs.to_string(),
+                "-c:a".into(),
+                "aac".into(),
+                "-f".into(),
+                "flv".into(),
+                out.to_string_lossy().into_owned(),
+            ]
+        })
+    }
+
+    /// Video only (H.264 Baseline, no audio) at `size`, `secs` long.
+    pub fn video_only(size: &str, secs: u32) -> PathBuf {
+        Self::make(&format!("video-{size}-{secs}.flv"), |out| {
+            vec![
+                "-f".into(),
+                "lavfi".into(),
+                "-i".into(),
+                format!("testsrc2=size={size}:rate=30"),
+                "-t".into(),
+                secs.to_string(),
+                "-c:v".into(),
+                "libx264".into(),
+                "-profile:v".into(),
+                "baseline".into(),
+                "-g".into(),
+                "30".into(),
+                "-pix_fmt".into(),
+                "yuv420p".into(),
+                "-f".into(),
+                "flv".into(),
+                out.to_string_lossy().into_owned(),
+            ]
+        })
+    }
+
+    fn make(name: &str, args: impl FnOnce(&Path) -> Vec<String>) -> PathBuf {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        static LOCK: Mutex<()> = Mutex::new(());
+        let dir = DIR.get_or_init(|| tmpdir("fixtures"));
+        let path = dir.join(name);
+        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if !path.exists() {
+            let out = Command::new(require("ffmpeg")).args(["-v", "error", "-y"]).args(args(&path)).output().unwrap();
+            assert!(out.status.success(), "making fixture {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        path
+    }
+}
+
+/// One packet as ffprobe reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    pub pts: i64,
+    pub dts: i64,
+    pub key: bool,
+    pub size: usize,
+}
+
+/// The packets of stream `sel` ("v:0" or "a:0") of a file.
+pub fn packets(path: &Path, sel: &str) -> Vec<Packet> {
+    let out = Command::new(require("ffprobe"))
+        .args(["-v", "error", "-select_streams", sel, "-show_entries", "packet=pts,dts,flags,size", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Packet {
+                pts: f[0].parse().unwrap_or(i64::MIN),
+                dts: f[1].parse().unwrap_or(i64::MIN),
+                size: f[2].parse().unwrap_or(0),
+                key: f[3].contains('K'),
+            }
+        })
+        .collect()
+}
+
+/// `codec_name,width,height,sample_rate,channels` of each stream.
+pub fn streams(path: &Path) -> Vec<HashMap<String, String>> {
+    let out = Command::new(require("ffprobe"))
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name,profile,width,height,sample_rate,channels",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Everything ffmpeg reports at `-v error` while decoding the whole file.
+pub fn decode_errors(path: &Path) -> String {
+    let out = Command::new(require("ffmpeg"))
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Starts `ffmpeg -i URL -c copy OUT.flv` (a player recording to a file).
+pub fn ffmpeg_play(url: &str, out: &Path) -> Proc {
+    Proc::new(
+        Command::new(require("ffmpeg"))
+            .args(["-v", "error", "-y", "-i", url, "-c", "copy", "-copyts", "-f", "flv"])
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Starts `ffmpeg -re -i IN -c copy -f flv URL` (a real-time publisher).
+pub fn ffmpeg_publish(input: &Path, url: &str) -> Proc {
+    Proc::new(
+        Command::new(require("ffmpeg"))
+            .args(["-v", "error", "-re", "-i"])
+            .arg(input)
+            .args(["-c", "copy", "-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
