@@ -99,9 +99,9 @@ mod tests {
             ..ServeArgs::default()
         };
         let s = args.resolve().unwrap();
-        assert_eq!(s.rtmp, "127.0.0.1:2000".parse().unwrap()); // file
-        assert_eq!(s.http, "127.0.0.1:3001".parse().unwrap()); // flag
-        assert_eq!(s.quic, "0.0.0.0:4443".parse().unwrap()); // default
+        assert_eq!(s.rtmp, "127.0.0.1:2000".parse::<SocketAddr>().unwrap()); // file
+        assert_eq!(s.http, "127.0.0.1:3001".parse::<SocketAddr>().unwrap()); // flag
+        assert_eq!(s.quic, "0.0.0.0:4443".parse::<SocketAddr>().unwrap()); // default
         assert_eq!(s.gop_window, 5);
         std::fs::write(&file, "rtmpp = 1").unwrap();
         let err = ServeArgs { config: Some(file), ..ServeArgs::default() }.resolve().unwrap_err();

@@ -11,7 +11,7 @@ use gopbus_bus::Event;
 use gopbus_proto::flv::{AacPacketType, AudioTagHeader, AvcPacketType, VideoTagHeader};
 use gopbus_proto::{EndReason, GopHeader, TrackId};
 
-use crate::chunk::{csid, types, ChunkEncoder, OutQueue};
+use crate::chunk::{csid, types, ChunkEncoder, MessageHeader, OutQueue};
 
 /// One player's egress state: which configuration it has already been sent.
 #[derive(Default)]
@@ -42,11 +42,11 @@ impl Egress {
                     TrackId::VIDEO => {
                         let prefix =
                             VideoTagHeader::write(frame.header.is_keyframe(), AvcPacketType::Nalu, frame.header.cts);
-                        enc.encode(csid::VIDEO, ts, types::VIDEO, self.stream_id, &prefix, frame.payload.parts(), out);
+                        enc.encode(self.header(csid::VIDEO, ts, types::VIDEO), &prefix, frame.payload.parts(), out);
                     }
                     TrackId::AUDIO => {
                         let prefix = AudioTagHeader::write(AacPacketType::Raw);
-                        enc.encode(csid::AUDIO, ts, types::AUDIO, self.stream_id, &prefix, frame.payload.parts(), out);
+                        enc.encode(self.header(csid::AUDIO, ts, types::AUDIO), &prefix, frame.payload.parts(), out);
                     }
                     // Derived tracks (renditions, Opus) are not RTMP's.
                     _ => return None,
@@ -63,18 +63,22 @@ impl Egress {
         None
     }
 
+    const fn header(&self, csid: u32, timestamp: u32, type_id: u8) -> MessageHeader {
+        MessageHeader { csid, timestamp, type_id, stream_id: self.stream_id }
+    }
+
     fn gop(&mut self, header: &GopHeader, enc: &mut ChunkEncoder, out: &mut OutQueue) {
         let ts = header.start_dts as u32;
         if header.metadata.is_some() && header.metadata != self.sent_metadata {
             let meta = header.metadata.clone().unwrap_or_default();
-            enc.encode(csid::STREAM, ts, types::DATA_AMF0, self.stream_id, &[], &[Bytes::from(meta.clone())], out);
+            enc.encode(self.header(csid::STREAM, ts, types::DATA_AMF0), &[], &[Bytes::from(meta.clone())], out);
             self.sent_metadata = Some(meta);
         }
         if let Some(video) = &header.video {
             if self.sent_avcc.as_ref() != Some(&video.avcc) {
                 let prefix = VideoTagHeader::write(true, AvcPacketType::SequenceHeader, 0);
                 let body = Bytes::from(video.avcc.clone());
-                enc.encode(csid::VIDEO, ts, types::VIDEO, self.stream_id, &prefix, &[body], out);
+                enc.encode(self.header(csid::VIDEO, ts, types::VIDEO), &prefix, &[body], out);
                 self.sent_avcc = Some(video.avcc.clone());
             }
         }
@@ -82,7 +86,7 @@ impl Egress {
             if self.sent_asc.as_ref() != Some(&audio.asc) {
                 let prefix = AudioTagHeader::write(AacPacketType::SequenceHeader);
                 let body = Bytes::from(audio.asc.clone());
-                enc.encode(csid::AUDIO, ts, types::AUDIO, self.stream_id, &prefix, &[body], out);
+                enc.encode(self.header(csid::AUDIO, ts, types::AUDIO), &prefix, &[body], out);
                 self.sent_asc = Some(audio.asc.clone());
             }
         }

@@ -18,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::chunk::{csid, types, ChunkDecoder, ChunkEncoder, OutQueue, RawMessage};
+use crate::chunk::{csid, types, ChunkDecoder, ChunkEncoder, MessageHeader, OutQueue, RawMessage};
 use crate::error::SessionError;
 use crate::keys::{validate_name, KeyHash};
 use crate::play::Egress;
@@ -200,15 +200,10 @@ impl Conn {
         let Some(playing) = self.playing.as_mut() else { return };
         if let Some(reason) = playing.egress.handle(ev, &mut self.enc, &mut self.out) {
             tracing::info!(%reason, frames = playing.egress.frames, skipped_gops = playing.egress.skipped_gops, "broadcast ended; closing player");
-            self.enc.encode(
-                csid::CONTROL,
-                0,
-                types::USER_CONTROL,
-                0,
-                &[0, 1, 0, 0, 0, STREAM_ID as u8],
-                &[],
-                &mut self.out,
-            );
+            // User Control "Stream EOF" (event 1) for our stream.
+            let header =
+                MessageHeader { csid: csid::CONTROL, timestamp: 0, type_id: types::USER_CONTROL, stream_id: 0 };
+            self.enc.encode(header, &[0, 1, 0, 0, 0, STREAM_ID as u8], &[], &mut self.out);
             self.send_status("status", "NetStream.Play.UnpublishNotify", &format!("broadcast ended: {reason}"));
             self.send_status("status", "NetStream.Play.Stop", "stopped");
             self.playing = None;
@@ -483,7 +478,10 @@ impl Conn {
 
     fn send(&mut self, chunk_stream: u32, stream_id: u32, msg: RtmpMessage) {
         match msg.into_message_payload(RtmpTimestamp::new(0), stream_id) {
-            Ok(p) => self.enc.encode(chunk_stream, 0, p.type_id, stream_id, &[], &[p.data], &mut self.out),
+            Ok(p) => {
+                let header = MessageHeader { csid: chunk_stream, timestamp: 0, type_id: p.type_id, stream_id };
+                self.enc.encode(header, &[], &[p.data], &mut self.out);
+            }
             Err(e) => tracing::error!(error = %e, "could not serialize an outgoing message"),
         }
     }

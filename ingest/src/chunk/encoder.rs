@@ -85,6 +85,19 @@ impl OutQueue {
     }
 }
 
+/// Where and how a message is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageHeader {
+    /// Chunk stream id (2..=63).
+    pub csid: u32,
+    /// RTMP timestamp.
+    pub timestamp: u32,
+    /// Message type id.
+    pub type_id: u8,
+    /// Message stream id.
+    pub stream_id: u32,
+}
+
 /// Writes RTMP chunks (RTMP 1.0 §5.3.1): every message starts with a type 0
 /// header (absolute timestamp) and continues with type 3 headers.
 pub struct ChunkEncoder {
@@ -112,16 +125,8 @@ impl ChunkEncoder {
 
     /// Queues one message: `prefix` (a few bytes, such as an FLV tag header, copied
     /// next to the chunk header) followed by `payload` slices (shared, not copied).
-    pub fn encode(
-        &mut self,
-        csid: u32,
-        timestamp: u32,
-        type_id: u8,
-        stream_id: u32,
-        prefix: &[u8],
-        payload: &[Bytes],
-        out: &mut OutQueue,
-    ) {
+    pub fn encode(&mut self, header: MessageHeader, prefix: &[u8], payload: &[Bytes], out: &mut OutQueue) {
+        let MessageHeader { csid, timestamp, type_id, stream_id } = header;
         debug_assert!((2..64).contains(&csid), "gopbus only sends on one-byte chunk stream ids");
         let len = prefix.len() + payload.iter().map(Bytes::len).sum::<usize>();
         let extended = timestamp >= 0xff_ffff;
@@ -206,7 +211,12 @@ mod tests {
             let mut enc = ChunkEncoder::new();
             enc.set_chunk_size(chunk_size);
             let mut q = OutQueue::default();
-            enc.encode(7, ts, 9, 1, &[0x17, 1, 0, 0, 0], &[a.clone(), b.clone()], &mut q);
+            enc.encode(
+                MessageHeader { csid: 7, timestamp: ts, type_id: 9, stream_id: 1 },
+                &[0x17, 1, 0, 0, 0],
+                &[a.clone(), b.clone()],
+                &mut q,
+            );
             // Every payload byte in the queue is a slice of `a` or `b`: pointer identity.
             let in_a = |s: &Bytes| s.as_ptr() >= a.as_ptr() && s.as_ptr() < a.as_ptr().wrapping_add(a.len());
             let in_b = |s: &Bytes| s.as_ptr() >= b.as_ptr() && s.as_ptr() < b.as_ptr().wrapping_add(b.len());

@@ -10,7 +10,7 @@ mod decoder;
 mod encoder;
 
 pub use decoder::{ChunkDecoder, RawMessage};
-pub use encoder::{ChunkEncoder, OutQueue};
+pub use encoder::{ChunkEncoder, MessageHeader, OutQueue};
 
 /// Message type ids (RTMP 1.0 §5.4, §7.1).
 pub mod types {
