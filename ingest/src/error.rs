@@ -23,6 +23,9 @@ pub enum SessionError {
     /// Socket error.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer closed the connection before sending a byte (port probes, health checks).
+    #[error("closed before the handshake")]
+    ClosedEarly,
     /// The handshake failed.
     #[error("handshake: {0}")]
     Handshake(String),

@@ -109,6 +109,9 @@ impl Ingest {
                 async move {
                     match session::run(this, stream, id, shutdown).await {
                         Ok(()) => tracing::info!("connection closed"),
+                        Err(crate::SessionError::ClosedEarly) => {
+                            tracing::debug!("connection closed before the handshake")
+                        }
                         Err(e) => tracing::warn!(error = %e, "connection closed with error"),
                     }
                     drop(permit);

@@ -105,8 +105,13 @@ pub(crate) async fn run(
 async fn handshake(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Result<Vec<u8>, SessionError> {
     let mut hs = Handshake::new(PeerType::Server);
     let mut buf = vec![0u8; 4096];
+    let mut total = 0;
     loop {
         let n = rd.read(&mut buf).await?;
+        total += n;
+        if total == 0 {
+            return Err(SessionError::ClosedEarly);
+        }
         if n == 0 {
             return Err(SessionError::Handshake("connection closed during the handshake".into()));
         }

@@ -24,7 +24,12 @@ fn publisher_wire(n: usize, size: usize) -> (Vec<u8>, usize) {
     let mut ser = ChunkSerializer::new();
     let mut out = ser.set_max_chunk_size(4096, RtmpTimestamp::new(0)).unwrap().bytes;
     let mut msg = |ts: u32, type_id: u8, data: Vec<u8>, out: &mut Vec<u8>| {
-        let p = MessagePayload { timestamp: RtmpTimestamp::new(ts), type_id, message_stream_id: 1, data: Bytes::from(data) };
+        let p = MessagePayload {
+            timestamp: RtmpTimestamp::new(ts),
+            type_id,
+            message_stream_id: 1,
+            data: Bytes::from(data),
+        };
         out.extend_from_slice(&ser.serialize(&p, false, false).unwrap().bytes);
     };
     let mut seq = vec![0x17, 0, 0, 0, 0];
@@ -93,7 +98,9 @@ fn payloads_travel_from_read_buffer_to_player_queues_uncopied() {
             // Player side: the queued segments that carry payload are those very slices.
             let shared: usize = out
                 .segments()
-                .filter(|s| parts.iter().any(|p| s.as_ptr() >= p.as_ptr() && s.as_ptr() < p.as_ptr().wrapping_add(p.len())))
+                .filter(|s| {
+                    parts.iter().any(|p| s.as_ptr() >= p.as_ptr() && s.as_ptr() < p.as_ptr().wrapping_add(p.len()))
+                })
                 .map(Bytes::len)
                 .sum();
             assert_eq!(shared, len, "payload copied between bus and socket write");

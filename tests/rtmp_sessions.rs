@@ -1,0 +1,192 @@
+//! Publisher takeover, disconnects, malformed input, and many streams at once,
+//! against the real `gopbus serve` with light RTMP clients.
+
+mod common;
+
+use std::time::Duration;
+
+use bench::flv::{self, Tag};
+use bench::rtmp::{Client, Media};
+use common::*;
+
+fn nalu_count(tags: &[Tag]) -> usize {
+    tags.iter().filter(|t| t.kind == flv::TAG_VIDEO && t.data.get(1) == Some(&1)).count()
+}
+
+fn raw_audio_count(tags: &[Tag]) -> usize {
+    tags.iter().filter(|t| t.kind == flv::TAG_AUDIO && t.data.get(1) == Some(&1)).count()
+}
+
+/// Reads media until the server ends the stream or `limit` passes without any.
+async fn collect(player: &mut Client, limit: Duration) -> Vec<Media> {
+    let mut got = Vec::new();
+    while let Ok(Ok(Some(m))) = tokio::time::timeout(limit, player.next_media()).await {
+        got.push(m);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_keeps_players_connected_with_rising_timestamps() {
+    let server = Server::start("takeover");
+    let key = server.create_stream("t");
+    let tags = flv::read(&Fixture::av(48000, 4)).unwrap();
+    let half = tags.len() / 2;
+
+    let mut player = Client::connect(server.rtmp, "live").await.unwrap();
+    player.play("t").await.unwrap();
+    let reader = tokio::spawn(async move { collect(&mut player, Duration::from_secs(15)).await });
+
+    let mut a = Client::connect(server.rtmp, "live").await.unwrap();
+    a.publish(&key).await.unwrap();
+    a.publish_tags(&tags[..half], 2.0).await.unwrap();
+    // The same key again while the first session is alive: takes over at once.
+    let mut b = Client::connect(server.rtmp, "live").await.unwrap();
+    b.publish(&key).await.unwrap();
+    assert!(a.closed_by_server(Duration::from_secs(5)).await, "old session not closed on takeover");
+    // The new session starts its timestamps from zero again, as a restarted encoder does.
+    b.publish_tags(&tags, 2.0).await.unwrap();
+    drop(b);
+
+    let got = reader.await.unwrap();
+    let video: Vec<&Media> = got.iter().filter(|m| m.kind == flv::TAG_VIDEO && m.data[1] == 1).collect();
+    let audio: Vec<&Media> = got.iter().filter(|m| m.kind == flv::TAG_AUDIO && m.data[1] == 1).collect();
+    // Everything A sent before the takeover, then all of B's stream.
+    assert_eq!(video.len(), nalu_count(&tags[..half]) + nalu_count(&tags), "video frames across the takeover");
+    assert_eq!(audio.len(), raw_audio_count(&tags[..half]) + raw_audio_count(&tags));
+    for track in [&video, &audio] {
+        for w in track.windows(2) {
+            assert!(
+                w[1].timestamp >= w[0].timestamp,
+                "timestamps went back: {} then {}",
+                w[0].timestamp,
+                w[1].timestamp
+            );
+        }
+    }
+    let log = server.log_text();
+    assert!(log.contains("publisher took over"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_disconnect_mid_gop_ends_the_broadcast_cleanly() {
+    let server = Server::start("drop");
+    let key = server.create_stream("d");
+    let tags = flv::read(&Fixture::av(48000, 4)).unwrap();
+    // Cut in the middle of the second GoP (GoPs are 30 frames).
+    let cut = tags.iter().enumerate().filter(|(_, t)| t.kind == flv::TAG_VIDEO).nth(45).unwrap().0;
+
+    let mut player = Client::connect(server.rtmp, "live").await.unwrap();
+    player.play("d").await.unwrap();
+    let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
+    publisher.publish(&key).await.unwrap();
+    publisher.publish_tags(&tags[..cut], 0.0).await.unwrap();
+    drop(publisher); // TCP closed without deleteStream
+
+    let got = collect(&mut player, Duration::from_secs(10)).await;
+    assert_eq!(got.iter().filter(|m| m.kind == flv::TAG_VIDEO && m.data[1] == 1).count(), nalu_count(&tags[..cut]));
+    assert!(player.closed_by_server(Duration::from_secs(5)).await, "player not closed after the broadcast ended");
+
+    // The name is free again: a new publisher and a new player work.
+    let mut player = Client::connect(server.rtmp, "live").await.unwrap();
+    player.play("d").await.unwrap();
+    let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
+    publisher.publish(&key).await.unwrap();
+    publisher.publish_tags(&tags, 0.0).await.unwrap();
+    drop(publisher);
+    let got = collect(&mut player, Duration::from_secs(10)).await;
+    assert_eq!(got.iter().filter(|m| m.is_video_keyframe()).count(), 4);
+    let log = server.log_text();
+    assert!(log.contains("broadcast ended") && log.contains("publisher left"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_disconnects_only_the_offender() {
+    let server = Server::start("malformed");
+    let key = server.create_stream("m");
+    let tags = flv::read(&Fixture::av(48000, 4)).unwrap();
+
+    let mut player = Client::connect(server.rtmp, "live").await.unwrap();
+    player.play("m").await.unwrap();
+    let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
+    publisher.publish(&key).await.unwrap();
+    let feed = tokio::spawn(async move {
+        publisher.publish_tags(&tags, 1.0).await.unwrap();
+        tags
+    });
+
+    // A chunk continuing a message on a chunk stream that never started one.
+    let mut bad = Client::connect(server.rtmp, "live").await.unwrap();
+    bad.send_raw(&[0xc9, 1, 2, 3, 4, 5]).await.unwrap();
+    assert!(bad.closed_by_server(Duration::from_secs(5)).await);
+    // An absurd message length.
+    let mut bad = Client::connect(server.rtmp, "live").await.unwrap();
+    bad.send_raw(&[0x09, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0]).await.unwrap();
+    assert!(bad.closed_by_server(Duration::from_secs(5)).await);
+    // Garbage instead of a handshake.
+    let mut raw = tokio::net::TcpStream::connect(server.rtmp).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &[0x42; 1537]).await.unwrap();
+    let mut sink = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink)).await;
+    assert!(closed.is_ok(), "bad handshake not closed");
+    // A publisher sending a codec gopbus does not take (MP3 audio) is refused.
+    let mut mp3 = Client::connect(server.rtmp, "live").await.unwrap();
+    let key2 = server.create_stream("mp3");
+    mp3.publish(&key2).await.unwrap();
+    mp3.send_tag(&Tag { kind: flv::TAG_AUDIO, timestamp: 0, data: vec![0x2f, 0xff, 0xfb].into() }).await.unwrap();
+    assert!(mp3.closed_by_server(Duration::from_secs(5)).await);
+
+    // The good stream was not disturbed: every frame arrived.
+    let got = collect(&mut player, Duration::from_secs(10)).await;
+    let tags = feed.await.unwrap();
+    assert_eq!(got.iter().filter(|m| m.kind == flv::TAG_VIDEO && m.data[1] == 1).count(), nalu_count(&tags));
+    let log = server.log_text();
+    for expected in
+        ["continues a message that never started", "exceeds the limit", "handshake", "unsupported FLV sound format"]
+    {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_publishers_with_a_hundred_players() {
+    const STREAMS: usize = 20;
+    const PLAYERS_PER_STREAM: usize = 5;
+    let server = Server::start("load");
+    let keys: Vec<String> = (0..STREAMS).map(|i| server.create_stream(&format!("s{i}"))).collect();
+    let tags = std::sync::Arc::new(flv::read(&Fixture::av(48000, 3)).unwrap());
+    let want_video = nalu_count(&tags);
+    let want_audio = raw_audio_count(&tags);
+
+    let mut players = Vec::new();
+    for i in 0..STREAMS {
+        for _ in 0..PLAYERS_PER_STREAM {
+            let mut p = Client::connect(server.rtmp, "live").await.unwrap();
+            p.play(&format!("s{i}")).await.unwrap();
+            players.push(tokio::spawn(async move { collect(&mut p, Duration::from_secs(20)).await }));
+        }
+    }
+    let mut publishers = Vec::new();
+    for key in keys {
+        let tags = tags.clone();
+        let addr = server.rtmp;
+        publishers.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr, "live").await?;
+            c.publish(&key).await?;
+            c.publish_tags(&tags, 1.0).await?;
+            anyhow::Ok(())
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap().unwrap();
+    }
+    for (i, p) in players.into_iter().enumerate() {
+        let got = p.await.unwrap();
+        let video = got.iter().filter(|m| m.kind == flv::TAG_VIDEO && m.data[1] == 1).count();
+        let audio = got.iter().filter(|m| m.kind == flv::TAG_AUDIO && m.data[1] == 1).count();
+        assert_eq!((video, audio), (want_video, want_audio), "player {i} of stream s{}", i / PLAYERS_PER_STREAM);
+    }
+    let log = server.log_text();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
