@@ -80,7 +80,7 @@ async fn publisher_disconnect_mid_gop_ends_the_broadcast_cleanly() {
     player.play("d").await.unwrap();
     let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
     publisher.publish(&key).await.unwrap();
-    publisher.publish_tags(&tags[..cut], 0.0).await.unwrap();
+    publisher.publish_tags(&tags[..cut], 4.0).await.unwrap();
     drop(publisher); // TCP closed without deleteStream
 
     let got = collect(&mut player, Duration::from_secs(10)).await;
@@ -92,7 +92,7 @@ async fn publisher_disconnect_mid_gop_ends_the_broadcast_cleanly() {
     player.play("d").await.unwrap();
     let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
     publisher.publish(&key).await.unwrap();
-    publisher.publish_tags(&tags, 0.0).await.unwrap();
+    publisher.publish_tags(&tags, 4.0).await.unwrap();
     drop(publisher);
     let got = collect(&mut player, Duration::from_secs(10)).await;
     assert_eq!(got.iter().filter(|m| m.is_video_keyframe()).count(), 4);
@@ -189,4 +189,34 @@ async fn twenty_publishers_with_a_hundred_players() {
     }
     let log = server.log_text();
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_stops_reading_only_hurts_itself() {
+    let server = Server::start("slow");
+    let key = server.create_stream("fat");
+    // 3 MB/s for 4 s: far more than the stalled player's buffers hold.
+    let tags = flv::synthetic_video(120, 100_000, 30);
+
+    let mut stalled = Client::connect_small_buffer(server.rtmp, "live").await.unwrap();
+    stalled.play("fat").await.unwrap();
+    let mut good = Client::connect(server.rtmp, "live").await.unwrap();
+    good.play("fat").await.unwrap();
+    let reader = tokio::spawn(async move { collect(&mut good, Duration::from_secs(10)).await });
+
+    let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
+    publisher.publish(&key).await.unwrap();
+    let started = std::time::Instant::now();
+    publisher.publish_tags(&tags, 1.0).await.unwrap();
+    // The publisher was never held back by the stalled player.
+    assert!(started.elapsed() < Duration::from_secs(6), "publishing took {:?}", started.elapsed());
+    drop(publisher);
+
+    let got = reader.await.unwrap();
+    assert_eq!(got.iter().filter(|m| m.data[1] == 1).count(), 120, "the reading player missed frames");
+    // The stalled one fell behind and skipped GoPs; it is closed, not waited for.
+    assert!(stalled.closed_by_server(Duration::from_secs(10)).await, "stalled player still connected");
+    let log = server.log_text();
+    let skipped = log.lines().any(|l| l.contains("closing player") && !l.contains("skipped_gops=0"));
+    assert!(skipped, "the stalled player skipped no GoP:\n{log}");
 }

@@ -64,3 +64,29 @@ pub fn read(path: &std::path::Path) -> anyhow::Result<Vec<Tag>> {
     let file = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&file).with_context(|| format!("parsing {}", path.display()))
 }
+
+/// A synthetic H.264 video-only stream that needs no encoder: a real avcC
+/// (1280x720 Main, written by libx264) and `frames` frames of `size` bytes each
+/// (one AVCC NAL unit of filler), 30 fps, a keyframe every `gop` frames. For
+/// load tests: servers pass it through without decoding.
+pub fn synthetic_video(frames: usize, size: usize, gop: usize) -> Vec<Tag> {
+    const AVCC: [u8; 41] = [
+        0x01, 0x4d, 0x40, 0x1f, 0xff, 0xe1, 0x00, 0x19, 0x67, 0x4d, 0x40, 0x1f, 0xec, 0xa0, 0x28, 0x02, 0xdd, 0x80,
+        0x88, 0x00, 0x00, 0x03, 0x00, 0x08, 0x00, 0x00, 0x03, 0x01, 0xe0, 0x78, 0xc1, 0x8c, 0xb0, 0x01, 0x00, 0x05,
+        0x68, 0xeb, 0xe3, 0xcb, 0x20,
+    ];
+    let mut seq = vec![0x17, 0, 0, 0, 0];
+    seq.extend_from_slice(&AVCC);
+    let mut tags = vec![Tag { kind: TAG_VIDEO, timestamp: 0, data: seq.into() }];
+    let size = size.max(10);
+    for i in 0..frames {
+        let key = i % gop.max(1) == 0;
+        let mut v = Vec::with_capacity(size);
+        v.extend_from_slice(&[if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
+        v.extend_from_slice(&((size - 9) as u32).to_be_bytes());
+        v.push(if key { 0x65 } else { 0x41 });
+        v.resize(size, (i % 251) as u8);
+        tags.push(Tag { kind: TAG_VIDEO, timestamp: (i as u32 * 1000) / 30, data: v.into() });
+    }
+    tags
+}

@@ -48,7 +48,20 @@ pub struct Client {
 impl Client {
     /// Connects, handshakes and connects to `app`.
     pub async fn connect(addr: SocketAddr, app: &str) -> anyhow::Result<Self> {
-        let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        Self::handshake(stream, app).await
+    }
+
+    /// Connects with a small socket receive buffer: a player whose kernel buffer
+    /// fills quickly, to test what a server does with a viewer that stops reading.
+    pub async fn connect_small_buffer(addr: SocketAddr, app: &str) -> anyhow::Result<Self> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_recv_buffer_size(4096)?;
+        let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        Self::handshake(stream, app).await
+    }
+
+    async fn handshake(mut stream: TcpStream, app: &str) -> anyhow::Result<Self> {
         stream.set_nodelay(true)?;
         let mut hs = Handshake::new(PeerType::Client);
         stream.write_all(&hs.generate_outbound_p0_and_p1().map_err(|e| anyhow!("{e:?}"))?).await?;

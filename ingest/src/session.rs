@@ -186,7 +186,18 @@ impl Conn {
                 r = self.out.write_to(wr), if !self.out.is_empty() => { r?; }
                 ev = next_event(self.playing.as_mut()), if self.out.len() < queue_limit => self.play_event(ev),
                 r = rd.read_buf(rbuf) => {
-                    let n = r?;
+                    let n = match r {
+                        Ok(n) => n,
+                        // The peer went away: the same as a close, not a server error.
+                        Err(e) if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe
+                        ) => {
+                            tracing::debug!(error = %e, "peer reset the connection");
+                            0
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     if n == 0 {
                         return Ok(());
                     }
