@@ -43,6 +43,8 @@ pub struct Client {
     buf: Vec<u8>,
     events: std::collections::VecDeque<ClientSessionEvent>,
     closed: bool,
+    /// The last `onMetaData` the server sent, if any.
+    pub metadata: Option<rml_rtmp::sessions::StreamMetadata>,
 }
 
 impl Client {
@@ -81,7 +83,7 @@ impl Client {
         };
         let (session, initial) =
             ClientSession::new(ClientSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
-        let mut client = Self { stream, session, buf, events: Default::default(), closed: false };
+        let mut client = Self { stream, session, buf, events: Default::default(), closed: false, metadata: None };
         client.apply(initial).await?;
         let r = client.session.handle_input(&leftover).map_err(|e| anyhow!("{e:?}"))?;
         client.apply(r).await?;
@@ -185,6 +187,7 @@ impl Client {
                     ClientSessionEvent::UnhandleableOnStatusCode { code } if code == "NetStream.Play.Stop" => {
                         return Ok(None)
                     }
+                    ClientSessionEvent::StreamMetadataReceived { metadata } => self.metadata = Some(metadata),
                     _ => {}
                 }
             }

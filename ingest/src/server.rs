@@ -104,7 +104,7 @@ impl Ingest {
             let id = self.next_session.fetch_add(1, Ordering::Relaxed);
             let this = self.clone();
             let shutdown = shutdown.clone();
-            let span = tracing::info_span!("rtmp", id, %peer);
+            let span = tracing::info_span!("rtmp", id, %peer, broadcast = tracing::field::Empty);
             tracker.spawn(
                 async move {
                     match session::run(this, stream, id, shutdown).await {

@@ -394,7 +394,8 @@ impl Conn {
         self.ingest
             .live
             .insert(name.clone(), LivePublisher { key: KeyHash::of(&key), session: self.id, revoked: revoked.clone() });
-        tracing::info!(broadcast = %name, "publishing");
+        tracing::Span::current().record("broadcast", name.as_str());
+        tracing::info!("publishing");
         self.publishing = Some(Publishing { media: MediaIngest::new(publisher), name, revoked });
         self.stream_begin();
         self.send_status("status", "NetStream.Publish.Start", "publishing");
@@ -412,7 +413,8 @@ impl Conn {
         if self.publishing.is_some() || self.playing.is_some() {
             return Err(SessionError::Refused("play on a connection that already publishes or plays".into()));
         }
-        tracing::info!(broadcast = %name, live = self.ingest.bus.is_live(&name), "playing");
+        tracing::Span::current().record("broadcast", name.as_str());
+        tracing::info!(live = self.ingest.bus.is_live(&name), "playing");
         let sub = self.ingest.bus.subscribe(&name, SubscribeOptions::default());
         self.stream_begin();
         self.send_status("status", "NetStream.Play.Reset", "resetting");

@@ -83,6 +83,7 @@ pub struct Server {
     pub http: SocketAddr,
     pub data: PathBuf,
     pub log: PathBuf,
+    pub stdout: PathBuf,
 }
 
 pub fn gopbus() -> Command {
@@ -100,17 +101,18 @@ impl Server {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let quic: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = data.join("serve.log");
+        let stdout = data.join("serve.out");
         let child = gopbus()
             .args(["serve", "--rtmp", &rtmp.to_string(), "--http", &http.to_string(), "--quic", &quic.to_string()])
             .arg("--data")
             .arg(&data)
             .args(extra)
             .env("RUST_LOG", "info,gopbus_ingest=debug")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawning gopbus serve");
-        let server = Self { proc: Proc::new(child), rtmp, http, data, log };
+        let server = Self { proc: Proc::new(child), rtmp, http, data, log, stdout };
         server.wait_ready();
         server
     }
@@ -151,6 +153,24 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("rtmp://{}/live/{path}", self.rtmp)
+    }
+
+    /// Sends SIGTERM to this server's process (by its pid, from our own handle) and
+    /// waits for it to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let pid = self.proc.child().id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.proc.child().try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Whether the process is still running.
