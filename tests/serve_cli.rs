@@ -117,3 +117,72 @@ async fn sigterm_shuts_down_gracefully_and_tells_players() {
     let log = server.log_text();
     assert!(log.contains("server shutting down") && log.contains("stopped"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_waits_for_a_late_publisher_past_the_idle_timeout() {
+    let server = Server::start_with("wait", &["--idle-timeout", "1"]);
+    let key = server.create_stream("w");
+    let mut player = Client::connect(server.rtmp, "live").await.unwrap();
+    player.play("w").await.unwrap();
+    // A connection that does nothing at all is closed after the idle timeout...
+    let mut idle = Client::connect(server.rtmp, "live").await.unwrap();
+    assert!(idle.closed_by_server(Duration::from_secs(5)).await);
+    // ...but a player waiting for its publisher is not.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tags = flv::read(&Fixture::av(48000, 3)).unwrap();
+    let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
+    publisher.publish(&key).await.unwrap();
+    publisher.publish_tags(&tags, 2.0).await.unwrap();
+    drop(publisher);
+    let mut frames = 0;
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_secs(5), player.next_media()).await {
+        frames += 1;
+    }
+    assert!(frames > 200, "the waiting player got {frames} messages");
+}
+
+#[test]
+fn flags_override_environment_override_config_file() {
+    let dir = tmpdir("precedence");
+    let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    let config = dir.join("gopbus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "rtmp = \"127.0.0.1:{file_port}\"\nhttp = \"127.0.0.1:{}\"\nquic = \"127.0.0.1:{}\"\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let start = |env: Option<u16>, flag: Option<u16>| {
+        let mut cmd = gopbus();
+        cmd.args(["serve", "--config"]).arg(&config).arg("--data").arg(&dir);
+        if let Some(p) = env {
+            cmd.env("GOPBUS_RTMP", format!("127.0.0.1:{p}"));
+        }
+        if let Some(p) = flag {
+            cmd.args(["--rtmp", &format!("127.0.0.1:{p}")]);
+        }
+        Proc::new(cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap())
+    };
+    let listening = |port: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    let p = start(None, None);
+    assert!(listening(file_port), "config file not used");
+    drop(p);
+    let p = start(Some(env_port), None);
+    assert!(listening(env_port), "environment did not override the file");
+    drop(p);
+    let p = start(Some(env_port), Some(flag_port));
+    assert!(listening(flag_port), "flag did not override the environment");
+    drop(p);
+}

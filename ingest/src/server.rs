@@ -127,12 +127,16 @@ impl Ingest {
 
     /// Checks every live publisher's key against the store and disconnects those
     /// whose key no longer belongs to their stream (rotated, or stream deleted).
+    /// Blocking (SQLite): call it from a blocking context.
     pub fn revalidate_keys(&self) {
-        for entry in &self.live {
-            let valid = matches!(self.store.name_for(entry.key), Ok(Some(ref n)) if n == entry.key());
+        // Snapshot first: no map lock is held across database calls.
+        let live: Vec<(String, KeyHash, CancellationToken)> =
+            self.live.iter().map(|e| (e.key().clone(), e.key, e.revoked.clone())).collect();
+        for (name, key, revoked) in live {
+            let valid = matches!(self.store.name_for(key), Ok(Some(ref n)) if *n == name);
             if !valid {
-                tracing::info!(broadcast = %entry.key(), "stream key revoked; disconnecting publisher");
-                entry.revoked.cancel();
+                tracing::info!(broadcast = %name, "stream key revoked; disconnecting publisher");
+                revoked.cancel();
             }
         }
     }
@@ -147,12 +151,19 @@ impl Ingest {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let store = self.store.clone();
-            let now = tokio::task::spawn_blocking(move || store.data_version().ok()).await.ok().flatten();
-            if now != last {
-                last = now;
-                self.revalidate_keys();
-            }
+            let this = self.clone();
+            let seen = last;
+            let now = tokio::task::spawn_blocking(move || {
+                let now = this.store.data_version().ok();
+                if now != seen {
+                    this.revalidate_keys();
+                }
+                now
+            })
+            .await
+            .ok()
+            .flatten();
+            last = now;
         }
     }
 

@@ -25,9 +25,11 @@ use crate::play::Egress;
 use crate::publish::MediaIngest;
 use crate::server::{Ingest, LivePublisher};
 
-/// Read buffer size: payload slices keep a buffer alive while the GoP window
-/// holds them, so this is also the granularity of ingest memory.
+/// Read buffer size of a publisher: payload slices keep a buffer alive while the
+/// GoP window holds them, so this is also the granularity of ingest memory.
 const READ_BUF: usize = 64 * 1024;
+/// Read buffer size of any other connection (players send little: acks, pings).
+const SMALL_READ_BUF: usize = 4 * 1024;
 /// The one message stream id gopbus hands out.
 const STREAM_ID: u32 = 1;
 /// Window acknowledgement size and peer bandwidth we announce.
@@ -72,7 +74,7 @@ pub(crate) async fn run(
     let leftover = tokio::time::timeout(ingest.config.handshake_timeout, handshake(&mut rd, &mut wr))
         .await
         .map_err(|_| SessionError::HandshakeTimeout)??;
-    let mut rbuf = BytesMut::with_capacity(READ_BUF);
+    let mut rbuf = BytesMut::with_capacity(SMALL_READ_BUF.max(leftover.len()));
     rbuf.extend_from_slice(&leftover);
     let mut conn = Conn {
         dec: ChunkDecoder::new(ingest.config.max_message),
@@ -165,10 +167,15 @@ impl Conn {
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.out.flush_to(wr)).await;
                 return result;
             }
-            if rbuf.capacity() - rbuf.len() < 4096 {
+            let want = if self.publishing.is_some() { READ_BUF } else { SMALL_READ_BUF };
+            if rbuf.capacity() - rbuf.len() < want / 8 {
                 // Only a partial chunk header is left in the buffer: this copies no payload.
-                rbuf.reserve(READ_BUF);
+                rbuf.reserve(want);
             }
+            // A player waiting for a publisher (nothing to send) is not idle; a
+            // publisher, a connection without a role, or a player whose queue does
+            // not drain is.
+            let idle_armed = self.playing.is_none() || !self.out.is_empty();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -207,7 +214,7 @@ impl Conn {
                         self.send(csid::CONTROL, 0, RtmpMessage::Acknowledgement { sequence_number: self.received as u32 });
                     }
                 }
-                _ = tokio::time::sleep(idle) => return Err(SessionError::Idle(idle)),
+                _ = tokio::time::sleep(idle), if idle_armed => return Err(SessionError::Idle(idle)),
             }
         }
     }
