@@ -1,9 +1,25 @@
-//! gopbus benchmarks and the light RTMP clients they (and the end-to-end tests) use.
+//! gopbus benchmarks, and the light RTMP clients they and the end-to-end tests use.
 //!
-//! - [`flv`]: reads an FLV file into tags, to publish a real stream made once by ffmpeg.
-//! - [`rtmp`]: a light RTMP publisher and player on rml_rtmp's client session:
-//!   one task each, no decoding, so hundreds fit on one machine.
+//! Run with `cargo run -p bench --release -- SCENARIO [options]` (`-- all` for the
+//! standard set, `-- help` for the options). Every scenario repeats its
+//! measurement, prints a markdown table (figures, machine, commit, parameters) and
+//! writes the same as JSON.
+//!
+//! - [`flv`]: reads an FLV file into tags.
+//! - [`media`]: the test stream, made once with ffmpeg.
+//! - [`rtmp`]: light RTMP publisher and player on rml_rtmp's client session.
+//! - [`target`]: the server under test: a `gopbus serve` on loopback, or any RTMP URL.
+//! - [`procstat`]: CPU and memory of a process from `/proc`.
+//! - [`alloc`]: the counting allocator of the bench binary.
+//! - [`report`]: tables and JSON.
+//! - [`scenarios`]: the scenarios.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod flv;
+pub mod media;
+pub mod procstat;
+pub mod report;
 pub mod rtmp;
+pub mod scenarios;
+pub mod target;

@@ -45,6 +45,8 @@ pub struct Client {
     closed: bool,
     /// The last `onMetaData` the server sent, if any.
     pub metadata: Option<rml_rtmp::sessions::StreamMetadata>,
+    /// Bytes read from the socket after the handshake.
+    pub bytes_received: u64,
 }
 
 impl Client {
@@ -83,7 +85,8 @@ impl Client {
         };
         let (session, initial) =
             ClientSession::new(ClientSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
-        let mut client = Self { stream, session, buf, events: Default::default(), closed: false, metadata: None };
+        let mut client =
+            Self { stream, session, buf, events: Default::default(), closed: false, metadata: None, bytes_received: 0 };
         client.apply(initial).await?;
         let r = client.session.handle_input(&leftover).map_err(|e| anyhow!("{e:?}"))?;
         client.apply(r).await?;
@@ -144,6 +147,46 @@ impl Client {
     pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.stream.write_all(bytes).await?;
         Ok(())
+    }
+
+    /// Publishes `tags` in a loop for `duration`, paced at real time, timestamps
+    /// continuing across loops (sequence headers only once). Calls `sent` just
+    /// before each message goes out, with its timestamp and whether it is a video frame.
+    pub async fn publish_loop(
+        &mut self,
+        tags: &[Tag],
+        duration: Duration,
+        speed: f64,
+        mut sent: impl FnMut(u32, bool),
+    ) -> anyhow::Result<u64> {
+        let span = tags.iter().map(|t| t.timestamp).max().unwrap_or(0) + 33;
+        let start = Instant::now();
+        let mut bytes = 0u64;
+        for round in 0u32.. {
+            for tag in tags {
+                if round > 0 && tag.is_sequence_header() {
+                    continue;
+                }
+                let ts = tag.timestamp + round * span;
+                if speed > 0.0 {
+                    let due = Duration::from_secs_f64(f64::from(ts) / 1000.0 / speed);
+                    if due >= duration {
+                        return Ok(bytes);
+                    }
+                    let elapsed = start.elapsed();
+                    if due > elapsed {
+                        tokio::time::sleep(due - elapsed).await;
+                    }
+                } else if start.elapsed() >= duration {
+                    return Ok(bytes);
+                }
+                let shifted = Tag { kind: tag.kind, timestamp: ts, data: tag.data.clone() };
+                sent(ts, tag.kind == TAG_VIDEO && tag.data.get(1) == Some(&1));
+                self.send_tag(&shifted).await?;
+                bytes += tag.data.len() as u64;
+            }
+        }
+        Ok(bytes)
     }
 
     /// Publishes `tags` paced by their timestamps (`speed` 1.0 = real time; 0 = as fast as possible).
@@ -240,8 +283,8 @@ impl Client {
             self.closed = true;
             return Ok(false);
         }
-        let input = self.buf[..n].to_vec();
-        let results = self.session.handle_input(&input).map_err(|e| anyhow!("{e:?}"))?;
+        self.bytes_received += n as u64;
+        let results = self.session.handle_input(&self.buf[..n]).map_err(|e| anyhow!("{e:?}"))?;
         self.apply(results).await?;
         Ok(true)
     }

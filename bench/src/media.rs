@@ -1,0 +1,58 @@
+//! The test stream: a real H.264 + AAC stream made once with ffmpeg and cached.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::flv::{self, Tag};
+
+/// Parameters of the stream the bench publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSpec {
+    /// Video width.
+    pub width: u32,
+    /// Video height.
+    pub height: u32,
+    /// Video bitrate in kb/s.
+    pub kbps: u32,
+    /// Length in seconds (publishers loop it).
+    pub seconds: u32,
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        Self { width: 640, height: 360, kbps: 1000, seconds: 10 }
+    }
+}
+
+impl StreamSpec {
+    /// Makes (once) and reads the stream: H.264 High, 30 fps, a keyframe every
+    /// second, B-frames, AAC 48 kHz stereo 128 kb/s.
+    pub fn tags(&self) -> anyhow::Result<Vec<Tag>> {
+        let dir = std::env::temp_dir().join("gopbus-bench-media");
+        std::fs::create_dir_all(&dir)?;
+        let path: PathBuf = dir.join(format!("{}x{}-{}k-{}s.flv", self.width, self.height, self.kbps, self.seconds));
+        if !path.exists() {
+            let tmp = path.with_extension("tmp.flv");
+            let out = Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+                .arg(format!("testsrc2=size={}x{}:rate=30", self.width, self.height))
+                .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t"])
+                .arg(self.seconds.to_string())
+                .args(["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-bf", "2", "-g", "30"])
+                .args(["-keyint_min", "30", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-b:v"])
+                .arg(format!("{}k", self.kbps))
+                .args(["-maxrate", &format!("{}k", self.kbps), "-bufsize", &format!("{}k", self.kbps)])
+                .args(["-c:a", "aac", "-ac", "2", "-b:a", "128k", "-f", "flv"])
+                .arg(&tmp)
+                .output()
+                .context("running ffmpeg (install it: apt-get install ffmpeg)")?;
+            if !out.status.success() {
+                bail!("ffmpeg failed making the bench stream: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::fs::rename(&tmp, &path)?;
+        }
+        flv::read(&path)
+    }
+}

@@ -1,0 +1,81 @@
+//! `ingest`: N publishers at maximum rate (no pacing, no players): bytes per
+//! second accepted and server CPU per stream.
+
+use std::time::{Duration, Instant};
+
+use super::{connect_publish, Params};
+use crate::procstat;
+use crate::report::{Report, Row, Spread};
+
+struct RunResult {
+    mbytes_per_s: f64,
+    cpu: Option<f64>,
+    bench_cpu: Option<f64>,
+}
+
+async fn once(p: &Params, n: usize) -> anyhow::Result<RunResult> {
+    let tags = std::sync::Arc::new(p.spec.tags()?);
+    let target = p.target(n)?;
+    let duration = Duration::from_secs_f64(p.seconds);
+    let mut publishers = Vec::new();
+    for url in &target.publish {
+        publishers.push(connect_publish(url).await?);
+    }
+    let me = std::process::id();
+    let (cpu0, self0) = (target.pid.and_then(procstat::cpu), procstat::cpu(me));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut c in publishers {
+        let tags = tags.clone();
+        tasks.push(tokio::spawn(async move { c.publish_loop(&tags, duration, 0.0, |_, _| {}).await }));
+    }
+    let mut bytes = 0u64;
+    for t in tasks {
+        bytes += t.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (cpu1, self1) = (target.pid.and_then(procstat::cpu), procstat::cpu(me));
+    Ok(RunResult {
+        mbytes_per_s: bytes as f64 / elapsed / 1e6,
+        cpu: cpu0.zip(cpu1).map(|(a, b)| procstat::cpu_percent(a, b)),
+        bench_cpu: self0.zip(self1).map(|(a, b)| procstat::cpu_percent(a, b)),
+    })
+}
+
+pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
+    let sizes = p.sizes_or(&[1, 4, 16]);
+    let mut params = p.describe();
+    params["publishers"] = serde_json::json!(sizes);
+    let mut report = Report::new("ingest", params);
+    for &n in &sizes {
+        let mut results = Vec::new();
+        for _ in 0..p.runs {
+            results.push(once(p, n).await?);
+        }
+        let mbs = Spread::of(&results.iter().map(|r| r.mbytes_per_s).collect::<Vec<_>>());
+        let cpu = Spread::of(&results.iter().filter_map(|r| r.cpu).collect::<Vec<_>>());
+        let bench = Spread::of(&results.iter().filter_map(|r| r.bench_cpu).collect::<Vec<_>>());
+        let per_stream_cpu = cpu.median / n as f64;
+        report.rows.push(
+            Row::new()
+                .col("publishers", n as u64)
+                .col("MB/s accepted", mbs.median)
+                .col("MB/s spread", mbs.range())
+                .col("MB/s per stream", mbs.median / n as f64)
+                .col("server CPU % of a core", cpu.median)
+                .col("server CPU % per stream", per_stream_cpu)
+                .col(
+                    "server CPU-seconds per GB",
+                    if mbs.median > 0.0 { cpu.median / 100.0 / (mbs.median / 1000.0) } else { 0.0 },
+                )
+                .col("bench (publishers) CPU %", bench.median),
+        );
+    }
+    report.notes.push(
+        "Publishers send the stream in a loop as fast as TCP takes it. The light publishers serialize every \
+         message (rml_rtmp) and share the 2 cores with the server, so the figure that compares servers is \
+         'server CPU-seconds per GB' rather than the raw MB/s, which is bounded by the publishers here."
+            .into(),
+    );
+    Ok(report)
+}

@@ -1,0 +1,105 @@
+//! `rtmp-fanout`: one publisher of a real H.264+AAC stream, N RTMP players that
+//! read and count. Server CPU and RSS, delivered throughput, whether every
+//! player kept up, and the frames players missed.
+
+use std::time::{Duration, Instant};
+
+use super::{connect_publish, start_players, Params, PlayerStats, DRAIN};
+use crate::procstat;
+use crate::report::{Report, Row, Spread};
+
+struct RunResult {
+    cpu: Option<f64>,
+    rss_mib: Option<f64>,
+    mbps: f64,
+    keeping_up: usize,
+    dropped: u64,
+    failed: usize,
+    max_lag_ms: f64,
+}
+
+async fn once(p: &Params, n: usize) -> anyhow::Result<RunResult> {
+    let tags = p.spec.tags()?;
+    let target = p.target(1)?;
+    let duration = Duration::from_secs_f64(p.seconds);
+    // Players join first, so each should receive every frame.
+    let deadline = Instant::now() + duration + DRAIN + Duration::from_secs(30);
+    let players = start_players(&target.play[0], n, deadline).await;
+
+    let mut publisher = connect_publish(&target.publish[0]).await?;
+    let cpu0 = target.pid.and_then(procstat::cpu);
+    let start = Instant::now();
+    let mut sent_frames = 0u64;
+    let mut last_sent = 0u32;
+    publisher
+        .publish_loop(&tags, duration, 1.0, |ts, video| {
+            if video {
+                sent_frames += 1;
+                last_sent = ts;
+            }
+        })
+        .await?;
+    let elapsed = start.elapsed();
+    let cpu1 = target.pid.and_then(procstat::cpu);
+    let rss = target.pid.and_then(procstat::rss_kib);
+    drop(publisher);
+    let mut stats: Vec<PlayerStats> = Vec::with_capacity(n);
+    for h in players {
+        stats.push(h.await?);
+    }
+    let received: u64 = stats.iter().map(|s| s.bytes).sum();
+    let failed = stats.iter().filter(|s| s.error.is_some()).count();
+    let keeping_up = stats.iter().filter(|s| s.error.is_none() && s.video_frames >= sent_frames).count();
+    let dropped = stats.iter().map(|s| sent_frames.saturating_sub(s.video_frames)).sum();
+    let max_lag_ms = stats
+        .iter()
+        .map(|s| s.last_video_ts.map_or(f64::from(last_sent), |t| f64::from(last_sent.saturating_sub(t))))
+        .fold(0.0, f64::max);
+    Ok(RunResult {
+        cpu: cpu0.zip(cpu1).map(|(a, b)| procstat::cpu_percent(a, b)),
+        rss_mib: rss.map(|k| k as f64 / 1024.0),
+        mbps: received as f64 * 8.0 / elapsed.as_secs_f64() / 1e6,
+        keeping_up,
+        dropped,
+        failed,
+        max_lag_ms,
+    })
+}
+
+pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
+    let sizes = p.sizes_or(&[1, 10, 100, 1000]);
+    let mut params = p.describe();
+    params["players"] = serde_json::json!(sizes);
+    let mut report = Report::new("rtmp-fanout", params);
+    for &n in &sizes {
+        let mut results = Vec::new();
+        for _ in 0..p.runs {
+            results.push(once(p, n).await?);
+        }
+        let cpu = Spread::of(&results.iter().filter_map(|r| r.cpu).collect::<Vec<_>>());
+        let rss = Spread::of(&results.iter().filter_map(|r| r.rss_mib).collect::<Vec<_>>());
+        let mbps = Spread::of(&results.iter().map(|r| r.mbps).collect::<Vec<_>>());
+        let worst = results.iter().min_by_key(|r| r.keeping_up).expect("runs >= 1");
+        report.rows.push(
+            Row::new()
+                .col("players", n as u64)
+                .col("delivered Mb/s", mbps.median)
+                .col("server CPU % of a core", cpu.median)
+                .col("CPU spread", cpu.range())
+                .col("server RSS MiB", rss.median)
+                .col("players keeping up (worst run)", format!("{}/{}", worst.keeping_up, n))
+                .col("frames missed (all players, all runs)", results.iter().map(|r| r.dropped).sum::<u64>())
+                .col("max lag at end ms", results.iter().map(|r| r.max_lag_ms).fold(0.0, f64::max))
+                .col("failed players", results.iter().map(|r| r.failed as u64).sum::<u64>()),
+        );
+    }
+    report.notes.push(
+        "Players are the bench's light RTMP clients (rml_rtmp's client session), all in the bench process, \
+         on the same 2-core machine as the server: at large N they compete with the server for CPU. A player \
+         keeps up when it received every video frame published after it joined; 'frames missed' counts the \
+         frames it did not get (gopbus skips whole GoPs for a player that falls behind). 'max lag' is how far \
+         behind the publisher the slowest player's last frame was when publishing stopped."
+            .into(),
+    );
+    Ok(report)
+}

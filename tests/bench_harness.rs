@@ -1,0 +1,61 @@
+//! Every benchmark scenario runs once at a tiny size, so the harness cannot rot.
+//! Nothing here asserts a timing: only that each scenario measures what it says.
+
+mod common;
+
+use std::path::PathBuf;
+
+use bench::report::Report;
+use bench::scenarios::{self, Params, ALL};
+use common::*;
+
+fn num(report: &Report, row: usize, col: &str) -> f64 {
+    report.rows[row]
+        .get(col)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("{}: no numeric {col:?}", report.scenario))
+}
+
+fn text(report: &Report, row: usize, col: &str) -> String {
+    report.rows[row]
+        .get(col)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{}: no {col:?}", report.scenario))
+}
+
+#[test]
+fn every_scenario_runs_at_a_tiny_size() {
+    require("ffmpeg");
+    let out = tmpdir("bench");
+    let params = Params::tiny(PathBuf::from(env!("CARGO_BIN_EXE_gopbus")), out.clone());
+    for name in ALL {
+        let report = scenarios::run(name, &params).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(!report.rows.is_empty(), "{name}: no rows");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(format!("{name}.json"))).unwrap()).unwrap();
+        assert_eq!(json["scenario"], name);
+        assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
+        assert!(!report.markdown().is_empty());
+        match name {
+            "bus-publish" => assert!(num(&report, 0, "ns per push") > 0.0),
+            "bus-local" => assert_eq!(num(&report, 0, "frames not delivered"), 0.0),
+            "zero-copy" => {
+                assert_eq!(num(&report, 0, "payload bytes copied"), 0.0, "payload was copied");
+                assert_eq!(num(&report, 0, "delivered frames"), 2.0 * num(&report, 0, "frames in"));
+            }
+            "rtmp-fanout" => {
+                assert_eq!(text(&report, 0, "players keeping up (worst run)"), "2/2");
+                assert!(num(&report, 0, "delivered Mb/s") > 0.0);
+                assert!(num(&report, 0, "server RSS MiB") > 0.0);
+            }
+            "latency" => {
+                assert!(num(&report, 0, "frames") > 10.0);
+                assert!(num(&report, 1, "frames") > 10.0);
+                assert_eq!(num(&report, 0, "frames not received"), 0.0);
+            }
+            "ttff" => assert_eq!(num(&report, 1, "joins"), 2.0),
+            "ingest" => assert!(num(&report, 0, "MB/s accepted") > 0.0),
+            other => panic!("scenario {other} has no check here"),
+        }
+    }
+}
