@@ -227,7 +227,9 @@ impl Client {
                             at: Instant::now(),
                         }))
                     }
-                    ClientSessionEvent::UnhandleableOnStatusCode { code } if code == "NetStream.Play.Stop" => {
+                    ClientSessionEvent::UnhandleableOnStatusCode { code }
+                        if code == "NetStream.Play.Stop" || code == "NetStream.Play.UnpublishNotify" =>
+                    {
                         return Ok(None)
                     }
                     ClientSessionEvent::StreamMetadataReceived { metadata } => self.metadata = Some(metadata),

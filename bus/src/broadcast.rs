@@ -99,8 +99,9 @@ pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) config: BusConfig,
     state: RwLock<State>,
-    /// Woken after every change; subscribers wait on it.
-    pub(crate) notify: Notify,
+    /// Woken after every change; subscribers wait on one shard each, so that
+    /// re-registering after a wake-up does not contend on one lock.
+    notify: [Notify; NOTIFY_SHARDS],
     /// Sequence number of the newest GoP, or `u64::MAX` before the first one.
     pub(crate) newest_seq: AtomicU64,
     /// Highest decode timestamp pushed so far, or `i64::MIN`.
@@ -109,6 +110,9 @@ pub(crate) struct Shared {
 }
 
 pub(crate) const NO_GOP: u64 = u64::MAX;
+
+/// Wake-up shards per broadcast.
+pub(crate) const NOTIFY_SHARDS: usize = 8;
 
 impl Shared {
     pub(crate) fn new(name: Arc<str>, config: BusConfig) -> Self {
@@ -122,11 +126,23 @@ impl Shared {
                 epoch: 0,
                 publisher_token: None,
             }),
-            notify: Notify::new(),
+            notify: std::array::from_fn(|_| Notify::new()),
             newest_seq: AtomicU64::new(NO_GOP),
             last_dts: AtomicI64::new(i64::MIN),
             stats: BroadcastStats::default(),
         }
+    }
+
+    /// Wakes every waiting subscriber.
+    pub(crate) fn wake_all(&self) {
+        for n in &self.notify {
+            n.notify_waiters();
+        }
+    }
+
+    /// The wake-up shard of subscriber `id`.
+    pub(crate) fn waker(&self, id: usize) -> &Notify {
+        &self.notify[id % NOTIFY_SHARDS]
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {

@@ -99,7 +99,7 @@ impl Bus {
                 shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(broadcast = %name, "publisher took over");
             }
-            shared.notify.notify_waiters();
+            shared.wake_all();
             return Publisher::new(self.clone(), shared, epoch, token, last_dts);
         }
     }

@@ -54,6 +54,12 @@ impl Publisher {
         self.token.cancelled().await;
     }
 
+    /// Like [`replaced`](Self::replaced), as an owned future: create it once and
+    /// poll it from a driver loop without re-registering each time.
+    pub fn replaced_owned(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.token.clone().cancelled_owned()
+    }
+
     /// Whether this handle is still the broadcast's publisher.
     pub fn is_active(&self) -> bool {
         !self.token.is_cancelled()
@@ -79,7 +85,7 @@ impl Publisher {
         drop(st);
         self.current = Some(gop);
         self.shared.stats.gops.fetch_add(1, Ordering::Relaxed);
-        self.shared.notify.notify_waiters();
+        self.shared.wake_all();
         Ok(seq)
     }
 
@@ -96,7 +102,7 @@ impl Publisher {
         self.shared.last_dts.fetch_max(dts, Ordering::Relaxed);
         self.shared.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
-        self.shared.notify.notify_waiters();
+        self.shared.wake_all();
         Ok(())
     }
 
@@ -124,7 +130,7 @@ impl Publisher {
         st.publisher_token = None;
         drop(st);
         self.token.cancel();
-        self.shared.notify.notify_waiters();
+        self.shared.wake_all();
         self.bus.remove_if_same(&self.shared);
     }
 

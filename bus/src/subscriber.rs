@@ -79,6 +79,8 @@ pub struct Subscriber {
     cursor: Option<Cursor>,
     skipped_gops: u64,
     ended: Option<EndReason>,
+    /// Picks the wake-up shard.
+    id: usize,
 }
 
 impl Subscriber {
@@ -91,7 +93,9 @@ impl Subscriber {
             (newest, StartAt::CurrentGop) => newest,
             (newest, StartAt::NextGop) => newest + 1,
         };
-        Self { bus, shared, start: opts.start, max_lag, first_seq, cursor: None, skipped_gops: 0, ended: None }
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Self { bus, shared, start: opts.start, max_lag, first_seq, cursor: None, skipped_gops: 0, ended: None, id }
     }
 
     /// The broadcast's name.
@@ -113,7 +117,7 @@ impl Subscriber {
     pub async fn next(&mut self) -> Event {
         let shared = self.shared.clone();
         loop {
-            let notified = shared.notify.notified();
+            let notified = shared.waker(self.id).notified();
             tokio::pin!(notified);
             // Register before looking, so a push between the look and the wait wakes us.
             notified.as_mut().enable();

@@ -3,6 +3,8 @@
 //! bus without ever blocking one on another.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +41,15 @@ struct Publishing {
     media: MediaIngest,
     name: String,
     revoked: CancellationToken,
+    /// Resolves when the key is revoked or another publisher takes over; made
+    /// once, so the driver loop does not re-register wakers on every event.
+    stop: Pin<Box<dyn Future<Output = Stop> + Send>>,
+}
+
+/// Why a publishing session must stop.
+enum Stop {
+    Revoked,
+    Replaced,
 }
 
 struct Playing {
@@ -127,16 +138,9 @@ async fn handshake(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Result<Ve
     }
 }
 
-async fn replaced(p: Option<&Publishing>) {
+async fn publisher_stop(p: Option<&mut Publishing>) -> Stop {
     match p {
-        Some(p) => p.media.publisher().replaced().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn revoked(p: Option<&Publishing>) {
-    match p {
-        Some(p) => p.revoked.cancelled().await,
+        Some(p) => p.stop.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -158,6 +162,13 @@ impl Conn {
     ) -> Result<(), SessionError> {
         let idle = self.ingest.config.idle_timeout;
         let queue_limit = self.ingest.config.player_queue;
+        // One timer for the connection's life, pushed back lazily: re-arming a
+        // timer on every event would cost more than the event.
+        let mut last_activity = tokio::time::Instant::now();
+        let shutdown_signal = shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown_signal);
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
         loop {
             while self.close.is_none() {
                 let Some(msg) = self.dec.decode(rbuf)? else { break };
@@ -178,17 +189,18 @@ impl Conn {
             let idle_armed = self.playing.is_none() || !self.out.is_empty();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown_signal => {
                     if self.playing.is_some() {
                         self.send_status("status", "NetStream.Play.UnpublishNotify", "server shutting down");
                     }
                     self.close = Some(Ok(()));
                 }
-                _ = revoked(self.publishing.as_ref()) => {
-                    self.close = Some(Err(SessionError::Refused("stream key revoked".into())));
-                }
-                _ = replaced(self.publishing.as_ref()) => {
-                    self.close = Some(Err(SessionError::Refused("another publisher took over this stream".into())));
+                stop = publisher_stop(self.publishing.as_mut()) => {
+                    let why = match stop {
+                        Stop::Revoked => "stream key revoked",
+                        Stop::Replaced => "another publisher took over this stream",
+                    };
+                    self.close = Some(Err(SessionError::Refused(why.into())));
                 }
                 r = self.out.write_to(wr), if !self.out.is_empty() => { r?; }
                 ev = next_event(self.playing.as_mut()), if self.out.len() < queue_limit => self.play_event(ev),
@@ -214,12 +226,33 @@ impl Conn {
                         self.send(csid::CONTROL, 0, RtmpMessage::Acknowledgement { sequence_number: self.received as u32 });
                     }
                 }
-                _ = tokio::time::sleep(idle), if idle_armed => return Err(SessionError::Idle(idle)),
+                _ = &mut idle_timer, if idle_armed => {
+                    let deadline = last_activity + idle;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(SessionError::Idle(idle));
+                    }
+                    idle_timer.as_mut().reset(deadline);
+                    continue;
+                }
+            }
+            last_activity = tokio::time::Instant::now();
+        }
+    }
+
+    /// Queues `ev` and whatever else is ready, up to the queue limit, so that one
+    /// `writev` carries as many frames as are waiting.
+    fn play_event(&mut self, ev: Event) {
+        let limit = self.ingest.config.player_queue;
+        let mut next = Some(ev);
+        while let Some(ev) = next.take() {
+            self.play_one(ev);
+            if self.out.len() < limit {
+                next = self.playing.as_mut().and_then(|p| p.sub.try_next());
             }
         }
     }
 
-    fn play_event(&mut self, ev: Event) {
+    fn play_one(&mut self, ev: Event) {
         let Some(playing) = self.playing.as_mut() else { return };
         if let Some(reason) = playing.egress.handle(ev, &mut self.enc, &mut self.out) {
             tracing::info!(%reason, frames = playing.egress.frames, skipped_gops = playing.egress.skipped_gops, "broadcast ended; closing player");
@@ -403,7 +436,14 @@ impl Conn {
             .insert(name.clone(), LivePublisher { key: KeyHash::of(&key), session: self.id, revoked: revoked.clone() });
         tracing::Span::current().record("broadcast", name.as_str());
         tracing::info!("publishing");
-        self.publishing = Some(Publishing { media: MediaIngest::new(publisher), name, revoked });
+        let (revoked_signal, replaced_signal) = (revoked.clone().cancelled_owned(), publisher.replaced_owned());
+        let stop = Box::pin(async move {
+            tokio::select! {
+                _ = revoked_signal => Stop::Revoked,
+                _ = replaced_signal => Stop::Replaced,
+            }
+        });
+        self.publishing = Some(Publishing { media: MediaIngest::new(publisher), name, revoked, stop });
         self.stream_begin();
         self.send_status("status", "NetStream.Publish.Start", "publishing");
         Ok(())
