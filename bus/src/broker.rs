@@ -124,6 +124,11 @@ impl Bus {
         self.inner.broadcasts.get(name).is_some_and(|s| s.is_live())
     }
 
+    /// Subscribers attached to `name` now (0 if there is no such broadcast).
+    pub fn subscriber_count(&self, name: &str) -> usize {
+        self.inner.broadcasts.get(name).map_or(0, |s| s.stats.subscribers.load(Ordering::Relaxed))
+    }
+
     /// The broadcasts that have a publisher now.
     pub fn broadcasts(&self) -> Vec<BroadcastInfo> {
         let mut out: Vec<BroadcastInfo> = self

@@ -34,8 +34,10 @@
 
 pub mod broadcast;
 pub mod broker;
+pub mod directory;
 mod error;
 pub mod publisher;
+pub mod quic;
 pub mod subscriber;
 
 pub use broadcast::BroadcastStats;

@@ -108,6 +108,16 @@ impl Subscriber {
         self.skipped_gops
     }
 
+    /// How many GoPs the newest GoP is ahead of this subscriber's (0 when it is
+    /// in the newest GoP or has not started).
+    pub fn behind(&self) -> u64 {
+        let newest = self.shared.newest_seq.load(Ordering::Acquire);
+        match (&self.cursor, newest) {
+            (Some(c), n) if n != NO_GOP => n.saturating_sub(c.seq),
+            _ => 0,
+        }
+    }
+
     /// Where this subscriber asked to start.
     pub const fn start(&self) -> StartAt {
         self.start

@@ -34,7 +34,8 @@ pub enum StartAt {
     NextGop,
 }
 
-/// Messages on a connection's control stream.
+/// Messages on a connection's control stream. Requests carry an `id` chosen by
+/// the requester; answers and the GoP streams of that request carry it back.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug), attr(allow(missing_docs)))]
 pub enum Control {
@@ -45,32 +46,62 @@ pub enum Control {
         /// The shared bus token.
         token: String,
     },
-    /// A publisher announces a broadcast it will publish.
+    /// The server accepted the hello.
+    Welcome,
+    /// A publisher announces a broadcast it will send on GoP streams tagged `id`.
     Announce {
+        /// Request id.
+        id: u64,
         /// Broadcast name.
         broadcast: String,
     },
-    /// A subscriber asks for a broadcast.
+    /// A subscriber asks for a broadcast, to arrive on GoP streams tagged `id`.
     Subscribe {
+        /// Request id.
+        id: u64,
         /// Broadcast name.
         broadcast: String,
         /// Where to start.
         start: StartAt,
     },
-    /// The last request succeeded.
-    Ok,
-    /// A broadcast ended.
+    /// The subscriber no longer wants request `id`.
+    Unsubscribe {
+        /// Request id.
+        id: u64,
+    },
+    /// Request `id` succeeded.
+    Ok {
+        /// Request id.
+        id: u64,
+    },
+    /// The broadcast of request `id` ended.
     End {
-        /// Broadcast name.
-        broadcast: String,
+        /// Request id.
+        id: u64,
         /// Why.
         reason: EndReason,
     },
-    /// The last request failed.
+    /// Request `id` failed (`id` 0: the connection itself, e.g. a bad token).
     Error {
+        /// Request id.
+        id: u64,
+        /// Whether the broadcast does not exist (as opposed to another failure).
+        not_found: bool,
         /// What went wrong, for the peer's log.
         message: String,
     },
+}
+
+/// Opens one GoP sub-channel stream: which request, which track, which GoP.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct StreamHeader {
+    /// The request (subscription or announce) the stream belongs to.
+    pub id: u64,
+    /// The track this sub-channel carries.
+    pub track: crate::media::TrackId,
+    /// The GoP header, identical on every track's stream of the GoP.
+    pub gop: GopHeader,
 }
 
 /// Any bus message.
@@ -79,13 +110,13 @@ pub enum Message {
     /// A control-stream message.
     Control(Control),
     /// Opens a GoP sub-channel stream.
-    Gop(GopHeader),
+    Stream(StreamHeader),
     /// Precedes a frame payload of `len` bytes on a sub-channel stream.
     Frame(FrameHeader),
 }
 
 const KIND_CONTROL: u8 = 1;
-const KIND_GOP: u8 = 2;
+const KIND_STREAM: u8 = 2;
 const KIND_FRAME: u8 = 3;
 
 /// Appends one framed message to `out`.
@@ -93,7 +124,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
     // Serializing our own plain structs cannot fail: no shared pointers, no limits hit.
     let (kind, body) = match msg {
         Message::Control(c) => (KIND_CONTROL, rkyv::to_bytes::<rancor::Error>(c)),
-        Message::Gop(g) => (KIND_GOP, rkyv::to_bytes::<rancor::Error>(g)),
+        Message::Stream(g) => (KIND_STREAM, rkyv::to_bytes::<rancor::Error>(g)),
         Message::Frame(f) => (KIND_FRAME, rkyv::to_bytes::<rancor::Error>(f)),
     };
     let body = body.expect("serializing owned plain data is infallible");
@@ -127,7 +158,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Message, Error> {
     let bad = |_| Error::invalid("bus message", "archive failed validation");
     let msg = match kind {
         KIND_CONTROL => Message::Control(rkyv::from_bytes::<Control, rancor::Error>(&aligned).map_err(bad)?),
-        KIND_GOP => Message::Gop(rkyv::from_bytes::<GopHeader, rancor::Error>(&aligned).map_err(bad)?),
+        KIND_STREAM => Message::Stream(rkyv::from_bytes::<StreamHeader, rancor::Error>(&aligned).map_err(bad)?),
         KIND_FRAME => Message::Frame(rkyv::from_bytes::<FrameHeader, rancor::Error>(&aligned).map_err(bad)?),
         other => return Err(Error::Unsupported { what: "bus message kind", value: u32::from(other) }),
     };
@@ -143,14 +174,19 @@ mod tests {
     fn samples() -> Vec<Message> {
         vec![
             Message::Control(Control::Hello { version: VERSION, token: "secret".into() }),
-            Message::Control(Control::Subscribe { broadcast: "alice".into(), start: StartAt::CurrentGop }),
-            Message::Control(Control::End { broadcast: "alice".into(), reason: EndReason::Error("boom".into()) }),
-            Message::Gop(GopHeader {
-                seq: 7,
-                start_dts: 1 << 40,
-                video: None,
-                audio: Some(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
-                metadata: Some(vec![2, 0, 1, b'x']),
+            Message::Control(Control::Subscribe { id: 3, broadcast: "alice".into(), start: StartAt::CurrentGop }),
+            Message::Control(Control::End { id: 3, reason: EndReason::Error("boom".into()) }),
+            Message::Control(Control::Error { id: 0, not_found: false, message: "invalid bus token".into() }),
+            Message::Stream(StreamHeader {
+                id: 3,
+                track: TrackId::AUDIO,
+                gop: GopHeader {
+                    seq: 7,
+                    start_dts: 1 << 40,
+                    video: None,
+                    audio: Some(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
+                    metadata: Some(vec![2, 0, 1, b'x']),
+                },
             }),
             Message::Frame(FrameHeader {
                 track: TrackId::VIDEO,
@@ -188,7 +224,7 @@ mod tests {
     #[test]
     fn corrupt_input_is_an_error() {
         let mut buf = BytesMut::new();
-        encode(&samples()[3], &mut buf);
+        encode(&samples()[4], &mut buf);
         let mut bad_version = buf.clone();
         bad_version[0] = 9;
         assert!(matches!(decode(&mut bad_version), Err(Error::Unsupported { .. })));
@@ -197,7 +233,7 @@ mod tests {
         assert!(matches!(decode(&mut too_long), Err(Error::Invalid { .. })));
         // Garbage archive of a plausible length.
         let mut garbage =
-            BytesMut::from(&[VERSION, KIND_GOP, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]);
+            BytesMut::from(&[VERSION, KIND_STREAM, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]);
         assert!(decode(&mut garbage).is_err());
     }
 }

@@ -203,16 +203,24 @@ pub(crate) async fn start_players(
     players
 }
 
+/// Connect, handshake and play, within 20 s.
 pub(crate) async fn connect_play(url: &RtmpUrl) -> anyhow::Result<Client> {
-    let mut c = Client::connect(url.addr, &url.app).await?;
-    c.play(&url.name).await?;
-    Ok(c)
+    let attempt = async {
+        let mut c = Client::connect(url.addr, &url.app).await?;
+        c.play(&url.name).await?;
+        anyhow::Ok(c)
+    };
+    tokio::time::timeout(Duration::from_secs(20), attempt).await.map_err(|_| anyhow::anyhow!("play timed out"))?
 }
 
+/// Connect, handshake and publish, within 20 s.
 pub(crate) async fn connect_publish(url: &RtmpUrl) -> anyhow::Result<Client> {
-    let mut c = Client::connect(url.addr, &url.app).await?;
-    c.publish(&url.name).await?;
-    Ok(c)
+    let attempt = async {
+        let mut c = Client::connect(url.addr, &url.app).await?;
+        c.publish(&url.name).await?;
+        anyhow::Ok(c)
+    };
+    tokio::time::timeout(Duration::from_secs(20), attempt).await.map_err(|_| anyhow::anyhow!("publish timed out"))?
 }
 
 /// Grace after the publisher stops for players to drain.

@@ -1,0 +1,95 @@
+//! The directory: which node holds which broadcast.
+//!
+//! In one process it is a map. In a cluster it is Redis: a holder writes
+//! `gopbus:broadcast:NAME → quic://node` with a TTL and refreshes it, so a dead
+//! node's entries disappear by themselves.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::quic::QuicError;
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, QuicError>> + Send + 'a>>;
+
+/// Broadcast name → the URL of the node that holds it.
+pub trait Directory: Send + Sync + 'static {
+    /// The node holding `broadcast`, if any.
+    fn lookup<'a>(&'a self, broadcast: &'a str) -> BoxFut<'a, Option<String>>;
+    /// Records (or refreshes) that `node` holds `broadcast`.
+    fn register<'a>(&'a self, broadcast: &'a str, node: &'a str) -> BoxFut<'a, ()>;
+}
+
+/// The in-process directory.
+#[derive(Default)]
+pub struct LocalDirectory {
+    map: DashMap<String, String>,
+}
+
+impl Directory for LocalDirectory {
+    fn lookup<'a>(&'a self, broadcast: &'a str) -> BoxFut<'a, Option<String>> {
+        Box::pin(async move { Ok(self.map.get(broadcast).map(|v| v.clone())) })
+    }
+
+    fn register<'a>(&'a self, broadcast: &'a str, node: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            self.map.insert(broadcast.to_owned(), node.to_owned());
+            Ok(())
+        })
+    }
+}
+
+/// The Redis directory.
+pub struct RedisDirectory {
+    conn: redis::aio::ConnectionManager,
+    ttl: Duration,
+}
+
+impl RedisDirectory {
+    /// Connects to `url` (`redis://HOST:PORT`); entries live for `ttl` unless refreshed.
+    pub async fn connect(url: &str, ttl: Duration) -> Result<Self, QuicError> {
+        let client = redis::Client::open(url).map_err(|e| QuicError::Config(format!("redis {url}: {e}")))?;
+        let conn = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(|e| QuicError::Connect(format!("redis {url}: {e}")))?;
+        Ok(Self { conn, ttl })
+    }
+
+    /// The TTL entries are written with.
+    pub const fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn key(broadcast: &str) -> String {
+        format!("gopbus:broadcast:{broadcast}")
+    }
+}
+
+impl Directory for RedisDirectory {
+    fn lookup<'a>(&'a self, broadcast: &'a str) -> BoxFut<'a, Option<String>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            redis::cmd("GET")
+                .arg(Self::key(broadcast))
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .map_err(|e| QuicError::Connection(format!("redis: {e}")))
+        })
+    }
+
+    fn register<'a>(&'a self, broadcast: &'a str, node: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            redis::cmd("SET")
+                .arg(Self::key(broadcast))
+                .arg(node)
+                .arg("PX")
+                .arg(self.ttl.as_millis() as u64)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(|e| QuicError::Connection(format!("redis: {e}")))
+        })
+    }
+}

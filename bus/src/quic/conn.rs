@@ -1,0 +1,76 @@
+//! Pieces both ends of a bus connection use: routing GoP streams to the
+//! broadcast they belong to, and the control stream writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gopbus_proto::wire::{Control, Message};
+use tokio::sync::mpsc;
+
+use super::ingress::{read_stream, Piece};
+use super::io::{Reader, Writer};
+
+/// Request id → the merger of that broadcast.
+#[derive(Default)]
+pub(crate) struct Routes {
+    map: Mutex<HashMap<u64, mpsc::Sender<Piece>>>,
+}
+
+impl Routes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Piece>>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn insert(&self, id: u64, tx: mpsc::Sender<Piece>) {
+        self.lock().insert(id, tx);
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<mpsc::Sender<Piece>> {
+        self.lock().get(&id).cloned()
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Drops every route: their mergers see the end of their input.
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// Accepts the peer's GoP streams and hands each to the merger of its request.
+pub(crate) async fn accept_streams(conn: quinn::Connection, routes: Arc<Routes>) {
+    while let Ok(stream) = conn.accept_uni().await {
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let mut reader = Reader::new(stream);
+            match reader.message().await {
+                Ok(Some(Message::Stream(h))) => {
+                    let Some(tx) = routes.get(h.id) else {
+                        reader.stop();
+                        return;
+                    };
+                    let (seq, track) = (h.gop.seq, h.track);
+                    if tx.send(Piece::Open { track, gop: h.gop }).await.is_err() {
+                        reader.stop();
+                        return;
+                    }
+                    read_stream(reader, seq, track, tx).await;
+                }
+                Ok(_) | Err(_) => reader.stop(),
+            }
+        });
+    }
+}
+
+/// Writes control messages from `rx` until it closes or the stream breaks.
+pub(crate) async fn write_control(mut writer: Writer, mut rx: mpsc::Receiver<Control>) {
+    while let Some(msg) = rx.recv().await {
+        if writer.send(&Message::Control(msg), &[]).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.stream.finish();
+}

@@ -1,0 +1,161 @@
+//! Sending one broadcast: a local subscriber's events onto GoP sub-channel streams.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use gopbus_proto::wire::{Control, Message, StreamHeader};
+use gopbus_proto::{GopHeader, TrackId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::io::Writer;
+use super::{QuicError, IN_FLIGHT_GOPS};
+use crate::{Event, Subscriber};
+
+/// Error code on streams reset because the subscriber fell behind.
+const RESET_STALE: u32 = 1;
+
+/// Stream priority: newer GoPs first, and within a GoP audio before video.
+fn priority(seq: u64, track: TrackId) -> i32 {
+    let base = (seq.min((i32::MAX / 2 - 1) as u64) as i32) * 2;
+    if track == TrackId::AUDIO {
+        base + 1
+    } else {
+        base
+    }
+}
+
+fn tracks_of(gop: &GopHeader) -> Vec<TrackId> {
+    let mut t = Vec::with_capacity(2);
+    if gop.video.is_some() {
+        t.push(TrackId::VIDEO);
+    }
+    if gop.audio.is_some() {
+        t.push(TrackId::AUDIO);
+    }
+    t
+}
+
+struct Open {
+    track: TrackId,
+    writer: Writer,
+}
+
+/// Sends `sub`'s broadcast on `conn` as request `id` until it ends, the peer
+/// goes away or `cancel` fires. The end (with its reason) goes to `control`.
+pub(crate) async fn send_broadcast(
+    conn: quinn::Connection,
+    id: u64,
+    mut sub: Subscriber,
+    control: mpsc::Sender<Control>,
+    cancel: CancellationToken,
+) -> Result<(), QuicError> {
+    let mut current: Vec<Open> = Vec::new();
+    // Finished GoPs whose data may still be in flight, oldest first.
+    let mut in_flight: VecDeque<Vec<Open>> = VecDeque::new();
+    let mut gop: Option<std::sync::Arc<GopHeader>> = None;
+    let mut skipped: u64 = 0;
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => break,
+            ev = sub.next() => ev,
+        };
+        match ev {
+            Event::Gop(header) => {
+                retire(&mut current, &mut in_flight);
+                for track in tracks_of(&header) {
+                    current.push(open(&conn, id, track, &header).await?);
+                }
+                gop = Some(header);
+            }
+            Event::Frame(frame) => {
+                let track = frame.header.track;
+                let idx = match current.iter().position(|o| o.track == track) {
+                    Some(i) => i,
+                    None => {
+                        // A track the GoP header did not announce (a derived track): open it now.
+                        let Some(h) = gop.as_ref() else { continue };
+                        current.push(open(&conn, id, track, h).await?);
+                        current.len() - 1
+                    }
+                };
+                let msg = Message::Frame(frame.header);
+                let write = current[idx].writer.send(&msg, frame.payload.parts());
+                // While blocked on flow control, watch whether this subscriber fell
+                // behind: then stop writing this stale GoP and move on.
+                let stale = async {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if sub.behind() > 0 {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    r = write => r?,
+                    () = stale => {
+                        for o in current.drain(..) {
+                            let mut o = o;
+                            let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));
+                        }
+                    }
+                }
+            }
+            Event::Skipped { from, to } => {
+                skipped += to - from;
+                tracing::debug!(id, from, to, "remote subscriber fell behind; stale GoP streams reset");
+                for mut o in current.drain(..) {
+                    let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));
+                }
+            }
+            Event::CutShort { .. } => retire(&mut current, &mut in_flight),
+            Event::End(reason) => {
+                retire(&mut current, &mut in_flight);
+                let _ = control.send(Control::End { id, reason }).await;
+                break;
+            }
+        }
+        while in_flight.len() > IN_FLIGHT_GOPS {
+            for mut o in in_flight.pop_front().unwrap_or_default() {
+                // Already finished: a reset only abandons data not yet acknowledged.
+                let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));
+            }
+        }
+    }
+    if skipped > 0 {
+        tracing::info!(id, skipped_gops = skipped, "remote subscriber skipped GoPs");
+    }
+    Ok(())
+}
+
+/// Finishes the current GoP's streams and keeps them as in flight.
+fn retire(current: &mut Vec<Open>, in_flight: &mut VecDeque<Vec<Open>>) {
+    if current.is_empty() {
+        return;
+    }
+    for o in current.iter_mut() {
+        let _ = o.writer.stream.finish();
+    }
+    in_flight.push_back(std::mem::take(current));
+}
+
+async fn open(conn: &quinn::Connection, id: u64, track: TrackId, gop: &GopHeader) -> Result<Open, QuicError> {
+    let stream = conn.open_uni().await?;
+    let _ = stream.set_priority(priority(gop.seq, track));
+    let mut writer = Writer::new(stream);
+    let header = StreamHeader { id, track, gop: gop.clone() };
+    writer.send(&Message::Stream(header), &[]).await?;
+    Ok(Open { track, writer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_gops_and_audio_first() {
+        assert!(priority(5, TrackId::VIDEO) > priority(4, TrackId::AUDIO));
+        assert!(priority(5, TrackId::AUDIO) > priority(5, TrackId::VIDEO));
+        assert!(priority(u64::MAX, TrackId::AUDIO) > priority(u64::MAX - 1, TrackId::VIDEO) - 2);
+    }
+}

@@ -1,0 +1,128 @@
+//! Reading and writing bus messages on quinn streams. Payloads are `Bytes` from
+//! `read_chunk` and go to `write_chunk`: never copied. Only headers are.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+use gopbus_proto::wire::{self, Message, PREFIX_LEN};
+use quinn::{RecvStream, SendStream};
+
+use super::QuicError;
+
+/// Reads framed messages and payloads off one receive stream.
+pub(crate) struct Reader {
+    stream: RecvStream,
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    scratch: BytesMut,
+}
+
+impl Reader {
+    pub(crate) fn new(stream: RecvStream) -> Self {
+        Self { stream, chunks: VecDeque::new(), buffered: 0, scratch: BytesMut::new() }
+    }
+
+    /// Buffers at least `n` bytes; `false` at the end of the stream.
+    async fn fill(&mut self, n: usize) -> Result<bool, QuicError> {
+        while self.buffered < n {
+            match self.stream.read_chunk(usize::MAX, true).await? {
+                Some(chunk) => {
+                    self.buffered += chunk.bytes.len();
+                    self.chunks.push_back(chunk.bytes);
+                }
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Copies `n` buffered bytes into the scratch buffer (headers only).
+    fn take_into_scratch(&mut self, n: usize) {
+        self.scratch.clear();
+        let mut left = n;
+        while left > 0 {
+            let front = self.chunks.front_mut().expect("buffered");
+            let k = left.min(front.len());
+            self.scratch.extend_from_slice(&front[..k]);
+            front.advance(k);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            left -= k;
+        }
+        self.buffered -= n;
+    }
+
+    /// The next message, or `None` at a clean end of stream.
+    pub(crate) async fn message(&mut self) -> Result<Option<Message>, QuicError> {
+        if !self.fill(PREFIX_LEN).await? {
+            if self.buffered == 0 {
+                return Ok(None);
+            }
+            return Err(QuicError::Protocol("stream ended inside a message".into()));
+        }
+        let mut prefix = [0u8; PREFIX_LEN];
+        gopbus_proto::media::copy_prefix(self.chunks.make_contiguous(), &mut prefix)?;
+        let len = u32::from_be_bytes([prefix[2], prefix[3], prefix[4], prefix[5]]) as usize;
+        if len > wire::MAX_BODY {
+            return Err(QuicError::Protocol("message body larger than 1 MiB".into()));
+        }
+        if !self.fill(PREFIX_LEN + len).await? {
+            return Err(QuicError::Protocol("stream ended inside a message".into()));
+        }
+        self.take_into_scratch(PREFIX_LEN + len);
+        Ok(Some(wire::decode(&mut self.scratch)?))
+    }
+
+    /// The next `len` bytes as slices of the received chunks.
+    pub(crate) async fn payload(&mut self, len: usize) -> Result<Vec<Bytes>, QuicError> {
+        if !self.fill(len).await? {
+            return Err(QuicError::Protocol("stream ended inside a payload".into()));
+        }
+        let mut parts = Vec::with_capacity(2);
+        let mut left = len;
+        while left > 0 {
+            let front = self.chunks.front_mut().expect("buffered");
+            if front.len() <= left {
+                left -= front.len();
+                parts.push(self.chunks.pop_front().expect("front exists"));
+            } else {
+                parts.push(front.split_to(left));
+                left = 0;
+            }
+        }
+        self.buffered -= len;
+        Ok(parts)
+    }
+
+    /// Stops the peer from sending more on this stream.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.stream.stop(quinn::VarInt::from_u32(0));
+    }
+}
+
+/// Writes framed messages with their payloads onto one send stream.
+pub(crate) struct Writer {
+    pub(crate) stream: SendStream,
+    scratch: BytesMut,
+}
+
+impl Writer {
+    pub(crate) fn new(stream: SendStream) -> Self {
+        Self { stream, scratch: BytesMut::with_capacity(4096) }
+    }
+
+    /// Writes `msg` and then `payload` (shared slices, not copied).
+    pub(crate) async fn send(&mut self, msg: &Message, payload: &[Bytes]) -> Result<(), QuicError> {
+        if self.scratch.capacity() - self.scratch.len() < 512 {
+            self.scratch.reserve(4096);
+        }
+        wire::encode(msg, &mut self.scratch);
+        let header = self.scratch.split().freeze();
+        self.stream.write_chunk(header).await?;
+        for part in payload {
+            self.stream.write_chunk(part.clone()).await?;
+        }
+        Ok(())
+    }
+}

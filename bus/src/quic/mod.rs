@@ -1,0 +1,74 @@
+//! The QUIC transport of the bus (quinn): the same publish/subscribe across machines.
+//!
+//! A QUIC connection has one bidirectional **control stream** (hello with the
+//! bus token, then announce/subscribe requests and their answers, and end
+//! notices) and one unidirectional stream per **GoP sub-channel**: a
+//! [`StreamHeader`](gopbus_proto::wire::StreamHeader) (request id, track, GoP
+//! header), then frames, each a framed [`FrameHeader`](gopbus_proto::FrameHeader)
+//! followed by its payload bytes. Payloads go to `write_chunk` and come from
+//! `read_chunk` as `Bytes`: never copied.
+//!
+//! Both directions are bridges to an in-process [`Bus`](crate::Bus):
+//!
+//! - [`egress`] reads a local [`Subscriber`](crate::Subscriber) and sends its GoPs:
+//!   a server answering a subscription, or a client publishing.
+//! - [`ingress`] receives GoP streams and replays them into a local
+//!   [`Publisher`](crate::Publisher): a client's subscription, or a server
+//!   receiving an announced broadcast.
+//!
+//! So a remote subscriber is a local subscriber of a bus that a bridge fills;
+//! code that consumes broadcasts does not know which transport filled it.
+//!
+//! Newer GoPs are sent with higher priority than older ones, audio higher than
+//! video; a subscriber that falls behind keeps at most [`IN_FLIGHT_GOPS`] GoPs in
+//! flight and older GoP streams are reset, not queued.
+
+mod client;
+mod conn;
+mod egress;
+mod error;
+mod ingress;
+mod io;
+pub mod relay;
+mod server;
+pub mod tls;
+
+pub use client::{BusClient, RemotePublication, RemoteSubscription};
+pub use error::QuicError;
+pub use relay::{Relay, Source};
+pub use server::{BusServer, Upstream};
+
+/// The ALPN protocol id of the bus.
+pub const ALPN: &[u8] = b"gopbus/1";
+
+/// Finished GoPs whose streams may still be in flight to one subscriber; older
+/// ones are reset.
+pub const IN_FLIGHT_GOPS: usize = 2;
+
+/// Splits `quic://HOST:PORT` into the TLS server name and a resolved address.
+pub fn parse_url(url: &str) -> Result<(String, std::net::SocketAddr), QuicError> {
+    use std::net::ToSocketAddrs;
+    let rest = url.strip_prefix("quic://").ok_or_else(|| QuicError::Config(format!("{url}: not a quic:// URL")))?;
+    let rest = rest.trim_end_matches('/');
+    let host = match rest.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        None => return Err(QuicError::Config(format!("{url}: no port"))),
+    };
+    let addr = rest
+        .to_socket_addrs()
+        .map_err(|e| QuicError::Config(format!("{url}: {e}")))?
+        .next()
+        .ok_or_else(|| QuicError::Config(format!("{url}: host does not resolve")))?;
+    Ok((host, addr))
+}
+
+/// QUIC transport settings shared by clients and servers.
+pub(crate) fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(4096));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    // 10 s without any packet: the peer is gone.
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+    t
+}

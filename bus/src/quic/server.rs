@@ -1,0 +1,248 @@
+//! Accepting bus connections: remote publishers announce broadcasts into the local
+//! bus; remote subscribers get the local bus's broadcasts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gopbus_proto::wire::{Control, Message, StartAt, VERSION};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::conn::{accept_streams, write_control, Routes};
+use super::egress::send_broadcast;
+use super::ingress::{merge_into, Piece};
+use super::io::{Reader, Writer};
+use super::QuicError;
+use crate::{Bus, SubscribeOptions};
+
+/// Where a relay gets broadcasts it does not have: it subscribes upstream once
+/// into the local bus (`fetch`), and local subscribers share that subscription.
+pub trait Upstream: Send + Sync + 'static {
+    /// Makes sure `broadcast` is being fetched into the local bus; errors with
+    /// [`QuicError::NotFound`] when no node has it.
+    fn fetch(&self, broadcast: String) -> Pin<Box<dyn Future<Output = Result<(), QuicError>> + Send + '_>>;
+}
+
+/// A QUIC bus endpoint serving one local [`Bus`].
+pub struct BusServer {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    bus: Bus,
+    token: String,
+    upstream: Option<Arc<dyn Upstream>>,
+    not_found_after: Duration,
+}
+
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl BusServer {
+    /// Binds `addr` (UDP). `token` is the bus token clients must present.
+    pub fn bind(addr: SocketAddr, config: quinn::ServerConfig, bus: Bus, token: String) -> Result<Self, QuicError> {
+        let endpoint =
+            quinn::Endpoint::server(config, addr).map_err(|e| QuicError::Config(format!("bind {addr}: {e}")))?;
+        Ok(Self {
+            endpoint,
+            shared: Arc::new(Shared { bus, token, upstream: None, not_found_after: Duration::from_secs(3) }),
+        })
+    }
+
+    /// Makes this server a relay: broadcasts it lacks are fetched from `upstream`.
+    pub fn with_upstream(mut self, upstream: Arc<dyn Upstream>) -> Self {
+        Arc::get_mut(&mut self.shared).expect("not yet shared").upstream = Some(upstream);
+        self
+    }
+
+    /// How long a subscription to a broadcast nobody publishes waits before "not found".
+    pub fn with_not_found_after(mut self, wait: Duration) -> Self {
+        Arc::get_mut(&mut self.shared).expect("not yet shared").not_found_after = wait;
+        self
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, QuicError> {
+        self.endpoint.local_addr().map_err(|e| QuicError::Config(e.to_string()))
+    }
+
+    /// Accepts connections until `shutdown`. Every handshake runs in its own task,
+    /// so a busy server keeps accepting.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let mut next_conn = 0u64;
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            next_conn += 1;
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            let span = tracing::info_span!("bus", conn = next_conn, peer = %incoming.remote_address());
+            tracker.spawn(
+                async move {
+                    match handle(incoming, shared, shutdown).await {
+                        Ok(()) => tracing::debug!("bus connection closed"),
+                        Err(e) => tracing::info!(error = %e, "bus connection closed"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+    }
+}
+
+async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), QuicError> {
+    let conn = tokio::time::timeout(Duration::from_secs(10), incoming)
+        .await
+        .map_err(|_| QuicError::Timeout("handshake".into()))??;
+    let (send, recv) = tokio::time::timeout(CONTROL_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| QuicError::Timeout("control stream".into()))??;
+    let mut reader = Reader::new(recv);
+    let mut writer = Writer::new(send);
+    let hello = tokio::time::timeout(CONTROL_TIMEOUT, reader.message())
+        .await
+        .map_err(|_| QuicError::Timeout("hello".into()))??;
+    match hello {
+        Some(Message::Control(Control::Hello { version, token })) => {
+            if version != VERSION {
+                let message = format!("bus protocol version {version} not supported (this node speaks {VERSION})");
+                refuse(&conn, &mut writer, &message).await;
+                return Err(QuicError::Refused(message));
+            }
+            if token != shared.token {
+                refuse(&conn, &mut writer, "invalid bus token").await;
+                tracing::warn!("bus connection refused: invalid bus token");
+                return Err(QuicError::Refused("invalid bus token".into()));
+            }
+        }
+        _ => {
+            refuse(&conn, &mut writer, "expected hello").await;
+            return Err(QuicError::Protocol("no hello".into()));
+        }
+    }
+    writer.send(&Message::Control(Control::Welcome), &[]).await?;
+    let (control_tx, control_rx) = mpsc::channel::<Control>(256);
+    tokio::spawn(write_control(writer, control_rx));
+    let routes = Arc::new(Routes::default());
+    tokio::spawn(accept_streams(conn.clone(), routes.clone()));
+    let cancel = shutdown.child_token();
+    let mut subscriptions: HashMap<u64, CancellationToken> = HashMap::new();
+    let result = loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            m = reader.message() => m,
+        };
+        let msg = match msg {
+            Ok(Some(Message::Control(c))) => c,
+            Ok(None) => break Ok(()),
+            Ok(Some(other)) => break Err(QuicError::Protocol(format!("unexpected {other:?} on the control stream"))),
+            Err(e) => break Err(e),
+        };
+        match msg {
+            Control::Announce { id, broadcast } => {
+                let publisher = shared.bus.publish(&broadcast);
+                let (tx, rx) = mpsc::channel::<Piece>(256);
+                routes.insert(id, tx);
+                tracing::info!(broadcast = %broadcast, id, "remote publisher announced");
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = merge_into(rx, publisher).await {
+                            tracing::warn!(error = %e, "remote broadcast dropped");
+                        }
+                    }
+                    .in_current_span(),
+                );
+                let _ = control_tx.send(Control::Ok { id }).await;
+            }
+            Control::Subscribe { id, broadcast, start } => {
+                let token = cancel.child_token();
+                subscriptions.insert(id, token.clone());
+                let (shared, conn, control) = (shared.clone(), conn.clone(), control_tx.clone());
+                tokio::spawn(serve_subscription(shared, conn, id, broadcast, start, control, token).in_current_span());
+            }
+            Control::Unsubscribe { id } => {
+                if let Some(t) = subscriptions.remove(&id) {
+                    t.cancel();
+                }
+            }
+            Control::End { id, reason } => {
+                if let Some(tx) = routes.get(id) {
+                    let _ = tx.send(Piece::End(reason)).await;
+                }
+                routes.remove(id);
+            }
+            other => break Err(QuicError::Protocol(format!("unexpected {other:?} from a client"))),
+        }
+    };
+    cancel.cancel();
+    routes.clear();
+    result
+}
+
+async fn refuse(conn: &quinn::Connection, writer: &mut Writer, message: &str) {
+    let _ = writer
+        .send(&Message::Control(Control::Error { id: 0, not_found: false, message: message.to_owned() }), &[])
+        .await;
+    let _ = writer.stream.finish();
+    // Give the error a moment to reach the peer before closing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.close(quinn::VarInt::from_u32(1), message.as_bytes());
+}
+
+async fn serve_subscription(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    id: u64,
+    broadcast: String,
+    start: StartAt,
+    control: mpsc::Sender<Control>,
+    cancel: CancellationToken,
+) {
+    let available = async {
+        if shared.bus.is_live(&broadcast) {
+            return Ok(());
+        }
+        if let Some(up) = &shared.upstream {
+            return up.fetch(broadcast.clone()).await;
+        }
+        let deadline = tokio::time::Instant::now() + shared.not_found_after;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if shared.bus.is_live(&broadcast) {
+                return Ok(());
+            }
+        }
+        Err(QuicError::NotFound(broadcast.clone()))
+    };
+    let available = tokio::select! {
+        _ = cancel.cancelled() => return,
+        a = available => a,
+    };
+    if let Err(e) = available {
+        let not_found = matches!(e, QuicError::NotFound(_));
+        tracing::info!(broadcast = %broadcast, error = %e, "remote subscription refused");
+        let _ = control.send(Control::Error { id, not_found, message: e.to_string() }).await;
+        return;
+    }
+    let sub = shared.bus.subscribe(&broadcast, SubscribeOptions { start, max_lag: None });
+    tracing::info!(broadcast = %broadcast, id, "remote subscriber attached");
+    let _ = control.send(Control::Ok { id }).await;
+    if let Err(e) = send_broadcast(conn, id, sub, control, cancel).await {
+        tracing::debug!(broadcast = %broadcast, error = %e, "remote subscriber gone");
+    }
+}

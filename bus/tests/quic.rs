@@ -1,0 +1,165 @@
+//! The QUIC transport on loopback: a publisher's broadcast goes client → server
+//! bus → another client, frame for frame; tokens and unknown broadcasts are refused.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gopbus_bus::quic::{tls, BusClient, BusServer, QuicError};
+use gopbus_bus::{Bus, BusConfig, Event, StartAt, SubscribeOptions};
+use gopbus_proto::{AudioConfig, EndReason, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, VideoConfig};
+use tokio_util::sync::CancellationToken;
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("gopbus-quic-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Node {
+    url: String,
+    ca: std::path::PathBuf,
+    shutdown: CancellationToken,
+}
+
+async fn node(tag: &str) -> Node {
+    let dir = tmpdir(tag);
+    let identity = tls::server_identity(None, None, &dir, &[]).unwrap();
+    let ca = identity.cert_path.clone();
+    let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let server = BusServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        tls::server_config(identity).unwrap(),
+        bus.clone(),
+        "secret".into(),
+    )
+    .unwrap()
+    .with_not_found_after(Duration::from_millis(500));
+    let url = format!("quic://127.0.0.1:{}", server.local_addr().unwrap().port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.run(shutdown.clone()));
+    Node { url, ca, shutdown }
+}
+
+fn gop(seq: u64) -> GopHeader {
+    GopHeader {
+        seq,
+        start_dts: 0,
+        video: Some(VideoConfig { avcc: vec![1, 2, 3], width: 640, height: 360, profile: 100, level: 30 }),
+        audio: Some(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
+        metadata: None,
+    }
+}
+
+/// Interleaved audio (every 21 ms) and video (every 33 ms), multi-part payloads.
+fn frames(g: i64) -> Vec<Frame> {
+    let mut v = Vec::new();
+    for i in 0..30i64 {
+        let dts = g * 1000 + i * 33;
+        let data = Bytes::from(vec![(i % 251) as u8; 3000 + i as usize]);
+        let payload = Payload::from_parts(vec![data.slice(..1000), data.slice(1000..)]);
+        let flags = if i == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };
+        v.push(Frame {
+            header: FrameHeader { track: TrackId::VIDEO, dts, cts: 66, flags, len: payload.len() as u32 },
+            payload,
+        });
+    }
+    for i in 0..47i64 {
+        let dts = g * 1000 + i * 21;
+        let payload = Payload::from_bytes(Bytes::from(vec![7u8; 300]));
+        v.push(Frame {
+            header: FrameHeader { track: TrackId::AUDIO, dts, cts: 0, flags: FrameFlags::KEYFRAME, len: 300 },
+            payload,
+        });
+    }
+    v.sort_by_key(|f| f.header.dts);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_travels_client_to_server_to_client_frame_for_frame() {
+    tls::install_crypto_provider();
+    let server = node("relay").await;
+    let config = || tls::client_config(Some(&server.ca)).unwrap();
+
+    // Remote subscriber first: it waits for the broadcast (server waits up to its not-found time).
+    let sub_bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut local_sub = sub_bus.subscribe("cam", SubscribeOptions::default());
+
+    // Publisher side: a local bus whose broadcast is published to the server.
+    let pub_bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut publisher = pub_bus.publish("cam");
+    let pub_client = BusClient::connect(&server.url, "secret", config()).await.unwrap();
+    let _publication =
+        pub_client.publish_from("cam", pub_bus.subscribe("cam", SubscribeOptions::default())).await.unwrap();
+
+    let sub_client = BusClient::connect(&server.url, "secret", config()).await.unwrap();
+    let subscribe = sub_client.subscribe_into("cam", StartAt::CurrentGop, &sub_bus);
+    let feed = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut sent = Vec::new();
+        for g in 0..3u64 {
+            publisher.open_gop(gop(0)).unwrap();
+            for f in frames(g as i64) {
+                sent.push((f.header, f.payload.to_vec()));
+                publisher.push(f).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publisher.end(EndReason::PublisherLeft);
+        sent
+    };
+    let (sub, sent) = tokio::join!(subscribe, feed);
+    let _sub = sub.unwrap();
+
+    let mut got = Vec::new();
+    let mut gops = Vec::new();
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(10), local_sub.next()).await.expect("stalled") {
+            Event::Frame(f) => got.push((f.header, f.payload.to_vec())),
+            Event::Gop(h) => gops.push(h),
+            Event::End(r) => break r,
+            _ => {}
+        }
+    };
+    assert_eq!(reason, EndReason::PublisherLeft);
+    assert_eq!(gops.len(), 3);
+    assert_eq!(gops[0].video.as_ref().unwrap().width, 640);
+    // Every frame, in decode order across tracks, with its bytes.
+    let sent_headers: Vec<_> = sent.iter().map(|(h, _)| *h).collect();
+    let got_headers: Vec<_> = got.iter().map(|(h, _)| *h).collect();
+    let missing: Vec<_> = sent_headers.iter().filter(|h| !got_headers.contains(h)).collect();
+    assert!(missing.is_empty(), "missing {missing:?}");
+    assert_eq!(got_headers.len(), sent_headers.len());
+    assert_eq!(got_headers, sent_headers);
+    assert_eq!(got, sent);
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_and_unknown_broadcast_are_clear_errors() {
+    tls::install_crypto_provider();
+    let server = node("refuse").await;
+    let config = tls::client_config(Some(&server.ca)).unwrap();
+    match BusClient::connect(&server.url, "wrong", config.clone()).await {
+        Err(QuicError::Refused(m)) => assert!(m.contains("invalid bus token"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a wrong token was accepted"),
+    }
+    let client = BusClient::connect(&server.url, "secret", config).await.unwrap();
+    let local = Bus::default();
+    let started = std::time::Instant::now();
+    match client.subscribe_into("nobody", StartAt::CurrentGop, &local).await {
+        Err(QuicError::NotFound(name)) => assert_eq!(name, "nobody"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("subscribed to a broadcast nobody publishes"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // An untrusted certificate is refused by the client.
+    let other = tmpdir("other-ca");
+    let foreign = tls::server_identity(None, None, &other, &[]).unwrap();
+    let bad = tls::client_config(Some(&foreign.cert_path)).unwrap();
+    assert!(BusClient::connect(&server.url, "secret", bad).await.is_err());
+    server.shutdown.cancel();
+}
