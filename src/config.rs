@@ -22,7 +22,7 @@ pub(crate) struct ServeArgs {
     /// HTTP listen address (health, and later UI, API, WHEP, HLS) [default: 0.0.0.0:8080].
     #[arg(long, env = "GOPBUS_HTTP")]
     pub(crate) http: Option<SocketAddr>,
-    /// QUIC bus listen address (reserved for the QUIC transport) [default: 0.0.0.0:4443].
+    /// QUIC bus listen address (UDP): remote subscribers, relays and publishers [default: 0.0.0.0:4443].
     #[arg(long, env = "GOPBUS_QUIC")]
     pub(crate) quic: Option<SocketAddr>,
     /// Data directory (stream-key database, recordings) [default: ./data].
@@ -40,6 +40,15 @@ pub(crate) struct ServeArgs {
     /// Seconds of silence after which an RTMP connection is closed [default: 30].
     #[arg(long, env = "GOPBUS_IDLE_TIMEOUT")]
     pub(crate) idle_timeout: Option<u64>,
+    /// Token every bus connection must present [default: made on first start, kept in DATA/bus-token].
+    #[arg(long, env = "GOPBUS_BUS_TOKEN")]
+    pub(crate) bus_token: Option<String>,
+    /// TLS certificate (PEM) for the QUIC bus [default: self-signed, DATA/bus-cert.pem].
+    #[arg(long, env = "GOPBUS_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for `--tls-cert`.
+    #[arg(long, env = "GOPBUS_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 /// The merged settings.
@@ -53,6 +62,9 @@ pub(crate) struct Settings {
     pub(crate) max_connections: usize,
     pub(crate) gop_window: usize,
     pub(crate) idle_timeout: u64,
+    pub(crate) bus_token: Option<String>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -74,6 +86,9 @@ impl ServeArgs {
             max_connections: self.max_connections.or(file.max_connections).unwrap_or(1024),
             gop_window: self.gop_window.or(file.gop_window).unwrap_or(2),
             idle_timeout: self.idle_timeout.or(file.idle_timeout).unwrap_or(30),
+            bus_token: self.bus_token.or(file.bus_token),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
         })
     }
 }

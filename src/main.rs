@@ -1,6 +1,8 @@
 //! The `gopbus` binary: command line, configuration, and the wiring of the parts.
 
+mod busnode;
 mod config;
+mod flv_out;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run everything in one process: RTMP ingest and play, HTTP, the bus.
     Serve(ServeArgs),
+    /// Subscribe to a broadcast on a bus node and write it as FLV.
+    Dump(DumpArgs),
     /// Manage streams and their secret keys.
     Streams {
         #[command(subcommand)]
@@ -46,6 +50,23 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct DumpArgs {
+    /// The bus node to subscribe at, `quic://HOST:PORT`.
+    #[arg(long)]
+    bus: String,
+    /// The broadcast (stream name).
+    name: String,
+    /// Output FLV file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Stop after this many seconds (default: when the broadcast ends).
+    #[arg(long)]
+    duration: Option<f64>,
+    #[command(flatten)]
+    client: busnode::ClientOpts,
+}
+
 #[derive(Subcommand)]
 enum StreamsAction {
     /// Create a stream; prints its secret key and URLs.
@@ -60,6 +81,8 @@ enum StreamsAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // quinn, and later webrtc and reqwest, each pull in a rustls crypto provider: pick one.
+    gopbus_bus::quic::tls::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -73,6 +96,10 @@ fn main() -> anyhow::Result<()> {
             let settings = args.resolve()?;
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(settings))
         }
+        Command::Dump(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(busnode::dump(&a.bus, &a.client, &a.name, &a.out, a.duration)),
         Command::Streams { action, data, json, public_host, rtmp_port } => {
             let urls = Urls { host: public_host, port: rtmp_port };
             streams(action, &data, json, &urls)
@@ -171,8 +198,18 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
 
     let rtmp = tokio::net::TcpListener::bind(s.rtmp).await.with_context(|| format!("binding RTMP on {}", s.rtmp))?;
+    let (token, new_token) = busnode::bus_token(s.bus_token.clone(), &s.data)?;
+    let (quic, cert) =
+        busnode::bind_server(s.quic, bus.clone(), token.clone(), &s.data, s.tls_cert.as_deref(), s.tls_key.as_deref())?;
+    if new_token {
+        println!(
+            "QUIC bus: token {token} (kept in {}), certificate {}",
+            s.data.join("bus-token").display(),
+            cert.display()
+        );
+    }
     let http = tokio::net::TcpListener::bind(s.http).await.with_context(|| format!("binding HTTP on {}", s.http))?;
-    tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, quic = %s.quic, data = %s.data.display(), "gopbus serving");
+    tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, quic = %quic.local_addr()?, data = %s.data.display(), "gopbus serving");
 
     let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
     let http_shutdown = shutdown.clone();
@@ -181,12 +218,14 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     });
     let keys_task = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
     let rtmp_task = tokio::spawn(ingest.clone().run(rtmp, shutdown.clone()));
+    let quic_task = tokio::spawn(quic.run(shutdown.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = rtmp_task.await;
     let _ = keys_task.await;
+    let _ = quic_task.await;
     if let Ok(Err(e)) = http_task.await {
         tracing::warn!(error = %e, "http server error");
     }

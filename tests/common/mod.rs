@@ -81,6 +81,7 @@ pub struct Server {
     proc: Proc,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
+    pub quic: SocketAddr,
     pub data: PathBuf,
     pub log: PathBuf,
     pub stdout: PathBuf,
@@ -112,7 +113,7 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawning gopbus serve");
-        let server = Self { proc: Proc::new(child), rtmp, http, data, log, stdout };
+        let server = Self { proc: Proc::new(child), rtmp, http, quic, data, log, stdout };
         server.wait_ready();
         server
     }
@@ -149,6 +150,12 @@ impl Server {
         assert!(out.status.success(), "streams rotate failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["key"].as_str().unwrap().to_owned()
+    }
+
+    /// The QUIC bus URL, token and certificate of this node.
+    pub fn bus(&self) -> (String, String, PathBuf) {
+        let token = std::fs::read_to_string(self.data.join("bus-token")).expect("bus token file").trim().to_owned();
+        (format!("quic://127.0.0.1:{}", self.quic.port()), token, self.data.join("bus-cert.pem"))
     }
 
     pub fn url(&self, path: &str) -> String {
