@@ -108,3 +108,190 @@ pub(crate) async fn dump(
     tracing::info!(frames, file = %out.display(), %reason, "dump finished");
     Ok(())
 }
+
+/// Options of a node that serves the bus.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerOpts {
+    /// Token every bus connection must present (and this node presents upstream)
+    /// [default: made on first start, kept in DATA/bus-token].
+    #[arg(long, env = "GOPBUS_BUS_TOKEN")]
+    pub(crate) bus_token: Option<String>,
+    /// CA certificate (PEM) to trust for upstream nodes.
+    #[arg(long, env = "GOPBUS_BUS_CA")]
+    pub(crate) bus_ca: Option<PathBuf>,
+    /// TLS certificate (PEM) [default: self-signed, DATA/bus-cert.pem].
+    #[arg(long, env = "GOPBUS_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for `--tls-cert`.
+    #[arg(long, env = "GOPBUS_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
+}
+
+/// `gopbus relay`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RelayArgs {
+    /// QUIC listen address (UDP).
+    #[arg(long, env = "GOPBUS_QUIC", default_value = "0.0.0.0:4443")]
+    pub(crate) quic: std::net::SocketAddr,
+    /// Data directory (certificate, token).
+    #[arg(long, env = "GOPBUS_DATA", default_value = "./data")]
+    pub(crate) data: PathBuf,
+    /// Fetch broadcasts this relay lacks from this node (an edge of a known origin).
+    #[arg(long, env = "GOPBUS_UPSTREAM")]
+    pub(crate) upstream: Option<String>,
+    /// Register held broadcasts in, and find missing ones through, this Redis.
+    #[arg(long, env = "GOPBUS_REDIS")]
+    pub(crate) redis: Option<String>,
+    /// This relay's URL as other nodes reach it (with `--redis`).
+    #[arg(long, env = "GOPBUS_ADVERTISE")]
+    pub(crate) advertise: Option<String>,
+    /// Seconds a Redis directory entry lives unless refreshed.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) directory_ttl: u64,
+    #[command(flatten)]
+    pub(crate) server: ServerOpts,
+}
+
+/// Runs a relay until Ctrl-C/SIGTERM.
+pub(crate) async fn relay(a: RelayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use gopbus_bus::directory::{Directory, RedisDirectory};
+    use gopbus_bus::quic::{Relay, Source};
+    use std::sync::Arc;
+
+    let bus = Bus::new(BusConfig::default());
+    let (token, _) = bus_token(a.server.bus_token.clone(), &a.data)?;
+    let (server, cert) = bind_server(
+        a.quic,
+        bus.clone(),
+        token.clone(),
+        &a.data,
+        a.server.tls_cert.as_deref(),
+        a.server.tls_key.as_deref(),
+    )?;
+    let client_config = tls::client_config(a.server.bus_ca.as_deref())?;
+    let mut directory: Option<Arc<RedisDirectory>> = None;
+    let source = match (&a.upstream, &a.redis) {
+        (Some(up), _) => Some(Source::Fixed(up.clone())),
+        (None, Some(url)) => {
+            let d = Arc::new(RedisDirectory::connect(url, Duration::from_secs(a.directory_ttl.max(1))).await?);
+            directory = Some(d.clone());
+            Some(Source::Directory(d))
+        }
+        (None, None) => None,
+    };
+    if a.redis.is_some() && a.advertise.is_none() {
+        anyhow::bail!("--redis needs --advertise quic://HOST:PORT (how other nodes reach this relay)");
+    }
+    let mut tasks = Vec::new();
+    let mut relay_handle = None;
+    let server = match source {
+        Some(source) => {
+            let mut relay = Relay::new(bus.clone(), source, token.clone(), client_config);
+            relay.configure(a.advertise.clone(), Duration::from_secs(5));
+            tasks.push(tokio::spawn(relay.clone().reap(shutdown.clone())));
+            relay_handle = Some(relay.clone());
+            server.with_upstream(relay)
+        }
+        None => server,
+    };
+    if let (Some(d), Some(me), Some(relay)) = (directory.clone(), a.advertise.clone(), relay_handle) {
+        // Register every broadcast published here (not the ones fetched from elsewhere).
+        let (bus, stop, ttl) = (bus.clone(), shutdown.clone(), d.ttl());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let fetched = relay.fetching();
+                for b in bus.broadcasts() {
+                    if fetched.contains(&b.name) {
+                        continue; // fetched from another node; that node registers it
+                    }
+                    if let Err(e) = d.register(&b.name, &me).await {
+                        tracing::warn!(broadcast = %b.name, error = %e, "directory registration failed");
+                    }
+                }
+            }
+        }));
+    }
+    tracing::info!(quic = %server.local_addr()?, upstream = ?a.upstream, redis = ?a.redis, cert = %cert.display(), "gopbus relay serving");
+    server.run(shutdown.clone()).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// `gopbus ingest`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct IngestArgs {
+    /// RTMP listen address.
+    #[arg(long, env = "GOPBUS_RTMP", default_value = "0.0.0.0:1935")]
+    pub(crate) rtmp: std::net::SocketAddr,
+    /// Data directory (stream keys).
+    #[arg(long, env = "GOPBUS_DATA", default_value = "./data")]
+    pub(crate) data: PathBuf,
+    /// The relay to publish to, `quic://HOST:PORT`.
+    #[arg(long, env = "GOPBUS_BUS")]
+    pub(crate) bus: String,
+    #[command(flatten)]
+    pub(crate) client: ClientOpts,
+}
+
+/// Publishes every broadcast of `bus` to the node at `url`, reconnecting with
+/// backoff when the connection drops (the RTMP publishers stay connected).
+pub(crate) async fn forward(bus: Bus, url: String, opts: ClientOpts, shutdown: CancellationToken) {
+    use std::collections::HashMap;
+    let mut backoff = Duration::from_millis(200);
+    'connect: loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let client = match async {
+            BusClient::connect(&url, &opts.bus_token, opts.client_config()?).await.map_err(anyhow::Error::from)
+        }
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(bus = %url, error = %e, retry_in = ?backoff, "bus connection failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        tracing::info!(bus = %url, "connected to the bus");
+        backoff = Duration::from_millis(200);
+        let mut published: HashMap<String, gopbus_bus::quic::RemotePublication> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = client.closed() => {
+                    tracing::warn!(bus = %url, error = %e, "bus connection lost; reconnecting");
+                    continue 'connect;
+                }
+                _ = tick.tick() => {}
+            }
+            published.retain(|_, p| !p.is_finished());
+            for b in bus.broadcasts() {
+                if published.contains_key(&b.name) {
+                    continue;
+                }
+                let sub = bus.subscribe(&b.name, SubscribeOptions::default());
+                match client.publish_from(&b.name, sub).await {
+                    Ok(p) => {
+                        tracing::info!(broadcast = %b.name, bus = %url, "publishing to the bus");
+                        published.insert(b.name.clone(), p);
+                    }
+                    Err(e) => tracing::warn!(broadcast = %b.name, error = %e, "publishing to the bus failed"),
+                }
+            }
+        }
+    }
+}

@@ -45,7 +45,9 @@ impl<W: AsyncWrite + Unpin> FlvWriter<W> {
                 if h.metadata.is_some() && h.metadata != self.metadata {
                     self.metadata.clone_from(&h.metadata);
                     let m = Bytes::from(h.metadata.clone().unwrap_or_default());
-                    self.tag(18, h.start_dts, &[], &[m]).await?;
+                    // At timestamp 0, as FLV muxers write it: ffmpeg reads a script
+                    // tag at any other time as a data stream, not as metadata.
+                    self.tag(18, 0, &[], &[m]).await?;
                 }
                 if let Some(v) = &h.video {
                     if self.avcc.as_ref() != Some(&v.avcc) {

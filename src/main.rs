@@ -31,6 +31,10 @@ enum Command {
     Serve(ServeArgs),
     /// Subscribe to a broadcast on a bus node and write it as FLV.
     Dump(DumpArgs),
+    /// Run a QUIC bus relay: an origin for ingest nodes, or an edge of an origin.
+    Relay(busnode::RelayArgs),
+    /// Run an RTMP ingest node that publishes to a relay.
+    Ingest(busnode::IngestArgs),
     /// Manage streams and their secret keys.
     Streams {
         #[command(subcommand)]
@@ -95,6 +99,18 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let settings = args.resolve()?;
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(settings))
+        }
+        Command::Relay(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+            let shutdown = CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                s.cancel();
+            });
+            busnode::relay(a, shutdown).await
+        }),
+        Command::Ingest(a) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(ingest_node(a))
         }
         Command::Dump(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -230,6 +246,27 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "http server error");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `gopbus ingest`: RTMP ingest onto a local bus, forwarded to a relay.
+async fn ingest_node(a: busnode::IngestArgs) -> anyhow::Result<()> {
+    let store = Arc::new(
+        KeyStore::open(&a.data).with_context(|| format!("opening the stream database in {}", a.data.display()))?,
+    );
+    let bus = Bus::new(BusConfig::default());
+    let ingest = Ingest::new(bus.clone(), store, IngestConfig::default());
+    let shutdown = CancellationToken::new();
+    let rtmp = tokio::net::TcpListener::bind(a.rtmp).await.with_context(|| format!("binding RTMP on {}", a.rtmp))?;
+    tracing::info!(rtmp = %rtmp.local_addr()?, bus = %a.bus, "gopbus ingest serving");
+    let keys = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
+    let server = tokio::spawn(ingest.clone().run(rtmp, shutdown.clone()));
+    let forward = tokio::spawn(busnode::forward(bus, a.bus.clone(), a.client.clone(), shutdown.clone()));
+    wait_for_signal().await;
+    shutdown.cancel();
+    let _ = server.await;
+    let _ = keys.await;
+    let _ = forward.await;
     Ok(())
 }
 

@@ -46,6 +46,9 @@ fn dump_over_quic_writes_a_clean_flv_from_the_join_point() {
     let audio = packets(&out, "a:0");
     let src_audio = packets(&fixture, "a:0");
     assert_eq!(&src_audio[src_audio.len() - audio.len()..], &audio[..], "audio from the join point");
+    let s = streams(&out);
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!((s[0]["codec_name"].as_str(), s[1]["codec_name"].as_str()), ("h264", "aac"));
     let errors = decode_errors(&out);
     assert!(errors.is_empty(), "decode errors: {errors}");
 }

@@ -238,6 +238,11 @@ pub struct RemotePublication {
 }
 
 impl RemotePublication {
+    /// Whether the publication has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Waits until the publication stops (the local broadcast ended or the connection broke).
     pub async fn finished(&mut self) {
         let _ = (&mut self.task).await;

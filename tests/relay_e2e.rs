@@ -1,0 +1,148 @@
+//! Relays with real processes: ingest → origin relay → edge relay → `dump`s.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOKEN: &str = "cluster-secret";
+
+struct Node {
+    proc: Proc,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Node {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn spawn(tag: &str, args: &[String], ready: &str) -> Node {
+    let dir = tmpdir(tag);
+    let log = dir.join("node.log");
+    let child = gopbus()
+        .args(args)
+        .arg("--data")
+        .arg(&dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let node = Node { proc: Proc::new(child), dir, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.log_text().contains(ready) {
+        assert!(Instant::now() < deadline, "{tag} did not start:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node
+}
+
+fn udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn relay(tag: &str, port: u16, extra: &[String]) -> Node {
+    let mut args =
+        vec!["relay".to_owned(), "--quic".into(), format!("127.0.0.1:{port}"), "--bus-token".into(), TOKEN.into()];
+    args.extend_from_slice(extra);
+    spawn(tag, &args, "gopbus relay serving")
+}
+
+fn dump(url: &str, ca: &Path, name: &str, out: &Path) -> Proc {
+    Proc::new(
+        gopbus()
+            .args(["dump", "--bus", url, name, "--bus-token", TOKEN, "--bus-ca"])
+            .arg(ca)
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn ingest_origin_edge_and_three_dumps() {
+    let origin_port = udp_port();
+    let origin = relay("origin", origin_port, &[]);
+    let origin_url = format!("quic://127.0.0.1:{origin_port}");
+    let origin_ca = origin.dir.join("bus-cert.pem").display().to_string();
+    let edge_port = udp_port();
+    let edge =
+        relay("edge", edge_port, &["--upstream".into(), origin_url.clone(), "--bus-ca".into(), origin_ca.clone()]);
+    let edge_url = format!("quic://127.0.0.1:{edge_port}");
+    let edge_ca = edge.dir.join("bus-cert.pem");
+
+    let rtmp = free_port();
+    let ingest = spawn(
+        "ingest",
+        &[
+            "ingest".into(),
+            "--rtmp".into(),
+            format!("127.0.0.1:{rtmp}"),
+            "--bus".into(),
+            origin_url,
+            "--bus-token".into(),
+            TOKEN.into(),
+            "--bus-ca".into(),
+            origin_ca,
+        ],
+        "gopbus ingest serving",
+    );
+    let created = gopbus().args(["streams", "create", "cam", "--json", "--data"]).arg(&ingest.dir).output().unwrap();
+    let key = serde_json::from_slice::<serde_json::Value>(&created.stdout).unwrap()["key"].as_str().unwrap().to_owned();
+
+    let fixture = Fixture::av(48000, 8);
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = tmpdir("chain-out");
+    let dumps: Vec<(Proc, PathBuf)> = (0..3)
+        .map(|i| {
+            let file = out.join(format!("d{i}.flv"));
+            std::thread::sleep(Duration::from_millis(300));
+            (dump(&edge_url, &edge_ca, "cam", &file), file)
+        })
+        .collect();
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let src = packets(&fixture, "v:0");
+    let src_audio = packets(&fixture, "a:0");
+    for (d, file) in dumps {
+        let r = d.wait_output(Duration::from_secs(30));
+        assert!(
+            r.status.success(),
+            "dump failed: {}\norigin:\n{}\nedge:\n{}",
+            String::from_utf8_lossy(&r.stderr),
+            origin.log_text(),
+            edge.log_text()
+        );
+        let got = packets(&file, "v:0");
+        assert!(got[0].key, "{}: must start on a keyframe", file.display());
+        assert!(got.len() >= 120, "{}: only {} frames", file.display(), got.len());
+        assert_eq!(
+            &src[src.len() - got.len()..],
+            &got[..],
+            "{}: every video frame from the join point",
+            file.display()
+        );
+        let audio = packets(&file, "a:0");
+        assert_eq!(&src_audio[src_audio.len() - audio.len()..], &audio[..], "{}: audio", file.display());
+        let s = streams(&file);
+        assert_eq!((s[0]["codec_name"].as_str(), s[1]["codec_name"].as_str()), ("h264", "aac"));
+        let errors = decode_errors(&file);
+        assert!(errors.is_empty(), "{}: decode errors: {errors}", file.display());
+    }
+    // The edge fetched the broadcast from the origin once for its three subscribers.
+    let origin_log = origin.log_text();
+    let upstream_subs =
+        origin_log.lines().filter(|l| l.contains("remote subscriber attached") && l.contains("broadcast=cam")).count();
+    assert_eq!(upstream_subs, 1, "origin log:\n{origin_log}");
+    drop((origin.proc, edge.proc, ingest.proc));
+}
