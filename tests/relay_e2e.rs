@@ -68,6 +68,98 @@ fn dump(url: &str, ca: &Path, name: &str, out: &Path) -> Proc {
     )
 }
 
+fn ingest_node(origin_url: &str, origin_ca: &str) -> (Node, u16, String) {
+    let rtmp = free_port();
+    let ingest = spawn(
+        "ingest",
+        &[
+            "ingest".into(),
+            "--rtmp".into(),
+            format!("127.0.0.1:{rtmp}"),
+            "--bus".into(),
+            origin_url.to_owned(),
+            "--bus-token".into(),
+            TOKEN.into(),
+            "--bus-ca".into(),
+            origin_ca.to_owned(),
+        ],
+        "gopbus ingest serving",
+    );
+    let created = gopbus().args(["streams", "create", "cam", "--json", "--data"]).arg(&ingest.dir).output().unwrap();
+    let key = serde_json::from_slice::<serde_json::Value>(&created.stdout).unwrap()["key"].as_str().unwrap().to_owned();
+    (ingest, rtmp, key)
+}
+
+#[test]
+fn edge_finds_the_origin_through_redis_and_entries_expire() {
+    let redis = Redis::start();
+    let origin_port = udp_port();
+    let origin_url = format!("quic://127.0.0.1:{origin_port}");
+    // The origin has no upstream of its own but registers what it holds.
+    let origin = relay(
+        "r-origin",
+        origin_port,
+        &[
+            "--redis".into(),
+            redis.url(),
+            "--advertise".into(),
+            origin_url.clone(),
+            "--directory-ttl".into(),
+            "2".into(),
+        ],
+    );
+    let origin_ca = origin.dir.join("bus-cert.pem").display().to_string();
+    let edge_port = udp_port();
+    let edge = relay(
+        "r-edge",
+        edge_port,
+        &[
+            "--redis".into(),
+            redis.url(),
+            "--advertise".into(),
+            format!("quic://127.0.0.1:{edge_port}"),
+            "--bus-ca".into(),
+            origin_ca.clone(),
+        ],
+    );
+    let (ingest, rtmp, key) = ingest_node(&origin_url, &origin_ca);
+    let fixture = Fixture::av(48000, 6);
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
+    // Wait for the origin to register the broadcast.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["GET", "gopbus:broadcast:cam"]).trim() != origin_url {
+        assert!(Instant::now() < deadline, "origin never registered cam:\n{}", origin.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = tmpdir("redis-out").join("cam.flv");
+    let d = dump(&format!("quic://127.0.0.1:{edge_port}"), &edge.dir.join("bus-cert.pem"), "cam", &out);
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let r = d.wait_output(Duration::from_secs(30));
+    assert!(r.status.success(), "dump failed: {}\nedge:\n{}", String::from_utf8_lossy(&r.stderr), edge.log_text());
+    let got = packets(&out, "v:0");
+    let src = packets(&fixture, "v:0");
+    assert!(got.len() >= 60, "only {} frames", got.len());
+    assert_eq!(&src[src.len() - got.len()..], &got[..]);
+    assert!(decode_errors(&out).is_empty());
+    assert!(edge.log_text().contains(&format!("upstream={origin_url}")), "{}", edge.log_text());
+
+    // A killed node's entries disappear within the TTL (2 s here).
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["GET", "gopbus:broadcast:cam"]).trim() != origin_url {
+        assert!(Instant::now() < deadline, "origin did not register cam again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(origin.proc);
+    let killed = Instant::now();
+    while !redis.cli(&["GET", "gopbus:broadcast:cam"]).trim().is_empty() {
+        assert!(killed.elapsed() < Duration::from_secs(5), "entry outlived its TTL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop((publisher, edge.proc, ingest.proc));
+}
+
 #[test]
 fn ingest_origin_edge_and_three_dumps() {
     let origin_port = udp_port();

@@ -16,12 +16,15 @@ pub fn require(tool: &str) -> &'static str {
     static FOUND: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
     let map = FOUND.get_or_init(Default::default);
     let ok = *map.lock().unwrap().entry(tool.to_owned()).or_insert_with(|| {
-        Command::new(tool).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+        let flag = if tool.starts_with("redis") { "--version" } else { "-version" };
+        Command::new(tool).arg(flag).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
     });
-    assert!(ok, "`{tool}` is required by this test and was not found on PATH: run the README's test command (`bash .ci/test`), which installs it, or `apt-get install ffmpeg`");
+    assert!(ok, "`{tool}` is required by this test and was not found on PATH: run the README's test command (`bash .ci/test`), which installs it (`apt-get install ffmpeg redis-server`)");
     match tool {
         "ffmpeg" => "ffmpeg",
         "ffprobe" => "ffprobe",
+        "redis-server" => "redis-server",
+        "redis-cli" => "redis-cli",
         other => panic!("unknown tool {other}"),
     }
 }
@@ -390,4 +393,45 @@ pub fn ffmpeg_publish(input: &Path, url: &str) -> Proc {
             .spawn()
             .unwrap(),
     )
+}
+
+/// A real redis-server on a free loopback port, with no persistence.
+pub struct Redis {
+    _proc: Proc,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tmpdir("redis");
+        let child = Command::new(require("redis-server"))
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        let redis = Self { _proc: Proc::new(child), port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs redis-cli against this server; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(require("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
