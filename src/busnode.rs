@@ -63,7 +63,9 @@ pub(crate) fn bind_server(
     Ok((server, cert_path))
 }
 
-/// `gopbus dump`: subscribes to `name` on a bus node and writes it as FLV.
+/// `gopbus dump`: subscribes to `name` on a bus node and writes it as FLV. If the
+/// connection drops mid-stream it reconnects with backoff and resumes at the
+/// newest GoP; a failure before the first subscription is an error.
 pub(crate) async fn dump(
     bus_url: &str,
     opts: &ClientOpts,
@@ -71,17 +73,8 @@ pub(crate) async fn dump(
     out: &Path,
     duration: Option<f64>,
 ) -> anyhow::Result<()> {
-    let client = BusClient::connect(bus_url, &opts.bus_token, opts.client_config()?)
-        .await
-        .with_context(|| format!("connecting to {bus_url}"))?;
-    let local = Bus::new(BusConfig { window: 4, max_lag: 4 });
-    let mut sub = local.subscribe(name, SubscribeOptions::default());
-    let _remote = client
-        .subscribe_into(name, StartAt::CurrentGop, &local)
-        .await
-        .with_context(|| format!("subscribing to {name}"))?;
-    let file = tokio::fs::File::create(out).await.with_context(|| format!("creating {}", out.display()))?;
-    let mut flv = FlvWriter::new(tokio::io::BufWriter::new(file)).await?;
+    let config = opts.client_config()?;
+    let mut flv: Option<FlvWriter<tokio::io::BufWriter<tokio::fs::File>>> = None;
     let stop = CancellationToken::new();
     if let Some(secs) = duration {
         let s = stop.clone();
@@ -90,21 +83,63 @@ pub(crate) async fn dump(
             s.cancel();
         });
     }
-    let reason = loop {
-        let ev = tokio::select! {
-            _ = stop.cancelled() => break "duration reached".to_owned(),
-            _ = tokio::signal::ctrl_c() => break "interrupted".to_owned(),
-            ev = sub.next() => ev,
+    let mut backoff = Duration::from_millis(200);
+    let reason = 'session: loop {
+        let attempt = async {
+            let client = BusClient::connect(bus_url, &opts.bus_token, config.clone())
+                .await
+                .with_context(|| format!("connecting to {bus_url}"))?;
+            let local = Bus::new(BusConfig { window: 4, max_lag: 4 });
+            let sub = local.subscribe(name, SubscribeOptions::default());
+            let remote = client
+                .subscribe_into(name, StartAt::CurrentGop, &local)
+                .await
+                .with_context(|| format!("subscribing to {name}"))?;
+            anyhow::Ok((client, local, sub, remote))
         };
-        if let Event::End(r) = &ev {
-            break format!("broadcast ended: {r}");
+        let (client, _local, mut sub, _remote) = match attempt.await {
+            Ok(x) => x,
+            Err(e) if flv.is_none() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "resubscribing failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break 'session "duration reached".to_owned(),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(3));
+                continue;
+            }
+        };
+        if flv.is_some() {
+            tracing::info!(bus = %bus_url, broadcast = %name, "resubscribed; resuming at the newest GoP");
+        } else {
+            let file = tokio::fs::File::create(out).await.with_context(|| format!("creating {}", out.display()))?;
+            flv = Some(FlvWriter::new(tokio::io::BufWriter::new(file)).await?);
         }
-        if let Event::Skipped { from, to } = &ev {
-            tracing::warn!(from, to, "fell behind; skipped GoPs");
+        backoff = Duration::from_millis(200);
+        let writer = flv.as_mut().expect("created above");
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => break 'session "duration reached".to_owned(),
+                _ = tokio::signal::ctrl_c() => break 'session "interrupted".to_owned(),
+                ev = sub.next() => ev,
+            };
+            match &ev {
+                Event::End(r) if client.is_closed() => {
+                    tracing::warn!(error = %client.closed().await, last = %r, "bus connection lost; reconnecting");
+                    continue 'session;
+                }
+                Event::End(r) => break 'session format!("broadcast ended: {r}"),
+                Event::Skipped { from, to } => tracing::warn!(from, to, "fell behind; skipped GoPs"),
+                _ => {}
+            }
+            writer.event(&ev).await?;
         }
-        flv.event(&ev).await?;
     };
-    let frames = flv.finish().await?;
+    let frames = match flv {
+        Some(w) => w.finish().await?,
+        None => 0,
+    };
     tracing::info!(frames, file = %out.display(), %reason, "dump finished");
     Ok(())
 }

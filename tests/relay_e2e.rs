@@ -238,3 +238,60 @@ fn ingest_origin_edge_and_three_dumps() {
     assert_eq!(upstream_subs, 1, "origin log:\n{origin_log}");
     drop((origin.proc, edge.proc, ingest.proc));
 }
+
+#[test]
+fn killing_and_restarting_the_edge_resumes_the_subscriber() {
+    let origin_port = udp_port();
+    let origin = relay("k-origin", origin_port, &[]);
+    let origin_url = format!("quic://127.0.0.1:{origin_port}");
+    let origin_ca = origin.dir.join("bus-cert.pem").display().to_string();
+    let edge_port = udp_port();
+    let edge_args = ["--upstream".to_owned(), origin_url.clone(), "--bus-ca".into(), origin_ca.clone()];
+    let edge = relay("k-edge", edge_port, &edge_args);
+    let edge_dir = edge.dir.clone();
+    let (ingest, rtmp, key) = ingest_node(&origin_url, &origin_ca);
+    let fixture = Fixture::av(48000, 12);
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = tmpdir("kill-out").join("cam.flv");
+    let edge_url = format!("quic://127.0.0.1:{edge_port}");
+    let d = Proc::new(
+        gopbus()
+            .args(["dump", "--bus", &edge_url, "cam", "--bus-token", TOKEN, "--bus-ca"])
+            .arg(edge_dir.join("bus-cert.pem"))
+            .arg("--out")
+            .arg(&out)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    drop(edge.proc); // killed
+    std::thread::sleep(Duration::from_millis(500));
+    // Restarted on the same port and data directory (same certificate).
+    let mut args =
+        vec!["relay".to_owned(), "--quic".into(), format!("127.0.0.1:{edge_port}"), "--bus-token".into(), TOKEN.into()];
+    args.extend_from_slice(&edge_args);
+    let child =
+        gopbus().args(&args).arg("--data").arg(&edge_dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let _edge2 = Proc::new(child);
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success(), "the publisher was disturbed: {}", String::from_utf8_lossy(&p.stderr));
+    let r = d.wait_output(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("resubscribed"), "{stderr}");
+    let got = packets(&out, "v:0");
+    // Resumed within a few seconds: no gap longer than 6 s between video frames.
+    let gap = got.windows(2).map(|w| w[1].dts - w[0].dts).max().unwrap_or(0);
+    assert!(gap <= 6000, "gap of {gap} ms");
+    assert!(gap >= 500, "no gap at all: was the edge really killed? {gap} ms");
+    // After resuming, every frame to the end.
+    let src = packets(&fixture, "v:0");
+    let tail = got.len().min(60);
+    assert_eq!(&src[src.len() - tail..], &got[got.len() - tail..]);
+    assert!(decode_errors(&out).is_empty());
+    drop((origin.proc, ingest.proc));
+}

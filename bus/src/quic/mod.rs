@@ -67,8 +67,9 @@ pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(4096));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
-    // 10 s without any packet: the peer is gone.
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+    t.keep_alive_interval(Some(std::time::Duration::from_millis(1000)));
+    // 4 s without any packet: the peer is gone (a killed node is noticed quickly,
+    // so subscribers reconnect within a few seconds).
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(4_000))));
     t
 }
