@@ -72,6 +72,7 @@ pub(crate) async fn dump(
     name: &str,
     out: &Path,
     duration: Option<f64>,
+    max_rate: Option<u64>,
 ) -> anyhow::Result<()> {
     let config = opts.client_config()?;
     let mut flv: Option<FlvWriter<tokio::io::BufWriter<tokio::fs::File>>> = None;
@@ -86,7 +87,7 @@ pub(crate) async fn dump(
     let mut backoff = Duration::from_millis(200);
     let reason = 'session: loop {
         let attempt = async {
-            let client = BusClient::connect(bus_url, &opts.bus_token, config.clone())
+            let client = BusClient::connect_paced(bus_url, &opts.bus_token, config.clone(), max_rate)
                 .await
                 .with_context(|| format!("connecting to {bus_url}"))?;
             let local = Bus::new(BusConfig { window: 4, max_lag: 4 });

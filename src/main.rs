@@ -67,6 +67,9 @@ struct DumpArgs {
     /// Stop after this many seconds (default: when the broadcast ends).
     #[arg(long)]
     duration: Option<f64>,
+    /// Read no faster than this many bytes per second (a deliberately slow subscriber).
+    #[arg(long)]
+    max_rate: Option<u64>,
     #[command(flatten)]
     client: busnode::ClientOpts,
 }
@@ -115,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         Command::Dump(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(busnode::dump(&a.bus, &a.client, &a.name, &a.out, a.duration)),
+            .block_on(busnode::dump(&a.bus, &a.client, &a.name, &a.out, a.duration, a.max_rate)),
         Command::Streams { action, data, json, public_host, rtmp_port } => {
             let urls = Urls { host: public_host, port: rtmp_port };
             streams(action, &data, json, &urls)

@@ -71,3 +71,48 @@ fn wrong_token_and_unknown_broadcast_fail_clearly() {
     assert!(err.contains("not found"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "not found took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_remote_subscriber_skips_gops_while_others_get_every_frame() {
+    use bench::rtmp::Client;
+    let mut server = Server::start("slow-quic");
+    let key = server.create_stream("fat");
+    let (bus, token, ca) = server.bus();
+    // 3 MB/s: a GoP (1 s) is larger than a stream's receive window.
+    let tags = bench::flv::synthetic_video(150, 100_000, 30);
+    let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
+    publisher.publish(&key).await.unwrap();
+    let out = tmpdir("slow-quic-out");
+    let feed = tokio::spawn(async move {
+        publisher.publish_tags(&tags[..31], 1.0).await.unwrap();
+        (publisher, tags)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let files: Vec<_> = (0..3).map(|i| out.join(format!("s{i}.flv"))).collect();
+    let mut dumps = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let extra: &[&str] = if i == 2 { &["--max-rate", "300000"] } else { &[] };
+        dumps.push(dump(&bus, &token, &ca, "fat", f, extra));
+    }
+    let (mut publisher, tags) = feed.await.unwrap();
+    publisher.publish_tags(&tags[31..], 1.0).await.unwrap();
+    drop(publisher);
+    let mut results = Vec::new();
+    for d in dumps {
+        results.push(tokio::task::spawn_blocking(move || d.wait_output(Duration::from_secs(60))).await.unwrap());
+    }
+    for r in &results {
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let count = |f: &std::path::Path| packets(f, "v:0").len();
+    let (a, b, slow) = (count(&files[0]), count(&files[1]), count(&files[2]));
+    // The normal subscribers joined in the first GoP: every frame from there on.
+    assert!(a >= 120 && a == b, "normal subscribers got {a} and {b} frames");
+    assert!(slow < a - 30, "the slow subscriber got {slow} of {a} frames: it should have skipped GoPs");
+    let log = server.log_text();
+    assert!(log.contains("remote subscriber skipped GoPs"), "{log}");
+    // The node's memory stayed bounded: 15 MB went through it; it never held much
+    // more than its GoP window (3 GoPs of 3 MB) and the QUIC send windows.
+    let peak = server.peak_rss_kib();
+    assert!(peak < 80 * 1024, "peak RSS {peak} KiB");
+}

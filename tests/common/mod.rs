@@ -183,6 +183,19 @@ impl Server {
         }
     }
 
+    /// Peak resident memory of the server process so far, in KiB.
+    pub fn peak_rss_kib(&mut self) -> u64 {
+        let pid = self.proc.child().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.proc.child().try_wait().unwrap().is_none()

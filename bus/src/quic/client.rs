@@ -37,6 +37,18 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 impl BusClient {
     /// Connects to `quic://HOST:PORT` and presents `token`.
     pub async fn connect(url: &str, token: &str, config: quinn::ClientConfig) -> Result<Self, QuicError> {
+        Self::connect_paced(url, token, config, None).await
+    }
+
+    /// Like [`connect`](Self::connect), reading GoP streams no faster than
+    /// `max_rate` bytes per second: a deliberately slow subscriber, for tests and
+    /// for bandwidth-limited consumers.
+    pub async fn connect_paced(
+        url: &str,
+        token: &str,
+        config: quinn::ClientConfig,
+        max_rate: Option<u64>,
+    ) -> Result<Self, QuicError> {
         let (host, addr) = parse_url(url)?;
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| QuicError::Connect(e.to_string()))?;
@@ -67,7 +79,7 @@ impl BusClient {
         }
         let (control, control_rx) = mpsc::channel::<Control>(256);
         tokio::spawn(write_control(writer, control_rx));
-        let routes = Arc::new(Routes::default());
+        let routes = Arc::new(Routes::paced(max_rate.map(|r| Arc::new(super::conn::Pacer::new(r)))));
         tokio::spawn(accept_streams(conn.clone(), routes.clone()));
         let pending: Arc<Pending> = Arc::default();
         tokio::spawn(read_control(reader, routes.clone(), pending.clone()));

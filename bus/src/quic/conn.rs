@@ -14,9 +14,39 @@ use super::io::{Reader, Writer};
 #[derive(Default)]
 pub(crate) struct Routes {
     map: Mutex<HashMap<u64, mpsc::Sender<Piece>>>,
+    /// Limits how fast this connection's GoP streams are read (a slow subscriber).
+    pub(crate) pacer: Option<Arc<Pacer>>,
+}
+
+/// A byte-rate limit shared by the readers of one connection.
+pub(crate) struct Pacer {
+    bytes_per_sec: f64,
+    next_free: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub(crate) fn new(bytes_per_sec: u64) -> Self {
+        Self { bytes_per_sec: bytes_per_sec.max(1) as f64, next_free: Mutex::new(tokio::time::Instant::now()) }
+    }
+
+    /// Waits until `n` more bytes may be consumed.
+    pub(crate) async fn take(&self, n: usize) {
+        let at = {
+            let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + std::time::Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+            start
+        };
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 impl Routes {
+    /// Routes whose streams are read no faster than `pacer` allows.
+    pub(crate) fn paced(pacer: Option<Arc<Pacer>>) -> Self {
+        Self { map: Mutex::default(), pacer }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Piece>>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
@@ -57,7 +87,7 @@ pub(crate) async fn accept_streams(conn: quinn::Connection, routes: Arc<Routes>)
                         reader.stop();
                         return;
                     }
-                    read_stream(reader, seq, track, tx).await;
+                    read_stream(reader, seq, track, tx, routes.pacer.clone()).await;
                 }
                 Ok(_) | Err(_) => reader.stop(),
             }

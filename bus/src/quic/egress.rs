@@ -55,6 +55,9 @@ pub(crate) async fn send_broadcast(
     let mut in_flight: VecDeque<Vec<Open>> = VecDeque::new();
     let mut gop: Option<std::sync::Arc<GopHeader>> = None;
     let mut skipped: u64 = 0;
+    // Set when the current GoP was abandoned because the subscriber fell behind:
+    // its remaining frames are not sent; the next GoP starts afresh.
+    let mut abandoned = false;
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -62,12 +65,14 @@ pub(crate) async fn send_broadcast(
         };
         match ev {
             Event::Gop(header) => {
+                abandoned = false;
                 retire(&mut current, &mut in_flight);
                 for track in tracks_of(&header) {
                     current.push(open(&conn, id, track, &header).await?);
                 }
                 gop = Some(header);
             }
+            Event::Frame(_) if abandoned => {}
             Event::Frame(frame) => {
                 let track = frame.header.track;
                 let idx = match current.iter().position(|o| o.track == track) {
@@ -94,10 +99,12 @@ pub(crate) async fn send_broadcast(
                 tokio::select! {
                     r = write => r?,
                     () = stale => {
-                        for o in current.drain(..) {
-                            let mut o = o;
+                        for mut o in current.drain(..) {
                             let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));
                         }
+                        abandoned = true;
+                        skipped += 1;
+                        tracing::debug!(id, "remote subscriber fell behind; stale GoP abandoned");
                     }
                 }
             }

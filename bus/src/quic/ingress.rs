@@ -35,13 +35,24 @@ pub(crate) enum Piece {
 }
 
 /// Reads one GoP sub-channel stream (its header already read) into `tx`.
-pub(crate) async fn read_stream(mut reader: Reader, seq: u64, track: TrackId, tx: mpsc::Sender<Piece>) {
+pub(crate) async fn read_stream(
+    mut reader: Reader,
+    seq: u64,
+    track: TrackId,
+    tx: mpsc::Sender<Piece>,
+    pacer: Option<std::sync::Arc<super::conn::Pacer>>,
+) {
     loop {
         let frame = match reader.message().await {
-            Ok(Some(Message::Frame(header))) => match reader.payload(header.len as usize).await {
-                Ok(parts) => Frame { header, payload: gopbus_proto::Payload::from_parts(parts) },
-                Err(_) => break,
-            },
+            Ok(Some(Message::Frame(header))) => {
+                if let Some(p) = &pacer {
+                    p.take(header.len as usize).await;
+                }
+                match reader.payload(header.len as usize).await {
+                    Ok(parts) => Frame { header, payload: gopbus_proto::Payload::from_parts(parts) },
+                    Err(_) => break,
+                }
+            }
             Ok(None) => break,
             Ok(Some(other)) => {
                 tracing::warn!(?other, "unexpected message on a GoP stream");

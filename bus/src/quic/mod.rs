@@ -67,6 +67,11 @@ pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(4096));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));
+    // Bounded receive windows: a subscriber that reads slowly pushes back on its
+    // sender (which then skips GoPs for it) instead of buffering without limit.
+    t.stream_receive_window(quinn::VarInt::from_u32(2 << 20));
+    t.receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.send_window(8 << 20);
     t.keep_alive_interval(Some(std::time::Duration::from_millis(1000)));
     // 4 s without any packet: the peer is gone (a killed node is noticed quickly,
     // so subscribers reconnect within a few seconds).
