@@ -55,6 +55,12 @@ fn every_scenario_runs_at_a_tiny_size() {
             }
             "ttff" => assert_eq!(num(&report, 1, "joins"), 2.0),
             "ingest" => assert!(num(&report, 0, "MB/s accepted") > 0.0),
+            "quic-fanout" => {
+                assert_eq!(text(&report, 1, "transport"), "QUIC via gopbus relay");
+                assert!(num(&report, 1, "frames delivered %") > 90.0, "QUIC subscribers got too little");
+                assert!(num(&report, 1, "RSS MiB") > 0.0);
+                assert_eq!(num(&report, 1, "failed joins"), 0.0);
+            }
             other => panic!("scenario {other} has no check here"),
         }
     }

@@ -12,7 +12,7 @@ static ALLOC: bench::alloc::CountingAlloc = bench::alloc::CountingAlloc;
 const HELP: &str = "\
 usage: cargo run -p bench --release -- SCENARIO|all [options]
 
-scenarios: bus-publish bus-local zero-copy rtmp-fanout latency ttff ingest
+scenarios: bus-publish bus-local zero-copy rtmp-fanout latency ttff ingest quic-fanout
 
 options:
   --runs N              repetitions of each measurement (default 3)
@@ -71,7 +71,7 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
     };
     if p.external.is_some() {
         for s in &list {
-            if matches!(s.as_str(), "bus-publish" | "bus-local" | "zero-copy") {
+            if matches!(s.as_str(), "bus-publish" | "bus-local" | "zero-copy" | "quic-fanout") {
                 bail!("{s} measures gopbus's own bus in process; it cannot run against --target");
             }
         }

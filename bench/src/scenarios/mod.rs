@@ -4,6 +4,7 @@ mod bus_local;
 mod bus_publish;
 mod ingest;
 mod latency;
+mod quic_fanout;
 mod rtmp_fanout;
 mod ttff;
 mod zero_copy;
@@ -19,7 +20,8 @@ use crate::rtmp::Client;
 use crate::target::{default_gopbus, RtmpUrl, Target};
 
 /// Scenario names, in the order `all` runs them.
-pub const ALL: [&str; 7] = ["bus-publish", "bus-local", "zero-copy", "rtmp-fanout", "latency", "ttff", "ingest"];
+pub const ALL: [&str; 8] =
+    ["bus-publish", "bus-local", "zero-copy", "rtmp-fanout", "latency", "ttff", "ingest", "quic-fanout"];
 
 /// Options shared by the scenarios.
 #[derive(Debug, Clone)]
@@ -117,6 +119,7 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "latency" => runtime()?.block_on(latency::run(params))?,
         "ttff" => runtime()?.block_on(ttff::run(params))?,
         "ingest" => runtime()?.block_on(ingest::run(params))?,
+        "quic-fanout" => runtime()?.block_on(quic_fanout::run(params))?,
         other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     };
     report.emit(&params.out)?;
