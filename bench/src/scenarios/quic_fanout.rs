@@ -86,10 +86,7 @@ async fn consume(mut sub: gopbus_bus::Subscriber, sent: Sent, deadline: Instant)
     let mut s = SubStats::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ev = match tokio::time::timeout(left, sub.next()).await {
-            Ok(ev) => ev,
-            Err(_) => break,
-        };
+        let Ok(ev) = tokio::time::timeout(left, sub.next()).await else { break };
         match ev {
             Event::Frame(f) => {
                 s.frames += 1;
