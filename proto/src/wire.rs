@@ -102,6 +102,21 @@ pub struct StreamHeader {
     pub track: crate::media::TrackId,
     /// The GoP header, identical on every track's stream of the GoP.
     pub gop: GopHeader,
+    /// How many frames (all tracks) the sender sent of the previous GoP of this
+    /// request: once that many are out, the receiver may start this GoP without
+    /// waiting for the previous GoP's streams to finish.
+    pub prev_frames: u32,
+}
+
+/// A frame on a GoP sub-channel: its place in the GoP across all tracks, so the
+/// receiver restores the exact interleaving of the tracks' streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct WireFrame {
+    /// Index of the frame within its GoP, counting every track, from 0.
+    pub index: u32,
+    /// The frame header; `header.len` payload bytes follow the message.
+    pub header: FrameHeader,
 }
 
 /// Any bus message.
@@ -111,8 +126,8 @@ pub enum Message {
     Control(Control),
     /// Opens a GoP sub-channel stream.
     Stream(StreamHeader),
-    /// Precedes a frame payload of `len` bytes on a sub-channel stream.
-    Frame(FrameHeader),
+    /// Precedes a frame payload of `header.len` bytes on a sub-channel stream.
+    Frame(WireFrame),
 }
 
 const KIND_CONTROL: u8 = 1;
@@ -159,7 +174,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Message, Error> {
     let msg = match kind {
         KIND_CONTROL => Message::Control(rkyv::from_bytes::<Control, rancor::Error>(&aligned).map_err(bad)?),
         KIND_STREAM => Message::Stream(rkyv::from_bytes::<StreamHeader, rancor::Error>(&aligned).map_err(bad)?),
-        KIND_FRAME => Message::Frame(rkyv::from_bytes::<FrameHeader, rancor::Error>(&aligned).map_err(bad)?),
+        KIND_FRAME => Message::Frame(rkyv::from_bytes::<WireFrame, rancor::Error>(&aligned).map_err(bad)?),
         other => return Err(Error::Unsupported { what: "bus message kind", value: u32::from(other) }),
     };
     buf.advance(PREFIX_LEN + len);
@@ -187,13 +202,11 @@ mod tests {
                     audio: Some(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
                     metadata: Some(vec![2, 0, 1, b'x']),
                 },
+                prev_frames: 77,
             }),
-            Message::Frame(FrameHeader {
-                track: TrackId::VIDEO,
-                dts: -5,
-                cts: 40,
-                flags: FrameFlags::KEYFRAME,
-                len: 1234,
+            Message::Frame(WireFrame {
+                index: 9,
+                header: FrameHeader { track: TrackId::VIDEO, dts: -5, cts: 40, flags: FrameFlags::KEYFRAME, len: 1234 },
             }),
         ]
     }

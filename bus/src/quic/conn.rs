@@ -83,7 +83,7 @@ pub(crate) async fn accept_streams(conn: quinn::Connection, routes: Arc<Routes>)
                         return;
                     };
                     let (seq, track) = (h.gop.seq, h.track);
-                    if tx.send(Piece::Open { track, gop: h.gop }).await.is_err() {
+                    if tx.send(Piece::Open { track, gop: h.gop, prev_frames: h.prev_frames }).await.is_err() {
                         reader.stop();
                         return;
                     }

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use gopbus_proto::wire::{Control, Message, StreamHeader};
+use gopbus_proto::wire::{Control, Message, StreamHeader, WireFrame};
 use gopbus_proto::{GopHeader, TrackId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,8 @@ pub(crate) async fn send_broadcast(
     // Set when the current GoP was abandoned because the subscriber fell behind:
     // its remaining frames are not sent; the next GoP starts afresh.
     let mut abandoned = false;
+    // Frames sent in the current GoP, and in the previous one.
+    let (mut index, mut prev_frames) = (0u32, 0u32);
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -67,8 +69,9 @@ pub(crate) async fn send_broadcast(
             Event::Gop(header) => {
                 abandoned = false;
                 retire(&mut current, &mut in_flight);
+                (prev_frames, index) = (index, 0);
                 for track in tracks_of(&header) {
-                    current.push(open(&conn, id, track, &header).await?);
+                    current.push(open(&conn, id, track, &header, prev_frames).await?);
                 }
                 gop = Some(header);
             }
@@ -80,11 +83,11 @@ pub(crate) async fn send_broadcast(
                     None => {
                         // A track the GoP header did not announce (a derived track): open it now.
                         let Some(h) = gop.as_ref() else { continue };
-                        current.push(open(&conn, id, track, h).await?);
+                        current.push(open(&conn, id, track, h, prev_frames).await?);
                         current.len() - 1
                     }
                 };
-                let msg = Message::Frame(frame.header);
+                let msg = Message::Frame(WireFrame { index, header: frame.header });
                 let write = current[idx].writer.send(&msg, frame.payload.parts());
                 // While blocked on flow control, watch whether this subscriber fell
                 // behind: then stop writing this stale GoP and move on.
@@ -97,7 +100,10 @@ pub(crate) async fn send_broadcast(
                     }
                 };
                 tokio::select! {
-                    r = write => r?,
+                    r = write => {
+                        r?;
+                        index += 1;
+                    }
                     () = stale => {
                         for mut o in current.drain(..) {
                             let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));
@@ -146,11 +152,17 @@ fn retire(current: &mut Vec<Open>, in_flight: &mut VecDeque<Vec<Open>>) {
     in_flight.push_back(std::mem::take(current));
 }
 
-async fn open(conn: &quinn::Connection, id: u64, track: TrackId, gop: &GopHeader) -> Result<Open, QuicError> {
+async fn open(
+    conn: &quinn::Connection,
+    id: u64,
+    track: TrackId,
+    gop: &GopHeader,
+    prev_frames: u32,
+) -> Result<Open, QuicError> {
     let stream = conn.open_uni().await?;
     let _ = stream.set_priority(priority(gop.seq, track));
     let mut writer = Writer::new(stream);
-    let header = StreamHeader { id, track, gop: gop.clone() };
+    let header = StreamHeader { id, track, gop: gop.clone(), prev_frames };
     writer.send(&Message::Stream(header), &[]).await?;
     Ok(Open { track, writer })
 }

@@ -1,14 +1,18 @@
-//! Receiving one broadcast: GoP sub-channel streams replayed, in decode order,
-//! into a local publisher.
+//! Receiving one broadcast: GoP sub-channel streams replayed, in the sender's
+//! order, into a local publisher.
 //!
-//! Each track of a GoP arrives on its own stream, so the merger holds a short
-//! queue per track and releases the frame with the smallest timestamp once every
-//! other open track has a frame queued (or has finished). A track that stays
-//! silent for [`MAX_WAIT`] does not hold the others back.
+//! Each track of a GoP arrives on its own stream. Every frame carries its index in
+//! the GoP (across tracks), so the merger releases frame `k` as soon as frames
+//! `0..k` are out: no waiting for other tracks beyond what is actually in flight.
+//! The next GoP's header says how many frames the previous GoP had, so the merger
+//! moves on as soon as those are out, without waiting for the streams to finish.
+//! A gap that does not fill within [`MAX_WAIT`] (a stream reset because this
+//! receiver fell behind) is skipped.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use gopbus_proto::wire::Message;
 use gopbus_proto::{EndReason, Frame, GopHeader, TrackId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -16,18 +20,17 @@ use tokio::time::Instant;
 use super::io::Reader;
 use super::QuicError;
 use crate::Publisher;
-use gopbus_proto::wire::Message;
 
-/// Longest a frame waits for another track's next frame.
+/// Longest the merger waits for a missing frame or a stream's end.
 const MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// What stream readers tell the merger of one broadcast.
 #[derive(Debug)]
 pub(crate) enum Piece {
     /// A GoP sub-channel opened.
-    Open { track: TrackId, gop: GopHeader },
-    /// A frame of GoP `seq`.
-    Frame { seq: u64, frame: Frame },
+    Open { track: TrackId, gop: GopHeader, prev_frames: u32 },
+    /// Frame `index` of GoP `seq`.
+    Frame { seq: u64, index: u32, frame: Frame },
     /// The sub-channel of `track` in GoP `seq` ended (finished or reset).
     Close { seq: u64, track: TrackId },
     /// The broadcast ended (from the control stream).
@@ -43,13 +46,15 @@ pub(crate) async fn read_stream(
     pacer: Option<std::sync::Arc<super::conn::Pacer>>,
 ) {
     loop {
-        let frame = match reader.message().await {
-            Ok(Some(Message::Frame(header))) => {
+        let (index, frame) = match reader.message().await {
+            Ok(Some(Message::Frame(wf))) => {
                 if let Some(p) = &pacer {
-                    p.take(header.len as usize).await;
+                    p.take(wf.header.len as usize).await;
                 }
-                match reader.payload(header.len as usize).await {
-                    Ok(parts) => Frame { header, payload: gopbus_proto::Payload::from_parts(parts) },
+                match reader.payload(wf.header.len as usize).await {
+                    Ok(parts) => {
+                        (wf.index, Frame { header: wf.header, payload: gopbus_proto::Payload::from_parts(parts) })
+                    }
                     Err(_) => break,
                 }
             }
@@ -66,7 +71,7 @@ pub(crate) async fn read_stream(
             reader.stop();
             break;
         }
-        if tx.send(Piece::Frame { seq, frame }).await.is_err() {
+        if tx.send(Piece::Frame { seq, index, frame }).await.is_err() {
             reader.stop();
             return;
         }
@@ -74,129 +79,165 @@ pub(crate) async fn read_stream(
     let _ = tx.send(Piece::Close { seq, track }).await;
 }
 
-struct TrackQueue {
-    frames: std::collections::VecDeque<(Frame, Instant)>,
-    done: bool,
+/// One GoP being received.
+struct GopState {
+    seq: u64,
+    /// Tracks announced or seen, and whether their stream has ended.
+    tracks: BTreeMap<TrackId, bool>,
+    queue: BTreeMap<u32, Frame>,
+    /// The next index to release.
+    next: u32,
+    /// Since when the head of `queue` has waited for a missing frame.
+    gap_since: Option<Instant>,
 }
 
-impl TrackQueue {
-    fn new() -> Self {
-        Self { frames: Default::default(), done: false }
+impl GopState {
+    fn new(gop: &GopHeader, opened: TrackId) -> Self {
+        let mut tracks = BTreeMap::new();
+        if gop.video.is_some() {
+            tracks.insert(TrackId::VIDEO, false);
+        }
+        if gop.audio.is_some() {
+            tracks.insert(TrackId::AUDIO, false);
+        }
+        tracks.insert(opened, false);
+        Self { seq: gop.seq, tracks, queue: BTreeMap::new(), next: 0, gap_since: None }
+    }
+
+    fn all_done(&self) -> bool {
+        self.tracks.values().all(|d| *d)
+    }
+
+    /// Releases frames in index order while there is no gap.
+    fn release(&mut self, publisher: &mut Publisher) -> Result<(), QuicError> {
+        while let Some(f) = self.queue.remove(&self.next) {
+            publisher.push(f).map_err(|e| QuicError::Protocol(e.to_string()))?;
+            self.next += 1;
+        }
+        self.gap_since = if self.queue.is_empty() { None } else { Some(self.gap_since.unwrap_or_else(Instant::now)) };
+        Ok(())
+    }
+
+    /// Releases everything queued, skipping gaps.
+    fn flush(&mut self, publisher: &mut Publisher) -> Result<(), QuicError> {
+        while let Some((i, f)) = self.queue.pop_first() {
+            publisher.push(f).map_err(|e| QuicError::Protocol(e.to_string()))?;
+            self.next = i + 1;
+        }
+        self.gap_since = None;
+        Ok(())
     }
 }
 
-type Tracks = BTreeMap<TrackId, TrackQueue>;
-
-fn tracks_for(gop: &GopHeader, opened: TrackId) -> Tracks {
-    let mut t = Tracks::new();
-    if gop.video.is_some() {
-        t.insert(TrackId::VIDEO, TrackQueue::new());
-    }
-    if gop.audio.is_some() {
-        t.insert(TrackId::AUDIO, TrackQueue::new());
-    }
-    t.entry(opened).or_insert_with(TrackQueue::new);
-    t
-}
-
-/// The next GoP, seen while the current one's last frames may still be arriving
-/// on its other sub-channels (the sender finishes a GoP's streams as the next
-/// GoP starts, so they race).
+/// The next GoP, seen while frames of the current one may still be in flight.
 struct Staged {
     gop: GopHeader,
-    tracks: Tracks,
+    state: GopState,
+    prev_frames: u32,
     since: Instant,
 }
 
 /// Replays pieces into `publisher` until the broadcast ends or the senders go away.
 pub(crate) async fn merge_into(mut rx: mpsc::Receiver<Piece>, mut publisher: Publisher) -> Result<(), QuicError> {
-    let mut seq: Option<u64> = None;
-    let mut tracks = Tracks::new();
+    let mut cur: Option<GopState> = None;
     let mut staged: Option<Staged> = None;
     let mut ending: Option<EndReason> = None;
     loop {
-        let wait = [next_deadline(&tracks), staged.as_ref().map(|s| s.since + MAX_WAIT)].into_iter().flatten().min();
+        let wait =
+            [cur.as_ref().and_then(|c| c.gap_since).map(|t| t + MAX_WAIT), staged.as_ref().map(|s| s.since + MAX_WAIT)]
+                .into_iter()
+                .flatten()
+                .min();
         let piece = tokio::select! {
             p = rx.recv() => p,
             _ = sleep_until(wait) => {
-                if staged.as_ref().is_some_and(|s| s.since + MAX_WAIT <= Instant::now()) {
-                    advance(&mut seq, &mut tracks, &mut staged, &mut publisher)?;
+                let now = Instant::now();
+                if let Some(c) = cur.as_mut() {
+                    if c.gap_since.is_some_and(|t| t + MAX_WAIT <= now) {
+                        c.flush(&mut publisher)?;
+                    }
                 }
-                release(&mut tracks, &mut publisher, true)?;
+                if staged.as_ref().is_some_and(|s| s.since + MAX_WAIT <= now) {
+                    advance(&mut cur, &mut staged, &mut publisher)?;
+                }
                 continue;
             }
         };
         let Some(piece) = piece else {
             // Connection gone: whatever is queued goes out, then the broadcast ends (cut short).
-            flush(&mut tracks, &mut publisher)?;
+            if let Some(c) = cur.as_mut() {
+                c.flush(&mut publisher)?;
+            }
             if staged.is_some() {
-                advance(&mut seq, &mut tracks, &mut staged, &mut publisher)?;
-                flush(&mut tracks, &mut publisher)?;
+                advance(&mut cur, &mut staged, &mut publisher)?;
+                if let Some(c) = cur.as_mut() {
+                    c.flush(&mut publisher)?;
+                }
             }
             return Ok(());
         };
         match piece {
-            Piece::Open { track, gop } => match (seq, staged.as_mut()) {
-                (Some(cur), _) if gop.seq < cur => {}
-                (Some(cur), _) if gop.seq == cur => {
-                    tracks.entry(track).or_insert_with(TrackQueue::new);
-                }
-                (None, _) => {
-                    seq = Some(gop.seq);
-                    tracks = tracks_for(&gop, track);
-                    publisher.open_gop(gop).map_err(|e| QuicError::Protocol(e.to_string()))?;
-                }
-                (Some(_), Some(st)) if st.gop.seq == gop.seq => {
-                    st.tracks.entry(track).or_insert_with(TrackQueue::new);
-                }
-                (Some(_), Some(st)) if gop.seq < st.gop.seq => {}
-                (Some(_), Some(_)) => {
-                    // Two GoPs ahead: this receiver is behind; give up on the current one.
-                    advance(&mut seq, &mut tracks, &mut staged, &mut publisher)?;
-                    staged = Some(Staged { tracks: tracks_for(&gop, track), gop, since: Instant::now() });
-                }
-                (Some(_), None) => {
-                    staged = Some(Staged { tracks: tracks_for(&gop, track), gop, since: Instant::now() });
-                }
-            },
-            Piece::Frame { seq: s, frame } => {
-                if Some(s) == seq {
-                    tracks
-                        .entry(frame.header.track)
-                        .or_insert_with(TrackQueue::new)
-                        .frames
-                        .push_back((frame, Instant::now()));
-                    release(&mut tracks, &mut publisher, false)?;
-                } else if let Some(st) = staged.as_mut().filter(|st| st.gop.seq == s) {
-                    st.tracks
-                        .entry(frame.header.track)
-                        .or_insert_with(TrackQueue::new)
-                        .frames
-                        .push_back((frame, Instant::now()));
+            Piece::Open { track, gop, prev_frames } => {
+                let cur_seq = cur.as_ref().map(|c| c.seq);
+                match (cur_seq, staged.as_mut()) {
+                    (None, _) => {
+                        cur = Some(GopState::new(&gop, track));
+                        publisher.open_gop(gop).map_err(|e| QuicError::Protocol(e.to_string()))?;
+                    }
+                    (Some(c), _) if gop.seq < c => {}
+                    (Some(c), _) if gop.seq == c => {
+                        if let Some(cs) = cur.as_mut() {
+                            cs.tracks.entry(track).or_insert(false);
+                        }
+                    }
+                    (Some(_), Some(st)) if st.gop.seq == gop.seq => {
+                        st.state.tracks.entry(track).or_insert(false);
+                    }
+                    (Some(_), Some(st)) if gop.seq < st.gop.seq => {}
+                    (Some(_), st) => {
+                        if st.is_some() {
+                            // Two GoPs ahead: this receiver is behind; move on.
+                            advance(&mut cur, &mut staged, &mut publisher)?;
+                        }
+                        let state = GopState::new(&gop, track);
+                        staged = Some(Staged { gop, state, prev_frames, since: Instant::now() });
+                    }
                 }
             }
-            Piece::Close { seq: s, track } => {
-                if Some(s) == seq {
-                    if let Some(q) = tracks.get_mut(&track) {
-                        q.done = true;
+            Piece::Frame { seq, index, frame } => {
+                if let Some(c) = cur.as_mut().filter(|c| c.seq == seq) {
+                    if index >= c.next {
+                        c.queue.insert(index, frame);
+                        c.release(&mut publisher)?;
                     }
-                    release(&mut tracks, &mut publisher, false)?;
-                } else if let Some(q) =
-                    staged.as_mut().filter(|st| st.gop.seq == s).and_then(|st| st.tracks.get_mut(&track))
-                {
-                    q.done = true;
+                } else if let Some(st) = staged.as_mut().filter(|s| s.gop.seq == seq) {
+                    st.state.queue.insert(index, frame);
+                }
+            }
+            Piece::Close { seq, track } => {
+                if let Some(c) = cur.as_mut().filter(|c| c.seq == seq) {
+                    c.tracks.insert(track, true);
+                    if c.all_done() {
+                        c.flush(&mut publisher)?;
+                    }
+                } else if let Some(st) = staged.as_mut().filter(|s| s.gop.seq == seq) {
+                    st.state.tracks.insert(track, true);
                 }
             }
             Piece::End(reason) => ending = Some(reason),
         }
-        if staged.is_some() && tracks.values().all(|q| q.done) {
-            advance(&mut seq, &mut tracks, &mut staged, &mut publisher)?;
+        if let (Some(c), Some(st)) = (cur.as_ref(), staged.as_ref()) {
+            if c.next >= st.prev_frames || c.all_done() {
+                advance(&mut cur, &mut staged, &mut publisher)?;
+            }
         }
         if let Some(reason) = &ending {
             // The end notice travels on the control stream and can overtake the last
             // GoP's data: end once every track of the current GoP has finished.
-            if staged.is_none() && tracks.values().all(|q| q.done) {
-                flush(&mut tracks, &mut publisher)?;
+            if staged.is_none() && cur.as_ref().is_none_or(GopState::all_done) {
+                if let Some(c) = cur.as_mut() {
+                    c.flush(&mut publisher)?;
+                }
                 publisher.end(reason.clone());
                 return Ok(());
             }
@@ -206,21 +247,19 @@ pub(crate) async fn merge_into(mut rx: mpsc::Receiver<Piece>, mut publisher: Pub
 
 /// Finishes the current GoP and makes the staged one current.
 fn advance(
-    seq: &mut Option<u64>,
-    tracks: &mut Tracks,
+    cur: &mut Option<GopState>,
     staged: &mut Option<Staged>,
     publisher: &mut Publisher,
 ) -> Result<(), QuicError> {
-    flush(tracks, publisher)?;
+    if let Some(c) = cur.as_mut() {
+        c.flush(publisher)?;
+    }
     let Some(st) = staged.take() else { return Ok(()) };
-    *seq = Some(st.gop.seq);
-    *tracks = st.tracks;
     publisher.open_gop(st.gop).map_err(|e| QuicError::Protocol(e.to_string()))?;
-    release(tracks, publisher, false)
-}
-
-fn next_deadline(tracks: &Tracks) -> Option<Instant> {
-    tracks.values().filter_map(|q| q.frames.front().map(|(_, at)| *at + MAX_WAIT)).min()
+    let mut state = st.state;
+    state.release(publisher)?;
+    *cur = Some(state);
+    Ok(())
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -228,29 +267,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
-}
-
-/// Pushes frames in timestamp order while it is safe to (or, with `force`, the
-/// frames that waited too long).
-fn release(tracks: &mut Tracks, publisher: &mut Publisher, force: bool) -> Result<(), QuicError> {
-    loop {
-        let ready = tracks.values().all(|q| q.done || !q.frames.is_empty());
-        let oldest = tracks.values().filter_map(|q| q.frames.front().map(|(_, at)| *at)).min();
-        let overdue = force && oldest.is_some_and(|t| t + MAX_WAIT <= Instant::now());
-        if !(ready || overdue) {
-            return Ok(());
-        }
-        let next = tracks.iter().filter_map(|(t, q)| q.frames.front().map(|(f, _)| (f.header.dts, *t))).min();
-        let Some((_, track)) = next else { return Ok(()) };
-        let (frame, _) = tracks.get_mut(&track).and_then(|q| q.frames.pop_front()).expect("non-empty queue");
-        publisher.push(frame).map_err(|e| QuicError::Protocol(e.to_string()))?;
-    }
-}
-
-/// Pushes everything queued, in timestamp order.
-fn flush(tracks: &mut Tracks, publisher: &mut Publisher) -> Result<(), QuicError> {
-    for q in tracks.values_mut() {
-        q.done = true;
-    }
-    release(tracks, publisher, false)
 }
