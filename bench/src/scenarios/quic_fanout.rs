@@ -81,17 +81,21 @@ async fn publish(bus: Bus, secs: f64, sent: Sent) -> u64 {
     frames
 }
 
-/// Reads a local subscription to its end, measuring video latency.
+/// Reads a local subscription to its end, measuring video latency. The GoP it
+/// joined in is not timed: its first frames were published before it joined and
+/// arrive at once (that is the instant start, not transport latency).
 async fn consume(mut sub: gopbus_bus::Subscriber, sent: Sent, deadline: Instant) -> SubStats {
     let mut s = SubStats::default();
+    let mut gops = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(ev) = tokio::time::timeout(left, sub.next()).await else { break };
         match ev {
+            Event::Gop(_) => gops += 1,
             Event::Frame(f) => {
                 s.frames += 1;
                 s.bytes += f.payload.len() as u64;
-                if f.header.track == TrackId::VIDEO {
+                if f.header.track == TrackId::VIDEO && gops > 1 {
                     if let Some(t0) = sent.lock().unwrap().get(&(f.header.dts * 2)) {
                         s.latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
                     }
