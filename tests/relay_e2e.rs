@@ -295,3 +295,41 @@ fn killing_and_restarting_the_edge_resumes_the_subscriber() {
     assert!(decode_errors(&out).is_empty());
     drop((origin.proc, ingest.proc));
 }
+
+#[test]
+fn an_ingest_node_reconnects_to_a_restarted_origin_and_republishes() {
+    let origin_port = udp_port();
+    let origin = relay("i-origin", origin_port, &[]);
+    let origin_dir = origin.dir.clone();
+    let origin_url = format!("quic://127.0.0.1:{origin_port}");
+    let origin_ca = origin_dir.join("bus-cert.pem");
+    let (ingest, rtmp, key) = ingest_node(&origin_url, &origin_ca.display().to_string());
+    let fixture = Fixture::av(48000, 12);
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
+    std::thread::sleep(Duration::from_secs(2));
+    drop(origin.proc); // the relay goes away mid-stream
+    std::thread::sleep(Duration::from_millis(500));
+    let mut args = vec![
+        "relay".to_owned(),
+        "--quic".into(),
+        format!("127.0.0.1:{origin_port}"),
+        "--bus-token".into(),
+        TOKEN.into(),
+    ];
+    args.extend(["--data".to_owned(), origin_dir.display().to_string()]);
+    let _restarted = Proc::new(gopbus().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    // Within a few seconds the ingest node has republished: a dump on the new origin gets frames.
+    std::thread::sleep(Duration::from_secs(5));
+    let out = tmpdir("republish-out").join("cam.flv");
+    let d = dump(&origin_url, &origin_ca, "cam", &out);
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success(), "the RTMP publisher was disconnected: {}", String::from_utf8_lossy(&p.stderr));
+    let r = d.wait_output(Duration::from_secs(30));
+    assert!(r.status.success(), "{}\ningest:\n{}", String::from_utf8_lossy(&r.stderr), ingest.log_text());
+    let got = packets(&out, "v:0");
+    assert!(got.len() >= 60, "only {} frames after the restart", got.len());
+    assert!(decode_errors(&out).is_empty());
+    let log = ingest.log_text();
+    assert!(log.contains("bus connection lost; reconnecting"), "{log}");
+    assert!(log.matches("publishing to the bus").count() >= 2, "{log}");
+}
