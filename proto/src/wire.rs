@@ -136,11 +136,19 @@ const KIND_FRAME: u8 = 3;
 
 /// Appends one framed message to `out`.
 pub fn encode(msg: &Message, out: &mut BytesMut) {
+    encode_with(msg, out, &mut AlignedVec::new());
+}
+
+/// Like [`encode`], archiving into `arena`, which is kept for the next call: a
+/// sender that reuses one arena allocates nothing per message once it is warm.
+pub fn encode_with(msg: &Message, out: &mut BytesMut, arena: &mut AlignedVec) {
+    let mut buf = std::mem::take(arena);
+    buf.clear();
     // Serializing our own plain structs cannot fail: no shared pointers, no limits hit.
     let (kind, body) = match msg {
-        Message::Control(c) => (KIND_CONTROL, rkyv::to_bytes::<rancor::Error>(c)),
-        Message::Stream(g) => (KIND_STREAM, rkyv::to_bytes::<rancor::Error>(g)),
-        Message::Frame(f) => (KIND_FRAME, rkyv::to_bytes::<rancor::Error>(f)),
+        Message::Control(c) => (KIND_CONTROL, rkyv::api::high::to_bytes_in::<_, rancor::Error>(c, buf)),
+        Message::Stream(g) => (KIND_STREAM, rkyv::api::high::to_bytes_in::<_, rancor::Error>(g, buf)),
+        Message::Frame(f) => (KIND_FRAME, rkyv::api::high::to_bytes_in::<_, rancor::Error>(f, buf)),
     };
     let body = body.expect("serializing owned plain data is infallible");
     out.reserve(PREFIX_LEN + body.len());
@@ -148,11 +156,17 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
     out.put_u8(kind);
     out.put_u32(body.len() as u32);
     out.put_slice(&body);
+    *arena = body;
 }
 
 /// Takes one framed message off the front of `buf`, validating its archive.
 /// Leaves `buf` untouched and answers [`Error::Incomplete`] when it holds less than one message.
 pub fn decode(buf: &mut BytesMut) -> Result<Message, Error> {
+    decode_with(buf, &mut AlignedVec::new())
+}
+
+/// Like [`decode`], aligning the archive in `arena`, which is kept for the next call.
+pub fn decode_with(buf: &mut BytesMut, arena: &mut AlignedVec) -> Result<Message, Error> {
     if buf.len() < PREFIX_LEN {
         return Err(Error::Incomplete { needed: PREFIX_LEN - buf.len() });
     }
@@ -168,13 +182,14 @@ pub fn decode(buf: &mut BytesMut) -> Result<Message, Error> {
         return Err(Error::Incomplete { needed: PREFIX_LEN + len - buf.len() });
     }
     // rkyv needs aligned bytes; bus messages are small headers, so align by copying.
-    let mut aligned = AlignedVec::<16>::with_capacity(len);
+    let aligned = arena;
+    aligned.clear();
     aligned.extend_from_slice(&buf[PREFIX_LEN..PREFIX_LEN + len]);
     let bad = |_| Error::invalid("bus message", "archive failed validation");
     let msg = match kind {
-        KIND_CONTROL => Message::Control(rkyv::from_bytes::<Control, rancor::Error>(&aligned).map_err(bad)?),
-        KIND_STREAM => Message::Stream(rkyv::from_bytes::<StreamHeader, rancor::Error>(&aligned).map_err(bad)?),
-        KIND_FRAME => Message::Frame(rkyv::from_bytes::<WireFrame, rancor::Error>(&aligned).map_err(bad)?),
+        KIND_CONTROL => Message::Control(rkyv::from_bytes::<Control, rancor::Error>(aligned).map_err(bad)?),
+        KIND_STREAM => Message::Stream(rkyv::from_bytes::<StreamHeader, rancor::Error>(aligned).map_err(bad)?),
+        KIND_FRAME => Message::Frame(rkyv::from_bytes::<WireFrame, rancor::Error>(aligned).map_err(bad)?),
         other => return Err(Error::Unsupported { what: "bus message kind", value: u32::from(other) }),
     };
     buf.advance(PREFIX_LEN + len);

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::conn::{accept_streams, write_control, Routes};
 use super::egress::send_broadcast;
 use super::ingress::{merge_into, Piece};
-use super::io::{Reader, Writer};
+use super::io::{Encoder, Reader, Writer};
 use super::{parse_url, QuicError};
 use crate::{Bus, Subscriber};
 
@@ -61,7 +61,8 @@ impl BusClient {
         let (send, recv) = conn.open_bi().await?;
         let mut writer = Writer::new(send);
         let mut reader = Reader::new(recv);
-        writer.send(&Message::Control(Control::Hello { version: VERSION, token: token.to_owned() }), &[]).await?;
+        let hello = Message::Control(Control::Hello { version: VERSION, token: token.to_owned() });
+        writer.send(&mut Encoder::default(), &hello, &[]).await?;
         let answer = tokio::time::timeout(Duration::from_secs(5), reader.message())
             .await
             .map_err(|_| QuicError::Timeout(format!("{url}: no answer to hello")))?;

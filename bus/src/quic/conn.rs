@@ -8,7 +8,7 @@ use gopbus_proto::wire::{Control, Message};
 use tokio::sync::mpsc;
 
 use super::ingress::{read_stream, Piece};
-use super::io::{Reader, Writer};
+use super::io::{Encoder, Reader, Writer};
 
 /// Request id → the merger of that broadcast.
 #[derive(Default)]
@@ -97,8 +97,9 @@ pub(crate) async fn accept_streams(conn: quinn::Connection, routes: Arc<Routes>)
 
 /// Writes control messages from `rx` until it closes or the stream breaks.
 pub(crate) async fn write_control(mut writer: Writer, mut rx: mpsc::Receiver<Control>) {
+    let mut enc = Encoder::default();
     while let Some(msg) = rx.recv().await {
-        if writer.send(&Message::Control(msg), &[]).await.is_err() {
+        if writer.send(&mut enc, &Message::Control(msg), &[]).await.is_err() {
             return;
         }
     }

@@ -8,7 +8,7 @@ use gopbus_proto::{GopHeader, TrackId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::io::Writer;
+use super::io::{Encoder, Writer};
 use super::{QuicError, IN_FLIGHT_GOPS};
 use crate::{Event, Subscriber};
 
@@ -60,6 +60,7 @@ pub(crate) async fn send_broadcast(
     let mut abandoned = false;
     // Frames sent in the current GoP, and in the previous one.
     let (mut index, mut prev_frames) = (0u32, 0u32);
+    let mut enc = Encoder::default();
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -71,7 +72,7 @@ pub(crate) async fn send_broadcast(
                 retire(&mut current, &mut in_flight);
                 (prev_frames, index) = (index, 0);
                 for track in tracks_of(&header) {
-                    current.push(open(&conn, id, track, &header, prev_frames).await?);
+                    current.push(open(&conn, &mut enc, id, track, &header, prev_frames).await?);
                 }
                 gop = Some(header);
             }
@@ -83,12 +84,12 @@ pub(crate) async fn send_broadcast(
                     None => {
                         // A track the GoP header did not announce (a derived track): open it now.
                         let Some(h) = gop.as_ref() else { continue };
-                        current.push(open(&conn, id, track, h, prev_frames).await?);
+                        current.push(open(&conn, &mut enc, id, track, h, prev_frames).await?);
                         current.len() - 1
                     }
                 };
                 let msg = Message::Frame(WireFrame { index, header: frame.header });
-                let write = current[idx].writer.send(&msg, frame.payload.parts());
+                let write = current[idx].writer.send(&mut enc, &msg, frame.payload.parts());
                 // While blocked on flow control, watch whether this subscriber fell
                 // behind: then stop writing this stale GoP and move on.
                 let stale = async {
@@ -154,6 +155,7 @@ fn retire(current: &mut Vec<Open>, in_flight: &mut VecDeque<Vec<Open>>) {
 
 async fn open(
     conn: &quinn::Connection,
+    enc: &mut Encoder,
     id: u64,
     track: TrackId,
     gop: &GopHeader,
@@ -163,7 +165,7 @@ async fn open(
     let _ = stream.set_priority(priority(gop.seq, track));
     let mut writer = Writer::new(stream);
     let header = StreamHeader { id, track, gop: gop.clone(), prev_frames };
-    writer.send(&Message::Stream(header), &[]).await?;
+    writer.send(enc, &Message::Stream(header), &[]).await?;
     Ok(Open { track, writer })
 }
 

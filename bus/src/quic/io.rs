@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes, BytesMut};
 use gopbus_proto::wire::{self, Message, PREFIX_LEN};
 use quinn::{RecvStream, SendStream};
+use rkyv::util::AlignedVec;
 
 use super::QuicError;
 
@@ -15,11 +16,12 @@ pub(crate) struct Reader {
     chunks: VecDeque<Bytes>,
     buffered: usize,
     scratch: BytesMut,
+    arena: AlignedVec,
 }
 
 impl Reader {
     pub(crate) fn new(stream: RecvStream) -> Self {
-        Self { stream, chunks: VecDeque::new(), buffered: 0, scratch: BytesMut::new() }
+        Self { stream, chunks: VecDeque::new(), buffered: 0, scratch: BytesMut::new(), arena: AlignedVec::new() }
     }
 
     /// Buffers at least `n` bytes; `false` at the end of the stream.
@@ -71,7 +73,7 @@ impl Reader {
             return Err(QuicError::Protocol("stream ended inside a message".into()));
         }
         self.take_into_scratch(PREFIX_LEN + len);
-        Ok(Some(wire::decode(&mut self.scratch)?))
+        Ok(Some(wire::decode_with(&mut self.scratch, &mut self.arena)?))
     }
 
     /// The next `len` bytes as slices of the received chunks.
@@ -101,25 +103,38 @@ impl Reader {
     }
 }
 
-/// Writes framed messages with their payloads onto one send stream.
-pub(crate) struct Writer {
-    pub(crate) stream: SendStream,
+/// Encodes framed messages into reused buffers: one per sending task, shared by
+/// all the streams it writes, so a warm sender allocates nothing per frame.
+#[derive(Default)]
+pub(crate) struct Encoder {
     scratch: BytesMut,
+    arena: AlignedVec,
 }
 
-impl Writer {
-    pub(crate) fn new(stream: SendStream) -> Self {
-        Self { stream, scratch: BytesMut::with_capacity(4096) }
-    }
-
-    /// Writes `msg` and then `payload` (shared slices, not copied).
-    pub(crate) async fn send(&mut self, msg: &Message, payload: &[Bytes]) -> Result<(), QuicError> {
+impl Encoder {
+    /// The framed bytes of `msg`.
+    pub(crate) fn encode(&mut self, msg: &Message) -> Bytes {
         if self.scratch.capacity() - self.scratch.len() < 512 {
             self.scratch.reserve(4096);
         }
-        wire::encode(msg, &mut self.scratch);
-        let header = self.scratch.split().freeze();
-        self.stream.write_chunk(header).await?;
+        wire::encode_with(msg, &mut self.scratch, &mut self.arena);
+        self.scratch.split().freeze()
+    }
+}
+
+/// Writes framed messages with their payloads onto one send stream.
+pub(crate) struct Writer {
+    pub(crate) stream: SendStream,
+}
+
+impl Writer {
+    pub(crate) const fn new(stream: SendStream) -> Self {
+        Self { stream }
+    }
+
+    /// Writes `msg` and then `payload` (shared slices, not copied).
+    pub(crate) async fn send(&mut self, enc: &mut Encoder, msg: &Message, payload: &[Bytes]) -> Result<(), QuicError> {
+        self.stream.write_chunk(enc.encode(msg)).await?;
         for part in payload {
             self.stream.write_chunk(part.clone()).await?;
         }

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::conn::{accept_streams, write_control, Routes};
 use super::egress::send_broadcast;
 use super::ingress::{merge_into, Piece};
-use super::io::{Reader, Writer};
+use super::io::{Encoder, Reader, Writer};
 use super::QuicError;
 use crate::{Bus, SubscribeOptions};
 
@@ -135,7 +135,7 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Cancel
             return Err(QuicError::Protocol("no hello".into()));
         }
     }
-    writer.send(&Message::Control(Control::Welcome), &[]).await?;
+    writer.send(&mut Encoder::default(), &Message::Control(Control::Welcome), &[]).await?;
     let (control_tx, control_rx) = mpsc::channel::<Control>(256);
     tokio::spawn(write_control(writer, control_rx));
     let routes = Arc::new(Routes::default());
@@ -196,7 +196,11 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Cancel
 
 async fn refuse(conn: &quinn::Connection, writer: &mut Writer, message: &str) {
     let _ = writer
-        .send(&Message::Control(Control::Error { id: 0, not_found: false, message: message.to_owned() }), &[])
+        .send(
+            &mut Encoder::default(),
+            &Message::Control(Control::Error { id: 0, not_found: false, message: message.to_owned() }),
+            &[],
+        )
         .await;
     let _ = writer.stream.finish();
     // Give the error a moment to reach the peer before closing.
