@@ -2,16 +2,13 @@
 
 use bytes::Bytes;
 use gopbus_bus::Event;
-use gopbus_proto::flv::{AacPacketType, AudioTagHeader, AvcPacketType, VideoTagHeader};
-use gopbus_proto::TrackId;
+use gopbus_proto::flv::{ConfigTracker, FrameTag, TAG_SCRIPT};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// An FLV writer (FLV spec v10.1 §E.2–E.4) fed with bus events.
 pub(crate) struct FlvWriter<W> {
     out: W,
-    avcc: Option<Vec<u8>>,
-    asc: Option<Vec<u8>>,
-    metadata: Option<Vec<u8>>,
+    config: ConfigTracker,
     pub(crate) frames: u64,
 }
 
@@ -19,7 +16,7 @@ impl<W: AsyncWrite + Unpin> FlvWriter<W> {
     /// Writes the file header announcing audio and video.
     pub(crate) async fn new(mut out: W) -> std::io::Result<Self> {
         out.write_all(&[b'F', b'L', b'V', 1, 0x05, 0, 0, 0, 9, 0, 0, 0, 0]).await?;
-        Ok(Self { out, avcc: None, asc: None, metadata: None, frames: 0 })
+        Ok(Self { out, config: ConfigTracker::default(), frames: 0 })
     }
 
     async fn tag(&mut self, kind: u8, ts: i64, prefix: &[u8], body: &[Bytes]) -> std::io::Result<()> {
@@ -42,40 +39,16 @@ impl<W: AsyncWrite + Unpin> FlvWriter<W> {
     pub(crate) async fn event(&mut self, ev: &Event) -> std::io::Result<()> {
         match ev {
             Event::Gop(h) => {
-                if h.metadata.is_some() && h.metadata != self.metadata {
-                    self.metadata.clone_from(&h.metadata);
-                    let m = Bytes::from(h.metadata.clone().unwrap_or_default());
-                    // At timestamp 0, as FLV muxers write it: ffmpeg reads a script
-                    // tag at any other time as a data stream, not as metadata.
-                    self.tag(18, 0, &[], &[m]).await?;
-                }
-                if let Some(v) = &h.video {
-                    if self.avcc.as_ref() != Some(&v.avcc) {
-                        self.avcc = Some(v.avcc.clone());
-                        let prefix = VideoTagHeader::write(true, AvcPacketType::SequenceHeader, 0);
-                        self.tag(9, h.start_dts, &prefix, &[Bytes::from(v.avcc.clone())]).await?;
-                    }
-                }
-                if let Some(a) = &h.audio {
-                    if self.asc.as_ref() != Some(&a.asc) {
-                        self.asc = Some(a.asc.clone());
-                        let prefix = AudioTagHeader::write(AacPacketType::SequenceHeader);
-                        self.tag(8, h.start_dts, &prefix, &[Bytes::from(a.asc.clone())]).await?;
-                    }
+                for tag in self.config.changes(h) {
+                    // onMetaData at timestamp 0, as FLV muxers write it: ffmpeg reads a
+                    // script tag at any other time as a data stream, not as metadata.
+                    let ts = if tag.tag_type == TAG_SCRIPT { 0 } else { h.start_dts };
+                    self.tag(tag.tag_type, ts, tag.prefix, &[tag.body]).await?;
                 }
             }
             Event::Frame(f) => {
-                match f.header.track {
-                    TrackId::VIDEO => {
-                        let prefix = VideoTagHeader::write(f.header.is_keyframe(), AvcPacketType::Nalu, f.header.cts);
-                        self.tag(9, f.header.dts, &prefix, f.payload.parts()).await?;
-                    }
-                    TrackId::AUDIO => {
-                        let prefix = AudioTagHeader::write(AacPacketType::Raw);
-                        self.tag(8, f.header.dts, &prefix, f.payload.parts()).await?;
-                    }
-                    _ => return Ok(()),
-                }
+                let Some(tag) = FrameTag::of(&f.header) else { return Ok(()) };
+                self.tag(tag.tag_type, f.header.dts, tag.prefix(), f.payload.parts()).await?;
                 self.frames += 1;
             }
             _ => {}

@@ -3,12 +3,7 @@
 use anyhow::{bail, Context};
 use bytes::Bytes;
 
-/// FLV tag types.
-pub const TAG_AUDIO: u8 = 8;
-/// Video tag.
-pub const TAG_VIDEO: u8 = 9;
-/// Script data (onMetaData).
-pub const TAG_SCRIPT: u8 = 18;
+pub use gopbus_proto::flv::{TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
 
 /// One FLV tag.
 #[derive(Debug, Clone)]

@@ -6,10 +6,9 @@
 //! only while the queue is below its limit, so a slow player falls behind on the
 //! bus (and skips GoPs there) instead of growing memory here.
 
-use bytes::Bytes;
 use gopbus_bus::Event;
-use gopbus_proto::flv::{AacPacketType, AudioTagHeader, AvcPacketType, VideoTagHeader};
-use gopbus_proto::{EndReason, GopHeader, TrackId};
+use gopbus_proto::flv::{ConfigTracker, FrameTag};
+use gopbus_proto::{EndReason, GopHeader};
 
 use crate::chunk::{csid, types, ChunkEncoder, MessageHeader, OutQueue};
 
@@ -17,9 +16,7 @@ use crate::chunk::{csid, types, ChunkEncoder, MessageHeader, OutQueue};
 #[derive(Default)]
 pub struct Egress {
     stream_id: u32,
-    sent_avcc: Option<Vec<u8>>,
-    sent_asc: Option<Vec<u8>>,
-    sent_metadata: Option<Vec<u8>>,
+    config: ConfigTracker,
     /// Frames written.
     pub frames: u64,
     /// GoPs skipped because the player fell behind.
@@ -37,20 +34,10 @@ impl Egress {
         match event {
             Event::Gop(header) => self.gop(&header, enc, out),
             Event::Frame(frame) => {
+                // Derived tracks (renditions, Opus) are not RTMP's.
+                let tag = FrameTag::of(&frame.header)?;
                 let ts = frame.header.dts as u32; // RTMP timestamps wrap at 2^32 ms
-                match frame.header.track {
-                    TrackId::VIDEO => {
-                        let prefix =
-                            VideoTagHeader::write(frame.header.is_keyframe(), AvcPacketType::Nalu, frame.header.cts);
-                        enc.encode(self.header(csid::VIDEO, ts, types::VIDEO), &prefix, frame.payload.parts(), out);
-                    }
-                    TrackId::AUDIO => {
-                        let prefix = AudioTagHeader::write(AacPacketType::Raw);
-                        enc.encode(self.header(csid::AUDIO, ts, types::AUDIO), &prefix, frame.payload.parts(), out);
-                    }
-                    // Derived tracks (renditions, Opus) are not RTMP's.
-                    _ => return None,
-                }
+                enc.encode(self.header(tag.tag_type, ts), tag.prefix(), frame.payload.parts(), out);
                 self.frames += 1;
             }
             Event::CutShort { .. } => {}
@@ -63,32 +50,20 @@ impl Egress {
         None
     }
 
-    const fn header(&self, csid: u32, timestamp: u32, type_id: u8) -> MessageHeader {
-        MessageHeader { csid, timestamp, type_id, stream_id: self.stream_id }
+    /// The RTMP message header for an FLV tag type (RTMP message types equal FLV tag types).
+    const fn header(&self, tag_type: u8, timestamp: u32) -> MessageHeader {
+        let csid = match tag_type {
+            types::VIDEO => csid::VIDEO,
+            types::AUDIO => csid::AUDIO,
+            _ => csid::STREAM,
+        };
+        MessageHeader { csid, timestamp, type_id: tag_type, stream_id: self.stream_id }
     }
 
     fn gop(&mut self, header: &GopHeader, enc: &mut ChunkEncoder, out: &mut OutQueue) {
         let ts = header.start_dts as u32;
-        if header.metadata.is_some() && header.metadata != self.sent_metadata {
-            let meta = header.metadata.clone().unwrap_or_default();
-            enc.encode(self.header(csid::STREAM, ts, types::DATA_AMF0), &[], &[Bytes::from(meta.clone())], out);
-            self.sent_metadata = Some(meta);
-        }
-        if let Some(video) = &header.video {
-            if self.sent_avcc.as_ref() != Some(&video.avcc) {
-                let prefix = VideoTagHeader::write(true, AvcPacketType::SequenceHeader, 0);
-                let body = Bytes::from(video.avcc.clone());
-                enc.encode(self.header(csid::VIDEO, ts, types::VIDEO), &prefix, &[body], out);
-                self.sent_avcc = Some(video.avcc.clone());
-            }
-        }
-        if let Some(audio) = &header.audio {
-            if self.sent_asc.as_ref() != Some(&audio.asc) {
-                let prefix = AudioTagHeader::write(AacPacketType::SequenceHeader);
-                let body = Bytes::from(audio.asc.clone());
-                enc.encode(self.header(csid::AUDIO, ts, types::AUDIO), &prefix, &[body], out);
-                self.sent_asc = Some(audio.asc.clone());
-            }
+        for tag in self.config.changes(header) {
+            enc.encode(self.header(tag.tag_type, ts), tag.prefix, &[tag.body], out);
         }
     }
 }

@@ -130,6 +130,90 @@ impl AudioTagHeader {
     }
 }
 
+/// FLV tag type of audio data.
+pub const TAG_AUDIO: u8 = 8;
+/// FLV tag type of video data.
+pub const TAG_VIDEO: u8 = 9;
+/// FLV tag type of script data (`onMetaData`).
+pub const TAG_SCRIPT: u8 = 18;
+
+/// The FLV tag (as carried in an FLV file or an RTMP message) of one bus frame:
+/// its tag type and the few header bytes that go before the frame's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameTag {
+    /// [`TAG_VIDEO`] or [`TAG_AUDIO`].
+    pub tag_type: u8,
+    prefix: [u8; VideoTagHeader::LEN],
+    prefix_len: u8,
+}
+
+impl FrameTag {
+    /// The tag of a published H.264 or AAC frame; `None` for derived tracks.
+    pub fn of(h: &crate::FrameHeader) -> Option<Self> {
+        match h.track {
+            crate::TrackId::VIDEO => Some(Self {
+                tag_type: TAG_VIDEO,
+                prefix: VideoTagHeader::write(h.is_keyframe(), AvcPacketType::Nalu, h.cts),
+                prefix_len: VideoTagHeader::LEN as u8,
+            }),
+            crate::TrackId::AUDIO => {
+                let [a, b] = AudioTagHeader::write(AacPacketType::Raw);
+                Some(Self { tag_type: TAG_AUDIO, prefix: [a, b, 0, 0, 0], prefix_len: AudioTagHeader::LEN as u8 })
+            }
+            _ => None,
+        }
+    }
+
+    /// The tag header bytes before the payload.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..usize::from(self.prefix_len)]
+    }
+}
+
+/// A configuration tag a GoP needs: `onMetaData`, or an AVC/AAC sequence header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigTag {
+    /// [`TAG_SCRIPT`], [`TAG_VIDEO`] or [`TAG_AUDIO`].
+    pub tag_type: u8,
+    /// The tag header bytes before `body` (empty for script data).
+    pub prefix: &'static [u8],
+    /// The AMF0 `onMetaData`, the avcC or the ASC.
+    pub body: bytes::Bytes,
+}
+
+const AVC_SEQUENCE_HEADER: [u8; 5] = [(1 << 4) | VIDEO_CODEC_AVC, 0, 0, 0, 0];
+const AAC_SEQUENCE_HEADER: [u8; 2] = [(SOUND_FORMAT_AAC << 4) | 0x0f, 0];
+
+/// Remembers which configuration a tag stream (one player, one file) has been
+/// given, and yields the configuration tags a GoP header needs: each only when
+/// it differs from what was sent, in the order players expect.
+#[derive(Debug, Default)]
+pub struct ConfigTracker {
+    metadata: Option<Vec<u8>>,
+    avcc: Option<Vec<u8>>,
+    asc: Option<Vec<u8>>,
+}
+
+impl ConfigTracker {
+    /// The tags to write before the frames of the GoP `header` opens.
+    pub fn changes(&mut self, header: &crate::GopHeader) -> impl Iterator<Item = ConfigTag> {
+        let mut out: [Option<ConfigTag>; 3] = [None, None, None];
+        if let Some(m) = header.metadata.as_ref().filter(|m| self.metadata.as_ref() != Some(*m)) {
+            self.metadata = Some(m.clone());
+            out[0] = Some(ConfigTag { tag_type: TAG_SCRIPT, prefix: &[], body: m.clone().into() });
+        }
+        if let Some(v) = header.video.as_ref().filter(|v| self.avcc.as_ref() != Some(&v.avcc)) {
+            self.avcc = Some(v.avcc.clone());
+            out[1] = Some(ConfigTag { tag_type: TAG_VIDEO, prefix: &AVC_SEQUENCE_HEADER, body: v.avcc.clone().into() });
+        }
+        if let Some(a) = header.audio.as_ref().filter(|a| self.asc.as_ref() != Some(&a.asc)) {
+            self.asc = Some(a.asc.clone());
+            out[2] = Some(ConfigTag { tag_type: TAG_AUDIO, prefix: &AAC_SEQUENCE_HEADER, body: a.asc.clone().into() });
+        }
+        out.into_iter().flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +241,25 @@ mod tests {
         // Enhanced RTMP HEVC: IsExHeader bit set.
         assert!(matches!(VideoTagHeader::parse(&[0x90, b'h', b'v', b'c', b'1']), Err(Error::Unsupported { .. })));
         assert!(VideoTagHeader::parse(&[0x17, 0x09, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn config_tags_only_when_they_change() {
+        use crate::{AudioConfig, GopHeader, VideoConfig};
+        let video = VideoConfig { avcc: vec![1, 2], width: 2, height: 2, profile: 66, level: 30 };
+        let audio = AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 };
+        let gop = GopHeader { seq: 0, start_dts: 0, video: Some(video), audio: Some(audio), metadata: Some(vec![2]) };
+        let mut t = ConfigTracker::default();
+        let first: Vec<_> = t.changes(&gop).collect();
+        assert_eq!(first.iter().map(|c| c.tag_type).collect::<Vec<_>>(), [TAG_SCRIPT, TAG_VIDEO, TAG_AUDIO]);
+        assert_eq!(first[1].prefix, VideoTagHeader::write(true, AvcPacketType::SequenceHeader, 0));
+        assert_eq!(first[2].prefix, AudioTagHeader::write(AacPacketType::SequenceHeader));
+        assert_eq!(t.changes(&gop).count(), 0);
+        let mut resized = gop.clone();
+        resized.video.as_mut().unwrap().avcc = vec![1, 3];
+        let again: Vec<_> = t.changes(&resized).collect();
+        assert_eq!(again.len(), 1);
+        assert_eq!(&again[0].body[..], &[1, 3]);
     }
 
     #[test]
