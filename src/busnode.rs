@@ -84,7 +84,7 @@ pub(crate) async fn dump(
             s.cancel();
         });
     }
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_secs(3));
     let reason = 'session: loop {
         let attempt = async {
             let client = BusClient::connect_paced(bus_url, &opts.bus_token, config.clone(), max_rate)
@@ -102,12 +102,10 @@ pub(crate) async fn dump(
             Ok(x) => x,
             Err(e) if flv.is_none() => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "resubscribing failed");
-                tokio::select! {
-                    _ = stop.cancelled() => break 'session "duration reached".to_owned(),
-                    _ = tokio::time::sleep(backoff) => {}
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff.delay, "resubscribing failed");
+                if !backoff.wait(&stop).await {
+                    break 'session "duration reached".to_owned();
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(3));
                 continue;
             }
         };
@@ -117,7 +115,7 @@ pub(crate) async fn dump(
             let file = tokio::fs::File::create(out).await.with_context(|| format!("creating {}", out.display()))?;
             flv = Some(FlvWriter::new(tokio::io::BufWriter::new(file)).await?);
         }
-        backoff = Duration::from_millis(200);
+        backoff.reset();
         let writer = flv.as_mut().expect("created above");
         loop {
             let ev = tokio::select! {
@@ -280,7 +278,7 @@ pub(crate) struct IngestArgs {
 /// backoff when the connection drops (the RTMP publishers stay connected).
 pub(crate) async fn forward(bus: Bus, url: String, opts: ClientOpts, shutdown: CancellationToken) {
     use std::collections::HashMap;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_secs(5));
     'connect: loop {
         if shutdown.is_cancelled() {
             return;
@@ -292,17 +290,15 @@ pub(crate) async fn forward(bus: Bus, url: String, opts: ClientOpts, shutdown: C
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(bus = %url, error = %e, retry_in = ?backoff, "bus connection failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                tracing::warn!(bus = %url, error = %e, retry_in = ?backoff.delay, "bus connection failed");
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         tracing::info!(bus = %url, "connected to the bus");
-        backoff = Duration::from_millis(200);
+        backoff.reset();
         let mut published: HashMap<String, gopbus_bus::quic::RemotePublication> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -329,5 +325,33 @@ pub(crate) async fn forward(bus: Bus, url: String, opts: ClientOpts, shutdown: C
                 }
             }
         }
+    }
+}
+
+/// Exponential reconnect delay: 200 ms, doubling up to a cap.
+struct Backoff {
+    delay: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+
+    const fn new(max: Duration) -> Self {
+        Self { delay: Self::FIRST, max }
+    }
+
+    /// Sleeps for the current delay and doubles it; false if `stop` fired first.
+    async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let slept = tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(self.delay) => true,
+        };
+        self.delay = (self.delay * 2).min(self.max);
+        slept
+    }
+
+    fn reset(&mut self) {
+        self.delay = Self::FIRST;
     }
 }

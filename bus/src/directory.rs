@@ -1,14 +1,12 @@
 //! The directory: which node holds which broadcast.
 //!
-//! In one process it is a map. In a cluster it is Redis: a holder writes
+//! In one process the bus itself knows what it holds. In a cluster it is Redis: a holder writes
 //! `gopbus:broadcast:NAME → quic://node` with a TTL and refreshes it, so a dead
 //! node's entries disappear by themselves.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
-
-use dashmap::DashMap;
 
 use crate::quic::QuicError;
 
@@ -20,25 +18,6 @@ pub trait Directory: Send + Sync + 'static {
     fn lookup<'a>(&'a self, broadcast: &'a str) -> BoxFut<'a, Option<String>>;
     /// Records (or refreshes) that `node` holds `broadcast`.
     fn register<'a>(&'a self, broadcast: &'a str, node: &'a str) -> BoxFut<'a, ()>;
-}
-
-/// The in-process directory.
-#[derive(Default)]
-pub struct LocalDirectory {
-    map: DashMap<String, String>,
-}
-
-impl Directory for LocalDirectory {
-    fn lookup<'a>(&'a self, broadcast: &'a str) -> BoxFut<'a, Option<String>> {
-        Box::pin(async move { Ok(self.map.get(broadcast).map(|v| v.clone())) })
-    }
-
-    fn register<'a>(&'a self, broadcast: &'a str, node: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            self.map.insert(broadcast.to_owned(), node.to_owned());
-            Ok(())
-        })
-    }
 }
 
 /// The Redis directory.
