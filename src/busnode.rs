@@ -203,19 +203,20 @@ pub(crate) async fn relay(a: RelayArgs, shutdown: CancellationToken) -> anyhow::
         a.server.tls_key.as_deref(),
     )?;
     let client_config = tls::client_config(a.server.bus_ca.as_deref())?;
-    let mut directory: Option<Arc<RedisDirectory>> = None;
-    let source = match (&a.upstream, &a.redis) {
-        (Some(up), _) => Some(Source::Fixed(up.clone())),
-        (None, Some(url)) => {
-            let d = Arc::new(RedisDirectory::connect(url, Duration::from_secs(a.directory_ttl.max(1))).await?);
-            directory = Some(d.clone());
-            Some(Source::Directory(d))
-        }
-        (None, None) => None,
-    };
     if a.redis.is_some() && a.advertise.is_none() {
         anyhow::bail!("--redis needs --advertise quic://HOST:PORT (how other nodes reach this relay)");
     }
+    // With both --upstream and --redis, missing broadcasts come from the upstream
+    // and the ones published here are still registered in Redis.
+    let directory = match &a.redis {
+        Some(url) => Some(Arc::new(RedisDirectory::connect(url, Duration::from_secs(a.directory_ttl.max(1))).await?)),
+        None => None,
+    };
+    let source = match (&a.upstream, &directory) {
+        (Some(up), _) => Some(Source::Fixed(up.clone())),
+        (None, Some(d)) => Some(Source::Directory(d.clone())),
+        (None, None) => None,
+    };
     let mut tasks = Vec::new();
     let mut relay_handle = None;
     let server = match source {
@@ -264,9 +265,13 @@ pub(crate) struct IngestArgs {
     /// RTMP listen address.
     #[arg(long, env = "GOPBUS_RTMP", default_value = "0.0.0.0:1935")]
     pub(crate) rtmp: std::net::SocketAddr,
-    /// Data directory (stream keys).
+    /// Data directory (stream keys, unless `--redis`).
     #[arg(long, env = "GOPBUS_DATA", default_value = "./data")]
     pub(crate) data: PathBuf,
+    /// Take stream keys from this Redis (`redis://HOST:PORT`), shared by every ingest node;
+    /// manage them with `gopbus streams --redis URL ...`.
+    #[arg(long, env = "GOPBUS_REDIS")]
+    pub(crate) redis: Option<String>,
     /// The relay to publish to, `quic://HOST:PORT`.
     #[arg(long, env = "GOPBUS_BUS")]
     pub(crate) bus: String,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gopbus_bus::{Bus, BusConfig};
-use gopbus_ingest::{Ingest, IngestConfig, KeyStore};
+use gopbus_ingest::{Ingest, IngestConfig, KeyStore, Keys, RedisKeys};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ServeArgs, Settings};
@@ -42,6 +42,9 @@ enum Command {
         /// Data directory holding the stream-key database.
         #[arg(long, env = "GOPBUS_DATA", default_value = "./data", global = true)]
         data: PathBuf,
+        /// Manage the keys kept in this Redis (shared by `gopbus ingest --redis` nodes) instead of DATA.
+        #[arg(long, env = "GOPBUS_REDIS", global = true)]
+        redis: Option<String>,
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
@@ -119,9 +122,12 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(busnode::dump(&a.bus, &a.client, &a.name, &a.out, a.duration, a.max_rate)),
-        Command::Streams { action, data, json, public_host, rtmp_port } => {
+        Command::Streams { action, data, redis, json, public_host, rtmp_port } => {
             let urls = Urls { host: public_host, port: rtmp_port };
-            streams(action, &data, json, &urls)
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+                let keys = open_keys(&data, redis.as_deref()).await?;
+                streams(action, &keys, json, &urls).await
+            })
         }
     }
 }
@@ -159,15 +165,24 @@ fn print_created(name: &str, key: &str, urls: &Urls, json: bool) {
     }
 }
 
-fn streams(action: StreamsAction, data: &std::path::Path, json: bool, urls: &Urls) -> anyhow::Result<()> {
-    let store = KeyStore::open(data).with_context(|| format!("opening the stream database in {}", data.display()))?;
+/// The key store: Redis when a URL is given, else SQLite in `data`.
+async fn open_keys(data: &std::path::Path, redis: Option<&str>) -> anyhow::Result<Keys> {
+    Ok(match redis {
+        Some(url) => Keys::Redis(RedisKeys::connect(url).await.context("opening the stream keys in Redis")?),
+        None => Keys::Sqlite(Arc::new(
+            KeyStore::open(data).with_context(|| format!("opening the stream database in {}", data.display()))?,
+        )),
+    })
+}
+
+async fn streams(action: StreamsAction, store: &Keys, json: bool, urls: &Urls) -> anyhow::Result<()> {
     match action {
         StreamsAction::Create { name } => {
-            let (rec, key) = store.create(&name)?;
+            let (rec, key) = store.create(&name).await?;
             print_created(&rec.name, &key, urls, json);
         }
         StreamsAction::List => {
-            let list = store.list()?;
+            let list = store.list().await?;
             if json {
                 let v: Vec<_> = list
                     .iter()
@@ -181,7 +196,7 @@ fn streams(action: StreamsAction, data: &std::path::Path, json: bool, urls: &Url
             }
         }
         StreamsAction::Delete { name } => {
-            store.delete(&name)?;
+            store.delete(&name).await?;
             if json {
                 println!("{}", serde_json::json!({"deleted": name}));
             } else {
@@ -189,7 +204,7 @@ fn streams(action: StreamsAction, data: &std::path::Path, json: bool, urls: &Url
             }
         }
         StreamsAction::Rotate { name } => {
-            let key = store.rotate(&name)?;
+            let key = store.rotate(&name).await?;
             print_created(&name, &key, urls, json);
         }
     }
@@ -197,12 +212,10 @@ fn streams(action: StreamsAction, data: &std::path::Path, json: bool, urls: &Url
 }
 
 async fn serve(s: Settings) -> anyhow::Result<()> {
-    let store = Arc::new(
-        KeyStore::open(&s.data).with_context(|| format!("opening the stream database in {}", s.data.display()))?,
-    );
+    let store = open_keys(&s.data, None).await?;
     let urls = Urls { host: s.public_host.clone(), port: s.rtmp.port() };
-    if store.is_empty()? {
-        let (rec, key) = store.create("demo")?;
+    if store.is_empty().await? {
+        let (rec, key) = store.create("demo").await?;
         println!("First start: created stream \"demo\". Point OBS (Settings → Stream → Custom) at:");
         print_created(&rec.name, &key, &urls, false);
         println!("(keys are stored hashed: this is the only time this one is shown; `gopbus streams rotate demo` makes a new one)");
@@ -254,14 +267,12 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
 
 /// `gopbus ingest`: RTMP ingest onto a local bus, forwarded to a relay.
 async fn ingest_node(a: busnode::IngestArgs) -> anyhow::Result<()> {
-    let store = Arc::new(
-        KeyStore::open(&a.data).with_context(|| format!("opening the stream database in {}", a.data.display()))?,
-    );
+    let store = open_keys(&a.data, a.redis.as_deref()).await?;
     let bus = Bus::new(BusConfig::default());
     let ingest = Ingest::new(bus.clone(), store, IngestConfig::default());
     let shutdown = CancellationToken::new();
     let rtmp = tokio::net::TcpListener::bind(a.rtmp).await.with_context(|| format!("binding RTMP on {}", a.rtmp))?;
-    tracing::info!(rtmp = %rtmp.local_addr()?, bus = %a.bus, "gopbus ingest serving");
+    tracing::info!(rtmp = %rtmp.local_addr()?, bus = %a.bus, keys = a.redis.as_deref().unwrap_or("data directory"), "gopbus ingest serving");
     let keys = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
     let server = tokio::spawn(ingest.clone().run(rtmp, shutdown.clone()));
     let forward = tokio::spawn(busnode::forward(bus, a.bus.clone(), a.client.clone(), shutdown.clone()));

@@ -69,25 +69,108 @@ fn dump(url: &str, ca: &Path, name: &str, out: &Path) -> Proc {
 }
 
 fn ingest_node(origin_url: &str, origin_ca: &str) -> (Node, u16, String) {
-    let rtmp = free_port();
-    let ingest = spawn(
-        "ingest",
-        &[
-            "ingest".into(),
-            "--rtmp".into(),
-            format!("127.0.0.1:{rtmp}"),
-            "--bus".into(),
-            origin_url.to_owned(),
-            "--bus-token".into(),
-            TOKEN.into(),
-            "--bus-ca".into(),
-            origin_ca.to_owned(),
-        ],
-        "gopbus ingest serving",
-    );
+    let (ingest, rtmp) = ingest_node_with(origin_url, origin_ca, &[]);
     let created = gopbus().args(["streams", "create", "cam", "--json", "--data"]).arg(&ingest.dir).output().unwrap();
     let key = serde_json::from_slice::<serde_json::Value>(&created.stdout).unwrap()["key"].as_str().unwrap().to_owned();
     (ingest, rtmp, key)
+}
+
+fn ingest_node_with(origin_url: &str, origin_ca: &str, extra: &[String]) -> (Node, u16) {
+    let rtmp = free_port();
+    let mut args = vec![
+        "ingest".to_owned(),
+        "--rtmp".into(),
+        format!("127.0.0.1:{rtmp}"),
+        "--bus".into(),
+        origin_url.to_owned(),
+        "--bus-token".into(),
+        TOKEN.into(),
+        "--bus-ca".into(),
+        origin_ca.to_owned(),
+    ];
+    args.extend_from_slice(extra);
+    (spawn("ingest", &args, "gopbus ingest serving"), rtmp)
+}
+
+/// `gopbus streams --redis URL ARGS... --json`; the parsed output, or the failure's stderr.
+fn redis_streams(redis: &Redis, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = gopbus().args(["streams", "--redis", &redis.url(), "--json"]).args(args).output().unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn ingest_nodes_share_stream_keys_in_redis() {
+    let redis = Redis::start();
+    // A relay with both --upstream and --redis: it still registers what is published to it.
+    let port = udp_port();
+    let url = format!("quic://127.0.0.1:{port}");
+    let unused_upstream = format!("quic://127.0.0.1:{}", udp_port());
+    let relay = relay(
+        "k-relay",
+        port,
+        &["--upstream".into(), unused_upstream, "--redis".into(), redis.url(), "--advertise".into(), url.clone()],
+    );
+    let ca = relay.dir.join("bus-cert.pem").display().to_string();
+    let redis_args = ["--redis".to_owned(), redis.url()];
+    let (node_a, rtmp_a) = ingest_node_with(&url, &ca, &redis_args);
+    let (node_b, rtmp_b) = ingest_node_with(&url, &ca, &redis_args);
+
+    let key = redis_streams(&redis, &["create", "cam"]).unwrap()["key"].as_str().unwrap().to_owned();
+    assert!(redis_streams(&redis, &["create", "cam"]).unwrap_err().contains("already exists"));
+    // Only the hash is stored.
+    let dump_all = redis.cli(&["--scan"]);
+    assert!(!dump_all.contains(&key) && !redis.cli(&["HGETALL", "gopbus:stream:cam"]).contains(&key), "{dump_all}");
+
+    // A wrong key is refused on a node that never saw a `streams` command.
+    let fixture = Fixture::av(48000, 12);
+    let wrong = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp_a}/live/sk_0000"))
+        .wait_output(Duration::from_secs(20));
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid stream key"));
+
+    // The key made in Redis publishes on node B; the relay registers the broadcast.
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp_b}/live/{key}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["GET", "gopbus:broadcast:cam"]).trim() != url {
+        assert!(Instant::now() < deadline, "relay never registered cam:\n{}", relay.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Rotating the key in Redis disconnects the publisher on node B (long before its 12 s end).
+    let started = Instant::now();
+    let new_key = redis_streams(&redis, &["rotate", "cam"]).unwrap()["key"].as_str().unwrap().to_owned();
+    let p = publisher.wait_output(Duration::from_secs(20));
+    assert!(!p.status.success(), "the publisher with the rotated key kept going");
+    assert!(started.elapsed() < Duration::from_secs(8), "revocation took {:?}", started.elapsed());
+    assert!(node_b.log_text().contains("stream key revoked"), "{}", node_b.log_text());
+
+    // The old key is refused on node A; the new one works there.
+    let old =
+        ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp_a}/live/{key}")).wait_output(Duration::from_secs(20));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("invalid stream key"));
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp_a}/live/{new_key}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node_a.log_text().contains("publishing to the bus") {
+        assert!(Instant::now() < deadline, "node A did not publish:\n{}", node_a.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listed = redis_streams(&redis, &["list"]).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["name"], "cam");
+    assert!(listed[0]["rotated_at"].is_i64());
+
+    // Redis goes away: the live publisher is kept; a new publish gets a clear error, not a hang.
+    drop(redis);
+    let refused = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp_b}/live/{new_key}"))
+        .wait_output(Duration::from_secs(30));
+    assert!(!refused.status.success());
+    assert!(node_b.log_text().contains("stream key lookup failed"), "{}", node_b.log_text());
+    let p = publisher.wait_output(Duration::from_secs(30));
+    assert!(p.status.success(), "the live publisher was dropped: {}", String::from_utf8_lossy(&p.stderr));
+    drop((relay.proc, node_a.proc, node_b.proc));
 }
 
 #[test]

@@ -60,6 +60,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// Redis (the shared key store) failed or could not be reached.
+    #[error("redis: {0}")]
+    Redis(String),
     /// Creating the data directory failed.
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),

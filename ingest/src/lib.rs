@@ -3,7 +3,7 @@
 //! # Role
 //!
 //! Accepts RTMP connections. A publisher (OBS, ffmpeg) presents a secret stream
-//! key, which [`keys::KeyStore`] maps to a public stream name; its media goes onto
+//! key, which the key store ([`keys::Keys`]: SQLite or Redis) maps to a public stream name; its media goes onto
 //! the [`gopbus_bus::Bus`] as GoPs. A player asks for a public name and is a bus
 //! subscriber like any other.
 //!
@@ -23,7 +23,7 @@
 //! - [`chunk`]: the RTMP chunk layer, both directions.
 //! - [`session`](crate::server): the per-connection driver and command flow.
 //! - [`publish`], [`play`]: sans-IO media adapters to and from the bus.
-//! - [`keys`]: stream keys in SQLite.
+//! - [`keys`]: stream keys in SQLite or Redis.
 //! - [`timeline`]: 32-bit timestamp unwrapping and takeover rebasing.
 #![warn(missing_docs)]
 
@@ -37,5 +37,5 @@ mod session;
 pub mod timeline;
 
 pub use error::{ChunkError, SessionError, StoreError};
-pub use keys::KeyStore;
+pub use keys::{KeyStore, Keys, RedisKeys};
 pub use server::{Ingest, IngestConfig};

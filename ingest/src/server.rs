@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::keys::{KeyHash, KeyStore};
+use crate::keys::{KeyHash, Keys};
 use crate::session;
 
 /// Ingest settings.
@@ -62,16 +62,16 @@ pub(crate) struct LivePublisher {
 /// The RTMP server. Share it with `Arc`.
 pub struct Ingest {
     pub(crate) bus: Bus,
-    pub(crate) store: Arc<KeyStore>,
+    pub(crate) keys: Keys,
     pub(crate) config: IngestConfig,
     pub(crate) live: DashMap<String, LivePublisher>,
     next_session: AtomicU64,
 }
 
 impl Ingest {
-    /// A server publishing onto `bus`, authorizing keys with `store`.
-    pub fn new(bus: Bus, store: Arc<KeyStore>, config: IngestConfig) -> Arc<Self> {
-        Arc::new(Self { bus, store, config, live: DashMap::new(), next_session: AtomicU64::new(1) })
+    /// A server publishing onto `bus`, authorizing keys with `keys`.
+    pub fn new(bus: Bus, keys: Keys, config: IngestConfig) -> Arc<Self> {
+        Arc::new(Self { bus, keys, config, live: DashMap::new(), next_session: AtomicU64::new(1) })
     }
 
     /// The bus this server publishes to.
@@ -127,42 +127,37 @@ impl Ingest {
 
     /// Checks every live publisher's key against the store and disconnects those
     /// whose key no longer belongs to their stream (rotated, or stream deleted).
-    /// Blocking (SQLite): call it from a blocking context.
-    pub fn revalidate_keys(&self) {
-        // Snapshot first: no map lock is held across database calls.
+    /// A store that cannot be reached disconnects nobody (it is logged).
+    pub async fn revalidate_keys(&self) {
+        // Snapshot first: no map lock is held across store calls.
         let live: Vec<(String, KeyHash, CancellationToken)> =
             self.live.iter().map(|e| (e.key().clone(), e.key, e.revoked.clone())).collect();
         for (name, key, revoked) in live {
-            let valid = matches!(self.store.name_for(key), Ok(Some(ref n)) if *n == name);
-            if !valid {
-                tracing::info!(broadcast = %name, "stream key revoked; disconnecting publisher");
-                revoked.cancel();
+            match self.keys.name_for(key).await {
+                Ok(Some(n)) if n == name => {}
+                Ok(_) => {
+                    tracing::info!(broadcast = %name, "stream key revoked; disconnecting publisher");
+                    revoked.cancel();
+                }
+                Err(e) => tracing::warn!(broadcast = %name, error = %e, "cannot recheck stream key; publisher kept"),
             }
         }
     }
 
-    /// Revalidates keys whenever another process changes the database (checked
+    /// Revalidates keys whenever another process changes the store (checked
     /// every `every`), until `shutdown`.
     pub async fn watch_keys(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        let mut last = self.store.data_version().ok();
+        let mut last = self.keys.version().await.ok();
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let this = self.clone();
-            let seen = last;
-            let now = tokio::task::spawn_blocking(move || {
-                let now = this.store.data_version().ok();
-                if now != seen {
-                    this.revalidate_keys();
-                }
-                now
-            })
-            .await
-            .ok()
-            .flatten();
+            let now = self.keys.version().await.ok();
+            if now.is_some() && now != last {
+                self.revalidate_keys().await;
+            }
             last = now;
         }
     }

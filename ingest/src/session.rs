@@ -407,12 +407,7 @@ impl Conn {
     async fn on_publish(&mut self, args: &[Amf0Value]) -> Result<(), SessionError> {
         self.require_connected()?;
         let key = stream_arg(args);
-        let store = self.ingest.store.clone();
-        let lookup_key = key.clone();
-        let found = tokio::task::spawn_blocking(move || store.authorize(&lookup_key))
-            .await
-            .map_err(|e| SessionError::Refused(format!("key lookup failed: {e}")))?;
-        let name = match found {
+        let name = match self.ingest.keys.authorize(&key).await {
             Ok(Some(name)) => name,
             Ok(None) => {
                 self.send_status("error", "NetStream.Publish.BadName", "invalid stream key");

@@ -1,9 +1,4 @@
-//! Stream keys: the secret a publisher presents, stored hashed in SQLite.
-//!
-//! A stream has a public name (`alice`, what players use) and a secret key (what
-//! the publisher puts in OBS). Only SHA-256 of the key is stored: keys are 160
-//! random bits, so a fast hash is enough (no dictionary to attack), and a lookup
-//! by hash is an index probe.
+//! Stream keys in SQLite: `DATA/gopbus.db`, for a single node.
 //!
 //! The database is a file other processes may open too (`gopbus streams ...`
 //! while `gopbus serve` runs): WAL mode and a busy timeout make that safe, and
@@ -11,34 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
 
+use super::{new_key, now, validate_name, KeyHash, StreamRecord};
 use crate::error::StoreError;
-
-/// A stream as stored (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamRecord {
-    /// Public name.
-    pub name: String,
-    /// Creation time, seconds since the Unix epoch.
-    pub created_at: i64,
-    /// Last key rotation, seconds since the Unix epoch.
-    pub rotated_at: Option<i64>,
-}
-
-/// SHA-256 of a stream key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyHash(pub [u8; 32]);
-
-impl KeyHash {
-    /// Hashes a key.
-    pub fn of(key: &str) -> Self {
-        Self(Sha256::digest(key.as_bytes()).into())
-    }
-}
 
 /// The stream-key database.
 pub struct KeyStore {
@@ -162,34 +135,6 @@ impl KeyStore {
     }
 }
 
-/// The naming rule for streams: 1–64 of `a-z 0-9 - _`, starting with a letter or digit.
-pub fn validate_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidName(name.to_owned()))
-    }
-}
-
-fn new_key() -> Result<String, StoreError> {
-    let mut raw = [0u8; 20];
-    getrandom::fill(&mut raw).map_err(|e| StoreError::Random(e.to_string()))?;
-    let mut key = String::with_capacity(3 + 40);
-    key.push_str("sk_");
-    for b in raw {
-        key.push_str(&format!("{b:02x}"));
-    }
-    Ok(key)
-}
-
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,16 +172,6 @@ mod tests {
         assert_eq!(store.authorize(&new).unwrap(), None);
         assert!(matches!(store.delete("alice"), Err(StoreError::NotFound(_))));
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn names_are_validated() {
-        for bad in ["", "-x", "Alice", "a b", "a/b", "ä", &"x".repeat(65)] {
-            assert!(matches!(validate_name(bad), Err(StoreError::InvalidName(_))), "{bad:?}");
-        }
-        for good in ["a", "alice", "cam-2", "x_y", "0"] {
-            validate_name(good).unwrap();
-        }
     }
 
     #[test]
