@@ -108,7 +108,47 @@ async fn consume(mut sub: gopbus_bus::Subscriber, sent: Sent, deadline: Instant)
     s
 }
 
+/// Every `every`, while `until` is in the future, times a fresh subscriber from
+/// nothing to its first frame with `join` (which returns once it has the frame).
+async fn probe_joins<F, Fut>(every: Duration, until: Instant, join: F) -> Vec<f64>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut times = Vec::new();
+    while Instant::now() + every < until {
+        tokio::time::sleep(every).await;
+        let t0 = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(30), join()).await {
+            Ok(Ok(())) => times.push(t0.elapsed().as_secs_f64() * 1000.0),
+            // A join that fails or hangs counts as 30 s: it is what a viewer would see.
+            Ok(Err(e)) => {
+                eprintln!("probe join failed after {:?}: {e:#}", t0.elapsed());
+                times.push(30_000.0);
+            }
+            Err(_) => {
+                eprintln!("probe join hung for 30 s");
+                times.push(30_000.0);
+            }
+        }
+    }
+    times
+}
+
+/// Waits for the first frame of `sub`.
+async fn first_frame(sub: &mut gopbus_bus::Subscriber) -> anyhow::Result<()> {
+    loop {
+        match sub.next().await {
+            Event::Frame(_) => return Ok(()),
+            Event::End(r) => anyhow::bail!("ended before the first frame: {r}"),
+            _ => {}
+        }
+    }
+}
+
 struct Outcome {
+    /// Join times of the probes (ms): connect, subscribe, first frame, while the N run.
+    joins: Vec<f64>,
     mbps: f64,
     delivered_ratio: f64,
     p50: f64,
@@ -165,6 +205,8 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(n.max(1));
         // Publish first so the relay has the broadcast when subscribers ask.
         let pub_task = tokio::spawn(publish(source.clone(), p.seconds + 2.0, sent.clone()));
+        // Probing stops a second before the publisher does.
+        let publisher_end = Instant::now() + Duration::from_secs_f64(p.seconds + 1.0);
         tokio::time::sleep(Duration::from_millis(300)).await;
         for _ in 0..n {
             let (url, config, gate, sent, ready) =
@@ -196,6 +238,26 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
         // Measure over the steady state: from when all have joined to the publisher's end.
         let cpu0 = procstat::cpu(pid);
         let t0 = Instant::now();
+        // Meanwhile, a new subscriber joins every second and is timed to its first
+        // frame. It runs on a thread and runtime of its own, as a new viewer process
+        // would: it shares the machine's cores, not the N subscribers' task queue.
+        let (url2, config2) = (url.clone(), config.clone());
+        let prober = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            anyhow::Ok(rt.block_on(probe_joins(Duration::from_secs(1), publisher_end, || {
+                let (url, config) = (url2.clone(), config2.clone());
+                async move {
+                    let c = BusClient::connect(&url, TOKEN, config).await?;
+                    let local = Bus::new(BusConfig::default());
+                    let mut sub = local.subscribe("bench", SubscribeOptions::default());
+                    let _remote = c.subscribe_into("bench", StartAt::CurrentGop, &local).await?;
+                    first_frame(&mut sub).await
+                }
+            })))
+        });
+        let joins = tokio::task::spawn_blocking(move || prober.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the join prober panicked"))??;
         let published = pub_task.await?;
         let cpu1 = procstat::cpu(pid);
         let rss = procstat::rss_kib(pid);
@@ -209,6 +271,7 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
         let (mbps, ratio, p50, p99) = summarize(&stats, published, p.seconds + 2.0);
         let _ = secs;
         anyhow::Ok(Outcome {
+            joins,
             mbps,
             delivered_ratio: ratio,
             p50,
@@ -234,7 +297,14 @@ async fn local_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
         .collect();
     let me = std::process::id();
     let cpu0 = procstat::cpu(me);
-    let published = publish(bus.clone(), p.seconds + 2.0, sent).await;
+    let pub_task = tokio::spawn(publish(bus.clone(), p.seconds + 2.0, sent));
+    let publisher_end = Instant::now() + Duration::from_secs_f64(p.seconds + 1.0);
+    let joins = probe_joins(Duration::from_secs(1), publisher_end, || {
+        let mut sub = bus.subscribe("bench", SubscribeOptions::default());
+        async move { first_frame(&mut sub).await }
+    })
+    .await;
+    let published = pub_task.await?;
     let cpu1 = procstat::cpu(me);
     let mut stats = Vec::new();
     for t in tasks {
@@ -242,6 +312,7 @@ async fn local_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
     }
     let (mbps, ratio, p50, p99) = summarize(&stats, published, p.seconds + 2.0);
     Ok(Outcome {
+        joins,
         mbps,
         delivered_ratio: ratio,
         p50,
@@ -269,6 +340,8 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
                     local_once(p, n).await?
                 });
             }
+            let mut joins: Vec<f64> = outs.iter().flat_map(|o| o.joins.iter().copied()).collect();
+            joins.sort_by(f64::total_cmp);
             let med = |f: &dyn Fn(&Outcome) -> f64| Spread::of(&outs.iter().map(f).collect::<Vec<_>>()).median;
             report.rows.push(
                 Row::new()
@@ -280,6 +353,8 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
                     .col("latency p99 ms", med(&|o| o.p99))
                     .col("CPU % of a core", med(&|o| o.relay_cpu.unwrap_or(0.0)))
                     .col("RSS MiB", med(&|o| o.relay_rss.unwrap_or(0.0)))
+                    .col("join p50 ms", quantile(&joins, 0.5))
+                    .col("join max ms", joins.last().copied().unwrap_or(0.0))
                     .col("failed joins", outs.iter().map(|o| o.failed as u64).sum::<u64>()),
             );
         }
@@ -289,7 +364,10 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
          one in-process bus; CPU and RSS are the bench process's. The publisher and all QUIC subscribers (each with its \
          own connection, UDP socket and local bus) run in the bench process on the same 2 cores as the relay, so at large \
          N the subscribers' own QUIC receive work competes with the relay. 'frames delivered' below 100 % means \
-         subscribers fell behind and the relay skipped GoPs for them."
+         subscribers fell behind and the relay skipped GoPs for them. 'join': while the N subscribers run, a new \
+         subscriber joins every second and is timed from nothing (QUIC: a new connection with its TLS handshake, \
+         the subscription, the first frame) to its first frame; QUIC probes run on a thread and runtime of their own, \
+         as a new viewer process would; a failed or hung join counts as 30 s."
             .into(),
     );
     Ok(report)
