@@ -116,3 +116,76 @@ async fn a_slow_remote_subscriber_skips_gops_while_others_get_every_frame() {
     let peak = server.peak_rss_kib();
     assert!(peak < 80 * 1024, "peak RSS {peak} KiB");
 }
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it, with openssl.
+/// Returns (CA certificate, server certificate, server key).
+fn ca_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = require("openssl");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(openssl).args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=gopbus test CA"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[test]
+fn a_ca_signed_certificate_is_served_and_clients_trust_it_through_the_ca() {
+    let certs = tmpdir("certs");
+    let (ca, cert, key) = ca_signed_certificate(&certs);
+    let server = Server::start_with(
+        "real-cert",
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--bus-token", "tok"],
+    );
+    assert!(!server.data.join("bus-cert.pem").exists(), "a self-signed certificate was made anyway");
+    let stream_key = server.create_stream("cam");
+    let bus = format!("quic://127.0.0.1:{}", server.quic.port());
+    let fixture = Fixture::av(48000, 4);
+    let publisher = ffmpeg_publish(&fixture, &server.url(&stream_key));
+    std::thread::sleep(Duration::from_millis(700));
+    let out = tmpdir("real-cert-out").join("cam.flv");
+    let d = dump(&bus, "tok", &ca, "cam", &out, &[]);
+    // A client that trusts another CA refuses the server.
+    let (other_ca, _, _) = ca_signed_certificate(&tmpdir("other-certs"));
+    let refused =
+        dump(&bus, "tok", &other_ca, "cam", &tmpdir("x").join("x.flv"), &[]).wait_output(Duration::from_secs(20));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let r = d.wait_output(Duration::from_secs(20));
+    assert!(r.status.success(), "dump failed: {}", String::from_utf8_lossy(&r.stderr));
+    let got = packets(&out, "v:0");
+    assert!(got.len() >= 60 && got[0].key, "{} frames", got.len());
+    assert!(decode_errors(&out).is_empty());
+}

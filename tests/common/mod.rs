@@ -16,15 +16,20 @@ pub fn require(tool: &str) -> &'static str {
     static FOUND: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
     let map = FOUND.get_or_init(Default::default);
     let ok = *map.lock().unwrap().entry(tool.to_owned()).or_insert_with(|| {
-        let flag = if tool.starts_with("redis") { "--version" } else { "-version" };
+        let flag = match tool {
+            "openssl" => "version",
+            t if t.starts_with("redis") => "--version",
+            _ => "-version",
+        };
         Command::new(tool).arg(flag).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
     });
-    assert!(ok, "`{tool}` is required by this test and was not found on PATH: run the README's test command (`bash .ci/test`), which installs it (`apt-get install ffmpeg redis-server`)");
+    assert!(ok, "`{tool}` is required by this test and was not found on PATH: run the README's test command (`bash .ci/test`), which installs it (`apt-get install ffmpeg redis-server redis-tools openssl`)");
     match tool {
         "ffmpeg" => "ffmpeg",
         "ffprobe" => "ffprobe",
         "redis-server" => "redis-server",
         "redis-cli" => "redis-cli",
+        "openssl" => "openssl",
         other => panic!("unknown tool {other}"),
     }
 }
