@@ -221,6 +221,9 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
                     anyhow::Ok((c, local, sub, remote))
                 }
                 .await;
+                if let Err(e) = &joined {
+                    eprintln!("a subscriber failed to join: {e:#}");
+                }
                 let _ = ready.send(joined.is_ok()).await;
                 match joined {
                     Ok((_c, _local, sub, _remote)) => Some(consume(sub, sent, end).await),
