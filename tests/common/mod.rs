@@ -453,3 +453,54 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// The bus token every node of a test cluster shares.
+pub const TOKEN: &str = "cluster-secret";
+
+/// A running bus node (`gopbus relay` or `gopbus ingest`) with its data directory and log.
+pub struct Node {
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Node {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `gopbus ARGS --data DIR` and waits until its log says `ready`.
+pub fn spawn(tag: &str, args: &[String], ready: &str) -> Node {
+    let dir = tmpdir(tag);
+    let log = dir.join("node.log");
+    let child = gopbus()
+        .args(args)
+        .arg("--data")
+        .arg(&dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let node = Node { proc: Proc::new(child), dir, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.log_text().contains(ready) {
+        assert!(Instant::now() < deadline, "{tag} did not start:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `gopbus relay` on 127.0.0.1:`port` with the shared token.
+pub fn relay(tag: &str, port: u16, extra: &[String]) -> Node {
+    let mut args =
+        vec!["relay".to_owned(), "--quic".into(), format!("127.0.0.1:{port}"), "--bus-token".into(), TOKEN.into()];
+    args.extend_from_slice(extra);
+    spawn(tag, &args, "gopbus relay serving")
+}

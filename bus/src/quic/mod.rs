@@ -76,5 +76,11 @@ pub(crate) fn transport() -> quinn::TransportConfig {
     // 4 s without any packet: the peer is gone (a killed node is noticed quickly,
     // so subscribers reconnect within a few seconds).
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(4_000))));
+    // The RTT assumed before the first sample sets how long a lost handshake
+    // packet waits for its retransmission: RFC 9002's 333 ms makes that ~1 s. A
+    // busy relay's UDP socket does drop datagrams in bursts, so a new subscriber
+    // then waited a second. Bus nodes are servers talking to servers (Chromium's
+    // QUIC starts from 100 ms too): ~300 ms.
+    t.initial_rtt(std::time::Duration::from_millis(100));
     t
 }
