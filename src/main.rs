@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ServeArgs, Settings};
 
-/// gopbus: live video. RTMP in; a zero-copy GoP bus; RTMP out (WebRTC, HLS and
-/// transcoding subscribers come next).
+/// gopbus: live video. RTMP in; a zero-copy GoP bus, in process and across
+/// machines over QUIC; RTMP out (WebRTC, HLS and transcoding subscribers come next).
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
