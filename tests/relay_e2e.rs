@@ -48,7 +48,11 @@ fn ingest_node_with(origin_url: &str, origin_ca: &str, extra: &[String]) -> (Nod
 
 /// `gopbus streams --redis URL ARGS... --json`; the parsed output, or the failure's stderr.
 fn redis_streams(redis: &Redis, args: &[&str]) -> Result<serde_json::Value, String> {
-    let out = gopbus().args(["streams", "--redis", &redis.url(), "--json"]).args(args).output().unwrap();
+    redis_streams_at(&redis.url(), args)
+}
+
+fn redis_streams_at(url: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = gopbus().args(["streams", "--redis", url, "--json"]).args(args).output().unwrap();
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).unwrap())
     } else {
@@ -369,4 +373,49 @@ fn an_ingest_node_reconnects_to_a_restarted_origin_and_republishes() {
     let log = ingest.log_text();
     assert!(log.contains("bus connection lost; reconnecting"), "{log}");
     assert!(log.matches("publishing to the bus").count() >= 2, "{log}");
+}
+
+#[test]
+fn relays_register_again_soon_after_redis_restarts() {
+    let redis = Redis::start();
+    let redis_port = redis.port;
+    let port = udp_port();
+    let url = format!("quic://127.0.0.1:{port}");
+    let relay = relay(
+        "rr-relay",
+        port,
+        &["--redis".into(), redis.url(), "--advertise".into(), url.clone(), "--directory-ttl".into(), "2".into()],
+    );
+    let ca = relay.dir.join("bus-cert.pem").display().to_string();
+    let (ingest, rtmp, key) = ingest_node(&url, &ca);
+    let fixture = Fixture::av(48000, 20);
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
+    let registered = |redis: &Redis| redis.cli(&["GET", "gopbus:broadcast:cam"]).trim() == url;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !registered(&redis) {
+        assert!(Instant::now() < deadline, "relay never registered cam:\n{}", relay.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Redis restarts empty on the same port: the relay's entry is back within a few seconds.
+    drop(redis);
+    std::thread::sleep(Duration::from_millis(1500));
+    let redis = Redis::start_on(redis_port);
+    let restarted = Instant::now();
+    while !registered(&redis) {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(8),
+            "relay did not register again after Redis restarted:\n{}",
+            relay.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success(), "the publisher was disturbed: {}", String::from_utf8_lossy(&p.stderr));
+    drop((redis, relay.proc, ingest.proc));
+
+    // A Redis that is not there: a clear error within seconds, not minutes.
+    let started = Instant::now();
+    let err = redis_streams_at(&format!("redis://127.0.0.1:{}", free_port()), &["list"]).unwrap_err();
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }

@@ -421,7 +421,11 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// A redis-server on `port` (to restart one where nodes expect it).
+    pub fn start_on(port: u16) -> Self {
         let dir = tmpdir("redis");
         let child = Command::new(require("redis-server"))
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir"])

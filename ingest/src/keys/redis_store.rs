@@ -13,9 +13,7 @@
 //! disagree, and concurrent `gopbus streams` commands on different machines
 //! cannot both create the same name.
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::{new_key, now, validate_name, KeyHash, StreamRecord};
 use crate::error::StoreError;
@@ -74,15 +72,9 @@ pub struct RedisKeys {
 impl RedisKeys {
     /// Connects to `url` (`redis://HOST:PORT[/DB]`). Fails if Redis cannot be reached now.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Redis(format!("{url}: {e}")))?;
         // Bounded waits: a publish must be refused with an error, not hang, while Redis is away.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| StoreError::Redis(format!("{url}: {e}")))?;
+        let conn =
+            gopbus_bus::directory::connect_redis(url).await.map_err(|e| StoreError::Redis(format!("{url}: {e}")))?;
         Ok(Self { conn })
     }
 
