@@ -158,13 +158,33 @@ struct Outcome {
     failed: usize,
 }
 
-fn summarize(stats: &[SubStats], published: u64, secs: f64) -> (f64, f64, f64, f64) {
-    let bytes: u64 = stats.iter().map(|s| s.bytes).sum();
-    let frames: u64 = stats.iter().map(|s| s.frames).sum();
-    let mut lat: Vec<f64> = stats.iter().flat_map(|s| s.latencies.iter().copied()).collect();
-    lat.sort_by(f64::total_cmp);
-    let ratio = frames as f64 / (published.max(1) * stats.len().max(1) as u64) as f64;
-    (bytes as f64 * 8.0 / secs / 1e6, ratio, quantile(&lat, 0.5), quantile(&lat, 0.99))
+impl Outcome {
+    /// The figures of one run: what the subscribers got out of `published`
+    /// frames over `secs`, and the measured process's CPU between two samples and RSS.
+    fn of(
+        stats: &[SubStats],
+        published: u64,
+        secs: f64,
+        joins: Vec<f64>,
+        cpu: (Option<procstat::CpuSample>, Option<procstat::CpuSample>),
+        rss_kib: Option<u64>,
+        failed: usize,
+    ) -> Self {
+        let bytes: u64 = stats.iter().map(|s| s.bytes).sum();
+        let frames: u64 = stats.iter().map(|s| s.frames).sum();
+        let mut lat: Vec<f64> = stats.iter().flat_map(|s| s.latencies.iter().copied()).collect();
+        lat.sort_by(f64::total_cmp);
+        Self {
+            joins,
+            mbps: bytes as f64 * 8.0 / secs / 1e6,
+            delivered_ratio: frames as f64 / (published.max(1) * stats.len().max(1) as u64) as f64,
+            p50: quantile(&lat, 0.5),
+            p99: quantile(&lat, 0.99),
+            relay_cpu: cpu.0.zip(cpu.1).map(|(a, b)| procstat::cpu_percent(a, b)),
+            relay_rss: rss_kib.map(|k| k as f64 / 1024.0),
+            failed,
+        }
+    }
 }
 
 async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
@@ -240,7 +260,6 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
         }
         // Measure over the steady state: from when all have joined to the publisher's end.
         let cpu0 = procstat::cpu(pid);
-        let t0 = Instant::now();
         // Meanwhile, a new subscriber joins every second and is timed to its first
         // frame. It runs on a thread and runtime of its own, as a new viewer process
         // would: it shares the machine's cores, not the N subscribers' task queue.
@@ -264,25 +283,13 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
         let published = pub_task.await?;
         let cpu1 = procstat::cpu(pid);
         let rss = procstat::rss_kib(pid);
-        let secs = t0.elapsed().as_secs_f64();
         let mut stats = Vec::new();
         for t in tasks {
             if let Some(s) = t.await? {
                 stats.push(s);
             }
         }
-        let (mbps, ratio, p50, p99) = summarize(&stats, published, p.seconds + 2.0);
-        let _ = secs;
-        anyhow::Ok(Outcome {
-            joins,
-            mbps,
-            delivered_ratio: ratio,
-            p50,
-            p99,
-            relay_cpu: cpu0.zip(cpu1).map(|(a, b)| procstat::cpu_percent(a, b)),
-            relay_rss: rss.map(|k| k as f64 / 1024.0),
-            failed,
-        })
+        anyhow::Ok(Outcome::of(&stats, published, p.seconds + 2.0, joins, (cpu0, cpu1), rss, failed))
     }
     .await;
     let _ = child.kill();
@@ -313,17 +320,7 @@ async fn local_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
     for t in tasks {
         stats.push(t.await?);
     }
-    let (mbps, ratio, p50, p99) = summarize(&stats, published, p.seconds + 2.0);
-    Ok(Outcome {
-        joins,
-        mbps,
-        delivered_ratio: ratio,
-        p50,
-        p99,
-        relay_cpu: cpu0.zip(cpu1).map(|(a, b)| procstat::cpu_percent(a, b)),
-        relay_rss: procstat::rss_kib(me).map(|k| k as f64 / 1024.0),
-        failed: 0,
-    })
+    Ok(Outcome::of(&stats, published, p.seconds + 2.0, joins, (cpu0, cpu1), procstat::rss_kib(me), 0))
 }
 
 pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
