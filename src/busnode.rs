@@ -90,15 +90,13 @@ pub(crate) async fn dump(
             let client = BusClient::connect_paced(bus_url, &opts.bus_token, config.clone(), max_rate)
                 .await
                 .with_context(|| format!("connecting to {bus_url}"))?;
-            let local = Bus::new(BusConfig { window: 4, max_lag: 4 });
-            let sub = local.subscribe(name, SubscribeOptions::default());
-            let remote = client
-                .subscribe_into(name, StartAt::CurrentGop, &local)
+            let sub = client
+                .subscribe(name, StartAt::CurrentGop, BusConfig { window: 4, max_lag: 4 })
                 .await
                 .with_context(|| format!("subscribing to {name}"))?;
-            anyhow::Ok((client, local, sub, remote))
+            anyhow::Ok((client, sub))
         };
-        let (client, _local, mut sub, _remote) = match attempt.await {
+        let (client, mut sub) = match attempt.await {
             Ok(x) => x,
             Err(e) if flv.is_none() => return Err(e),
             Err(e) => {

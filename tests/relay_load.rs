@@ -71,12 +71,10 @@ fn new_subscribers_join_within_a_second_while_the_relay_is_saturated() {
         });
         for _ in 0..SUBSCRIBERS {
             let c = BusClient::connect(&url, TOKEN, config.clone()).await.unwrap();
-            let local = Bus::new(BusConfig::default());
-            let mut sub = local.subscribe("load", SubscribeOptions::default());
-            let remote = c.subscribe_into("load", StartAt::CurrentGop, &local).await.unwrap();
+            let mut sub = c.subscribe("load", StartAt::CurrentGop, BusConfig::default()).await.unwrap();
             let (delivered, stop) = (delivered.clone(), stop.clone());
             tokio::spawn(async move {
-                let _keep = (c, local, remote);
+                let _connection = c;
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -108,9 +106,7 @@ fn new_subscribers_join_within_a_second_while_the_relay_is_saturated() {
         let joined = probe_rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(20), async {
                 let c = BusClient::connect(&url, TOKEN, config.clone()).await?;
-                let local = Bus::new(BusConfig::default());
-                let mut sub = local.subscribe("load", SubscribeOptions::default());
-                let _remote = c.subscribe_into("load", StartAt::CurrentGop, &local).await?;
+                let mut sub = c.subscribe("load", StartAt::CurrentGop, BusConfig::default()).await?;
                 loop {
                     match sub.next().await {
                         Event::Frame(f) => return Ok::<_, gopbus_bus::quic::QuicError>(f.header.flags),

@@ -84,7 +84,7 @@ async fn publish(bus: Bus, secs: f64, sent: Sent) -> u64 {
 /// Reads a local subscription to its end, measuring video latency. The GoP it
 /// joined in is not timed: its first frames were published before it joined and
 /// arrive at once (that is the instant start, not transport latency).
-async fn consume(mut sub: gopbus_bus::Subscriber, sent: Sent, deadline: Instant) -> SubStats {
+async fn consume(sub: &mut gopbus_bus::Subscriber, sent: Sent, deadline: Instant) -> SubStats {
     let mut s = SubStats::default();
     let mut gops = 0;
     loop {
@@ -235,10 +235,8 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
                 let joined = async {
                     let _permit = gate.acquire().await;
                     let c = BusClient::connect(&url, TOKEN, config).await?;
-                    let local = Bus::new(BusConfig { window: 2, max_lag: 1 });
-                    let sub = local.subscribe("bench", SubscribeOptions::default());
-                    let remote = c.subscribe_into("bench", StartAt::CurrentGop, &local).await?;
-                    anyhow::Ok((c, local, sub, remote))
+                    let sub = c.subscribe("bench", StartAt::CurrentGop, BusConfig { window: 2, max_lag: 1 }).await?;
+                    anyhow::Ok((c, sub))
                 }
                 .await;
                 if let Err(e) = &joined {
@@ -246,7 +244,7 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
                 }
                 let _ = ready.send(joined.is_ok()).await;
                 match joined {
-                    Ok((_c, _local, sub, _remote)) => Some(consume(sub, sent, end).await),
+                    Ok((_c, mut sub)) => Some(consume(&mut sub, sent, end).await),
                     Err(_) => None,
                 }
             }));
@@ -270,9 +268,7 @@ async fn quic_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
                 let (url, config) = (url2.clone(), config2.clone());
                 async move {
                     let c = BusClient::connect(&url, TOKEN, config).await?;
-                    let local = Bus::new(BusConfig::default());
-                    let mut sub = local.subscribe("bench", SubscribeOptions::default());
-                    let _remote = c.subscribe_into("bench", StartAt::CurrentGop, &local).await?;
+                    let mut sub = c.subscribe("bench", StartAt::CurrentGop, BusConfig::default()).await?;
                     first_frame(&mut sub).await
                 }
             })))
@@ -303,7 +299,10 @@ async fn local_once(p: &Params, n: usize) -> anyhow::Result<Outcome> {
     let sent: Sent = Arc::default();
     let end = Instant::now() + Duration::from_secs_f64(p.seconds) + Duration::from_secs(20);
     let tasks: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(consume(bus.subscribe("bench", SubscribeOptions::default()), sent.clone(), end)))
+        .map(|_| {
+            let (mut sub, sent) = (bus.subscribe("bench", SubscribeOptions::default()), sent.clone());
+            tokio::spawn(async move { consume(&mut sub, sent, end).await })
+        })
         .collect();
     let me = std::process::id();
     let cpu0 = procstat::cpu(me);

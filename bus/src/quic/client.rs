@@ -16,7 +16,7 @@ use super::egress::send_broadcast;
 use super::ingress::{merge_into, Piece};
 use super::io::{Encoder, Reader, Writer};
 use super::{parse_url, QuicError};
-use crate::{Bus, Subscriber};
+use crate::{Bus, BusConfig, SubscribeOptions, Subscriber};
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<(), QuicError>>>>;
 
@@ -139,6 +139,22 @@ impl BusClient {
         Ok(RemoteSubscription { id, control: self.control.clone(), routes: self.routes.clone(), task })
     }
 
+    /// Subscribes to `broadcast` and returns a subscriber to read it with, as in
+    /// process: the broadcast is replayed into a private bus (`config` sets its
+    /// window and how far the reader may lag) and read from there.
+    pub async fn subscribe(
+        &self,
+        broadcast: &str,
+        start: StartAt,
+        config: BusConfig,
+    ) -> Result<RemoteSubscriber, QuicError> {
+        let bus = Bus::new(config);
+        // Subscribed before the bridge publishes, so the first GoP is not missed.
+        let sub = bus.subscribe(broadcast, SubscribeOptions::default());
+        let remote = self.subscribe_into(broadcast, start, &bus).await?;
+        Ok(RemoteSubscriber { sub, remote, _bus: bus })
+    }
+
     /// Publishes the broadcast `sub` reads (from a local bus) to the node as `broadcast`.
     pub async fn publish_from(&self, broadcast: &str, sub: Subscriber) -> Result<RemotePublication, QuicError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -241,6 +257,34 @@ impl Drop for RemoteSubscription {
     fn drop(&mut self) {
         let _ = self.control.try_send(Control::Unsubscribe { id: self.id });
         self.routes.remove(self.id);
+    }
+}
+
+/// A remote broadcast read like a local one ([`BusClient::subscribe`]): derefs to
+/// the [`Subscriber`] of the private bus the bridge fills. Dropping it unsubscribes.
+pub struct RemoteSubscriber {
+    sub: Subscriber,
+    remote: RemoteSubscription,
+    _bus: Bus,
+}
+
+impl RemoteSubscriber {
+    /// The subscription itself (whether the remote broadcast has ended).
+    pub const fn remote(&self) -> &RemoteSubscription {
+        &self.remote
+    }
+}
+
+impl std::ops::Deref for RemoteSubscriber {
+    type Target = Subscriber;
+    fn deref(&self) -> &Subscriber {
+        &self.sub
+    }
+}
+
+impl std::ops::DerefMut for RemoteSubscriber {
+    fn deref_mut(&mut self) -> &mut Subscriber {
+        &mut self.sub
     }
 }
 

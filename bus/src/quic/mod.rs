@@ -33,7 +33,7 @@ pub mod relay;
 mod server;
 pub mod tls;
 
-pub use client::{BusClient, RemotePublication, RemoteSubscription};
+pub use client::{BusClient, RemotePublication, RemoteSubscriber, RemoteSubscription};
 pub use error::QuicError;
 pub use relay::{Relay, Source};
 pub use server::{BusServer, Upstream};
