@@ -8,23 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A synthetic GoP header (the bus does not look inside the configs).
-fn load_gop(dts: i64) -> gopbus_proto::GopHeader {
-    gopbus_proto::GopHeader {
-        seq: 0,
-        start_dts: dts,
-        video: Some(gopbus_proto::VideoConfig {
-            avcc: vec![1, 0x64, 0, 0x28, 0xff, 0xe0, 0],
-            width: 1920,
-            height: 1080,
-            profile: 100,
-            level: 40,
-        }),
-        audio: None,
-        metadata: None,
-    }
-}
-
 #[test]
 fn new_subscribers_join_within_a_second_while_the_relay_is_saturated() {
     use gopbus_bus::quic::{tls, BusClient};
@@ -62,7 +45,7 @@ fn new_subscribers_join_within_a_second_while_the_relay_is_saturated() {
                 let dts = i * 1000 / 60;
                 let key = i % 60 == 0;
                 if key {
-                    let _ = p.open_gop(load_gop(dts));
+                    let _ = p.open_gop(bench::media::synthetic_gop_header(dts));
                 }
                 let flags = if key { FrameFlags::KEYFRAME } else { FrameFlags::default() };
                 let header = FrameHeader { track: TrackId::VIDEO, dts, cts: 0, flags, len: FRAME as u32 };

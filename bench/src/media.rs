@@ -1,4 +1,5 @@
-//! The test stream: a real H.264 + AAC stream made once with ffmpeg and cached.
+//! The test streams: a real H.264 + AAC stream made once with ffmpeg and cached,
+//! and synthetic GoP headers for bus-level load, where nothing decodes the media.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -54,5 +55,28 @@ impl StreamSpec {
             std::fs::rename(&tmp, &path)?;
         }
         flv::read(&path)
+    }
+}
+
+/// A GoP header for synthetic bus load starting at `dts`: 1080p H.264 High and
+/// AAC-LC 48 kHz stereo configs (the bus carries them; nothing decodes them).
+pub fn synthetic_gop_header(dts: i64) -> gopbus_proto::GopHeader {
+    gopbus_proto::GopHeader {
+        seq: 0,
+        start_dts: dts,
+        video: Some(gopbus_proto::VideoConfig {
+            avcc: vec![1, 0x64, 0, 0x28, 0xff, 0xe0, 0],
+            width: 1920,
+            height: 1080,
+            profile: 100,
+            level: 40,
+        }),
+        audio: Some(gopbus_proto::AudioConfig {
+            asc: vec![0x11, 0x90],
+            object_type: 2,
+            sample_rate: 48000,
+            channels: 2,
+        }),
+        metadata: None,
     }
 }

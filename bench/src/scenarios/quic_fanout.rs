@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gopbus_bus::quic::{tls, BusClient};
 use gopbus_bus::{Bus, BusConfig, Event, StartAt, SubscribeOptions};
-use gopbus_proto::{AudioConfig, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, VideoConfig};
+use gopbus_proto::{Frame, FrameFlags, FrameHeader, Payload, TrackId};
 
 use super::Params;
+use crate::media::synthetic_gop_header;
 use crate::procstat;
 use crate::report::{quantile, Report, Row, Spread};
 use crate::target::default_gopbus;
@@ -28,22 +29,6 @@ struct SubStats {
     frames: u64,
     bytes: u64,
     latencies: Vec<f64>,
-}
-
-fn gop_header(seq: u64, dts: i64) -> GopHeader {
-    GopHeader {
-        seq,
-        start_dts: dts,
-        video: Some(VideoConfig {
-            avcc: vec![1, 0x64, 0, 0x28, 0xff, 0xe0, 0],
-            width: 1920,
-            height: 1080,
-            profile: 100,
-            level: 40,
-        }),
-        audio: Some(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
-        metadata: None,
-    }
 }
 
 /// Publishes 30 fps video + 47 fps audio into `bus` for `secs`, noting send times.
@@ -63,7 +48,7 @@ async fn publish(bus: Bus, secs: f64, sent: Sent) -> u64 {
         tokio::time::sleep_until(start + Duration::from_millis(dts as u64)).await;
         if vt <= at {
             if v % 30 == 0 {
-                let _ = p.open_gop(gop_header(0, vt));
+                let _ = p.open_gop(synthetic_gop_header(vt));
             }
             let flags = if v % 30 == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };
             sent.lock().unwrap().insert(vt * 2, Instant::now());
