@@ -213,24 +213,7 @@ fn ingest_origin_edge_and_three_dumps() {
     let edge_url = format!("quic://127.0.0.1:{edge_port}");
     let edge_ca = edge.dir.join("bus-cert.pem");
 
-    let rtmp = free_port();
-    let ingest = spawn(
-        "ingest",
-        &[
-            "ingest".into(),
-            "--rtmp".into(),
-            format!("127.0.0.1:{rtmp}"),
-            "--bus".into(),
-            origin_url,
-            "--bus-token".into(),
-            TOKEN.into(),
-            "--bus-ca".into(),
-            origin_ca,
-        ],
-        "gopbus ingest serving",
-    );
-    let created = gopbus().args(["streams", "create", "cam", "--json", "--data"]).arg(&ingest.dir).output().unwrap();
-    let key = serde_json::from_slice::<serde_json::Value>(&created.stdout).unwrap()["key"].as_str().unwrap().to_owned();
+    let (ingest, rtmp, key) = ingest_node(&origin_url, &origin_ca);
 
     let fixture = Fixture::av(48000, 8);
     let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
