@@ -3,26 +3,9 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-
-fn dump(bus: &str, token: &str, ca: &std::path::Path, name: &str, out: &std::path::Path, extra: &[&str]) -> Proc {
-    Proc::new(
-        gopbus()
-            .args(["dump", "--bus", bus, name, "--bus-token", token, "--bus-ca"])
-            .arg(ca)
-            .arg("--out")
-            .arg(out)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 #[test]
 fn dump_over_quic_writes_a_clean_flv_from_the_join_point() {

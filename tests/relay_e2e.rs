@@ -2,25 +2,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn dump(url: &str, ca: &Path, name: &str, out: &Path) -> Proc {
-    Proc::new(
-        gopbus()
-            .args(["dump", "--bus", url, name, "--bus-token", TOKEN, "--bus-ca"])
-            .arg(ca)
-            .arg("--out")
-            .arg(out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 fn ingest_node(origin_url: &str, origin_ca: &str) -> (Node, u16, String) {
     let (ingest, rtmp) = ingest_node_with(origin_url, origin_ca, &[]);
@@ -173,7 +159,7 @@ fn edge_finds_the_origin_through_redis_and_entries_expire() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = tmpdir("redis-out").join("cam.flv");
-    let d = dump(&format!("quic://127.0.0.1:{edge_port}"), &edge.dir.join("bus-cert.pem"), "cam", &out);
+    let d = dump(&format!("quic://127.0.0.1:{edge_port}"), TOKEN, &edge.dir.join("bus-cert.pem"), "cam", &out, &[]);
     let p = publisher.wait_output(Duration::from_secs(60));
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let r = d.wait_output(Duration::from_secs(30));
@@ -223,7 +209,7 @@ fn ingest_origin_edge_and_three_dumps() {
         .map(|i| {
             let file = out.join(format!("d{i}.flv"));
             std::thread::sleep(Duration::from_millis(300));
-            (dump(&edge_url, &edge_ca, "cam", &file), file)
+            (dump(&edge_url, TOKEN, &edge_ca, "cam", &file, &[]), file)
         })
         .collect();
     let p = publisher.wait_output(Duration::from_secs(60));
@@ -279,18 +265,7 @@ fn killing_and_restarting_the_edge_resumes_the_subscriber() {
     std::thread::sleep(Duration::from_millis(1200));
     let out = tmpdir("kill-out").join("cam.flv");
     let edge_url = format!("quic://127.0.0.1:{edge_port}");
-    let d = Proc::new(
-        gopbus()
-            .args(["dump", "--bus", &edge_url, "cam", "--bus-token", TOKEN, "--bus-ca"])
-            .arg(edge_dir.join("bus-cert.pem"))
-            .arg("--out")
-            .arg(&out)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let d = dump(&edge_url, TOKEN, &edge_dir.join("bus-cert.pem"), "cam", &out, &[]);
     std::thread::sleep(Duration::from_secs(3));
     drop(edge.proc); // killed
     std::thread::sleep(Duration::from_millis(500));
@@ -345,7 +320,7 @@ fn an_ingest_node_reconnects_to_a_restarted_origin_and_republishes() {
     // Within a few seconds the ingest node has republished: a dump on the new origin gets frames.
     std::thread::sleep(Duration::from_secs(5));
     let out = tmpdir("republish-out").join("cam.flv");
-    let d = dump(&origin_url, &origin_ca, "cam", &out);
+    let d = dump(&origin_url, TOKEN, &origin_ca, "cam", &out, &[]);
     let p = publisher.wait_output(Duration::from_secs(60));
     assert!(p.status.success(), "the RTMP publisher was disconnected: {}", String::from_utf8_lossy(&p.stderr));
     let r = d.wait_output(Duration::from_secs(30));

@@ -508,3 +508,21 @@ pub fn relay(tag: &str, port: u16, extra: &[String]) -> Node {
     args.extend_from_slice(extra);
     spawn(tag, &args, "gopbus relay serving")
 }
+
+/// Starts `gopbus dump --bus BUS NAME --bus-token TOKEN --bus-ca CA --out OUT EXTRA...`
+/// (stderr piped, for its log).
+pub fn dump(bus: &str, token: &str, ca: &Path, name: &str, out: &Path, extra: &[&str]) -> Proc {
+    Proc::new(
+        gopbus()
+            .args(["dump", "--bus", bus, name, "--bus-token", token, "--bus-ca"])
+            .arg(ca)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
