@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use gopbus_bus::Event;
-use gopbus_proto::flv::{ConfigTracker, FrameTag, TAG_SCRIPT};
+use gopbus_proto::flv::{ConfigTracker, TAG_SCRIPT};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// An FLV writer (FLV spec v10.1 §E.2–E.4) fed with bus events.
@@ -47,7 +47,7 @@ impl<W: AsyncWrite + Unpin> FlvWriter<W> {
                 }
             }
             Event::Frame(f) => {
-                let Some(tag) = FrameTag::of(&f.header) else { return Ok(()) };
+                let Some(tag) = self.config.tag_of(&f.header) else { return Ok(()) };
                 self.tag(tag.tag_type, f.header.dts, tag.prefix(), f.payload.parts()).await?;
                 self.frames += 1;
             }

@@ -64,19 +64,21 @@ pub fn synthetic_gop_header(dts: i64) -> gopbus_proto::GopHeader {
     gopbus_proto::GopHeader {
         seq: 0,
         start_dts: dts,
-        video: Some(gopbus_proto::VideoConfig {
-            avcc: vec![1, 0x64, 0, 0x28, 0xff, 0xe0, 0],
-            width: 1920,
-            height: 1080,
-            profile: 100,
-            level: 40,
-        }),
-        audio: Some(gopbus_proto::AudioConfig {
-            asc: vec![0x11, 0x90],
-            object_type: 2,
-            sample_rate: 48000,
-            channels: 2,
-        }),
+        tracks: vec![
+            gopbus_proto::TrackInfo::video(gopbus_proto::VideoConfig {
+                avcc: vec![1, 0x64, 0, 0x28, 0xff, 0xe0, 0],
+                width: 1920,
+                height: 1080,
+                profile: 100,
+                level: 40,
+            }),
+            gopbus_proto::TrackInfo::audio(gopbus_proto::AudioConfig {
+                asc: vec![0x11, 0x90],
+                object_type: 2,
+                sample_rate: 48000,
+                channels: 2,
+            }),
+        ],
         metadata: None,
     }
 }

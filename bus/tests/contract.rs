@@ -9,7 +9,7 @@ use gopbus_bus::{Bus, BusConfig, BusError, Event, StartAt, SubscribeOptions, Sub
 use gopbus_proto::{EndReason, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId};
 
 fn header() -> GopHeader {
-    GopHeader { seq: 0, start_dts: 0, video: None, audio: None, metadata: None }
+    GopHeader { seq: 0, start_dts: 0, tracks: Vec::new(), metadata: None }
 }
 
 fn frame(dts: i64, key: bool, payload: Bytes) -> Frame {

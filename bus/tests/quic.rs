@@ -6,7 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use gopbus_bus::quic::{tls, BusClient, BusServer, QuicError};
 use gopbus_bus::{Bus, BusConfig, Event, StartAt, SubscribeOptions};
-use gopbus_proto::{AudioConfig, EndReason, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, VideoConfig};
+use gopbus_proto::{
+    AudioConfig, EndReason, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, TrackInfo, VideoConfig,
+};
 use tokio_util::sync::CancellationToken;
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {
@@ -45,8 +47,10 @@ fn gop(seq: u64) -> GopHeader {
     GopHeader {
         seq,
         start_dts: 0,
-        video: Some(VideoConfig { avcc: vec![1, 2, 3], width: 640, height: 360, profile: 100, level: 30 }),
-        audio: Some(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
+        tracks: vec![
+            TrackInfo::video(VideoConfig { avcc: vec![1, 2, 3], width: 640, height: 360, profile: 100, level: 30 }),
+            TrackInfo::audio(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
+        ],
         metadata: None,
     }
 }
@@ -125,7 +129,7 @@ async fn broadcast_travels_client_to_server_to_client_frame_for_frame() {
     };
     assert_eq!(reason, EndReason::PublisherLeft);
     assert_eq!(gops.len(), 3);
-    assert_eq!(gops[0].video.as_ref().unwrap().width, 640);
+    assert_eq!(gops[0].video().unwrap().width, 640);
     // Every frame, in decode order across tracks, with its bytes.
     let sent_headers: Vec<_> = sent.iter().map(|(h, _)| *h).collect();
     let got_headers: Vec<_> = got.iter().map(|(h, _)| *h).collect();

@@ -7,7 +7,7 @@
 //! bus (and skips GoPs there) instead of growing memory here.
 
 use gopbus_bus::Event;
-use gopbus_proto::flv::{ConfigTracker, FrameTag};
+use gopbus_proto::flv::ConfigTracker;
 use gopbus_proto::{EndReason, GopHeader};
 
 use crate::chunk::{csid, types, ChunkEncoder, MessageHeader, OutQueue};
@@ -34,8 +34,8 @@ impl Egress {
         match event {
             Event::Gop(header) => self.gop(&header, enc, out),
             Event::Frame(frame) => {
-                // Derived tracks (renditions, Opus) are not RTMP's.
-                let tag = FrameTag::of(&frame.header)?;
+                // Only the GoP's first H.264 and first AAC track are RTMP's.
+                let tag = self.config.tag_of(&frame.header)?;
                 let ts = frame.header.dts as u32; // RTMP timestamps wrap at 2^32 ms
                 enc.encode(self.header(tag.tag_type, ts), tag.prefix(), frame.payload.parts(), out);
                 self.frames += 1;

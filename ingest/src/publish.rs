@@ -16,7 +16,7 @@ use gopbus_proto::aac::AudioSpecificConfig;
 use gopbus_proto::avc::{DecoderConfigurationRecord, Sps};
 use gopbus_proto::flv::{AacPacketType, AudioTagHeader, AvcPacketType, VideoTagHeader};
 use gopbus_proto::media::{advance_parts, copy_prefix};
-use gopbus_proto::{AudioConfig, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, VideoConfig};
+use gopbus_proto::{AudioConfig, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, TrackInfo, VideoConfig};
 use rml_rtmp::rml_amf0::{self, Amf0Value};
 
 use crate::error::SessionError;
@@ -199,8 +199,10 @@ impl MediaIngest {
         let header = GopHeader {
             seq: 0,
             start_dts: dts,
-            video: self.video.clone(),
-            audio: self.audio.clone(),
+            tracks: [self.video.clone().map(TrackInfo::video), self.audio.clone().map(TrackInfo::audio)]
+                .into_iter()
+                .flatten()
+                .collect(),
             metadata: self.metadata.clone(),
         };
         self.publisher.open_gop(header).map_err(|e| SessionError::Refused(e.to_string()))?;

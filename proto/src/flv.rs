@@ -148,20 +148,28 @@ pub struct FrameTag {
 }
 
 impl FrameTag {
-    /// The tag of a published H.264 or AAC frame; `None` for derived tracks.
+    /// The tag of a frame of the published H.264 or AAC track; `None` for other tracks.
     pub fn of(h: &crate::FrameHeader) -> Option<Self> {
         match h.track {
-            crate::TrackId::VIDEO => Some(Self {
-                tag_type: TAG_VIDEO,
-                prefix: VideoTagHeader::write(h.is_keyframe(), AvcPacketType::Nalu, h.cts),
-                prefix_len: VideoTagHeader::LEN as u8,
-            }),
-            crate::TrackId::AUDIO => {
-                let [a, b] = AudioTagHeader::write(AacPacketType::Raw);
-                Some(Self { tag_type: TAG_AUDIO, prefix: [a, b, 0, 0, 0], prefix_len: AudioTagHeader::LEN as u8 })
-            }
+            crate::TrackId::VIDEO => Some(Self::video(h)),
+            crate::TrackId::AUDIO => Some(Self::audio()),
             _ => None,
         }
+    }
+
+    /// The tag of an H.264 frame (of any track).
+    pub fn video(h: &crate::FrameHeader) -> Self {
+        Self {
+            tag_type: TAG_VIDEO,
+            prefix: VideoTagHeader::write(h.is_keyframe(), AvcPacketType::Nalu, h.cts),
+            prefix_len: VideoTagHeader::LEN as u8,
+        }
+    }
+
+    /// The tag of an AAC frame (of any track).
+    pub fn audio() -> Self {
+        let [a, b] = AudioTagHeader::write(AacPacketType::Raw);
+        Self { tag_type: TAG_AUDIO, prefix: [a, b, 0, 0, 0], prefix_len: AudioTagHeader::LEN as u8 }
     }
 
     /// The tag header bytes before the payload.
@@ -187,30 +195,69 @@ const AAC_SEQUENCE_HEADER: [u8; 2] = [(SOUND_FORMAT_AAC << 4) | 0x0f, 0];
 /// Remembers which configuration a tag stream (one player, one file) has been
 /// given, and yields the configuration tags a GoP header needs: each only when
 /// it differs from what was sent, in the order players expect.
+///
+/// FLV has one video and one audio stream: the first H.264 track and the first
+/// AAC track of the GoP header are those; frames of other tracks have no tag.
 #[derive(Debug, Default)]
 pub struct ConfigTracker {
     metadata: Option<Vec<u8>>,
     avcc: Option<Vec<u8>>,
     asc: Option<Vec<u8>>,
+    video: Option<crate::TrackId>,
+    audio: Option<crate::TrackId>,
 }
 
 impl ConfigTracker {
     /// The tags to write before the frames of the GoP `header` opens.
     pub fn changes(&mut self, header: &crate::GopHeader) -> impl Iterator<Item = ConfigTag> {
+        use crate::Codec;
         let mut out: [Option<ConfigTag>; 3] = [None, None, None];
         if let Some(m) = header.metadata.as_ref().filter(|m| self.metadata.as_ref() != Some(*m)) {
             self.metadata = Some(m.clone());
             out[0] = Some(ConfigTag { tag_type: TAG_SCRIPT, prefix: &[], body: m.clone().into() });
         }
-        if let Some(v) = header.video.as_ref().filter(|v| self.avcc.as_ref() != Some(&v.avcc)) {
-            self.avcc = Some(v.avcc.clone());
-            out[1] = Some(ConfigTag { tag_type: TAG_VIDEO, prefix: &AVC_SEQUENCE_HEADER, body: v.avcc.clone().into() });
-        }
-        if let Some(a) = header.audio.as_ref().filter(|a| self.asc.as_ref() != Some(&a.asc)) {
-            self.asc = Some(a.asc.clone());
-            out[2] = Some(ConfigTag { tag_type: TAG_AUDIO, prefix: &AAC_SEQUENCE_HEADER, body: a.asc.clone().into() });
+        self.video = None;
+        self.audio = None;
+        for t in &header.tracks {
+            match &t.codec {
+                Codec::H264(v) if self.video.is_none() => {
+                    self.video = Some(t.id);
+                    if self.avcc.as_ref() != Some(&v.avcc) {
+                        self.avcc = Some(v.avcc.clone());
+                        out[1] = Some(ConfigTag {
+                            tag_type: TAG_VIDEO,
+                            prefix: &AVC_SEQUENCE_HEADER,
+                            body: v.avcc.clone().into(),
+                        });
+                    }
+                }
+                Codec::Aac(a) if self.audio.is_none() => {
+                    self.audio = Some(t.id);
+                    if self.asc.as_ref() != Some(&a.asc) {
+                        self.asc = Some(a.asc.clone());
+                        out[2] = Some(ConfigTag {
+                            tag_type: TAG_AUDIO,
+                            prefix: &AAC_SEQUENCE_HEADER,
+                            body: a.asc.clone().into(),
+                        });
+                    }
+                }
+                _ => {}
+            }
         }
         out.into_iter().flatten()
+    }
+
+    /// The tag of a frame of the GoP last passed to [`changes`](Self::changes);
+    /// `None` for a track FLV does not carry.
+    pub fn tag_of(&self, h: &crate::FrameHeader) -> Option<FrameTag> {
+        if Some(h.track) == self.video {
+            Some(FrameTag::video(h))
+        } else if Some(h.track) == self.audio {
+            Some(FrameTag::audio())
+        } else {
+            None
+        }
     }
 }
 
@@ -245,10 +292,15 @@ mod tests {
 
     #[test]
     fn config_tags_only_when_they_change() {
-        use crate::{AudioConfig, GopHeader, VideoConfig};
+        use crate::{AudioConfig, Codec, FrameFlags, FrameHeader, GopHeader, TrackId, TrackInfo, VideoConfig};
         let video = VideoConfig { avcc: vec![1, 2], width: 2, height: 2, profile: 66, level: 30 };
         let audio = AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 };
-        let gop = GopHeader { seq: 0, start_dts: 0, video: Some(video), audio: Some(audio), metadata: Some(vec![2]) };
+        let gop = GopHeader {
+            seq: 0,
+            start_dts: 0,
+            tracks: vec![TrackInfo::video(video), TrackInfo::audio(audio)],
+            metadata: Some(vec![2]),
+        };
         let mut t = ConfigTracker::default();
         let first: Vec<_> = t.changes(&gop).collect();
         assert_eq!(first.iter().map(|c| c.tag_type).collect::<Vec<_>>(), [TAG_SCRIPT, TAG_VIDEO, TAG_AUDIO]);
@@ -256,10 +308,19 @@ mod tests {
         assert_eq!(first[2].prefix, AudioTagHeader::write(AacPacketType::SequenceHeader));
         assert_eq!(t.changes(&gop).count(), 0);
         let mut resized = gop.clone();
-        resized.video.as_mut().unwrap().avcc = vec![1, 3];
+        let Codec::H264(v) = &mut resized.tracks[0].codec else { unreachable!() };
+        v.avcc = vec![1, 3];
         let again: Vec<_> = t.changes(&resized).collect();
         assert_eq!(again.len(), 1);
         assert_eq!(&again[0].body[..], &[1, 3]);
+        // A derived H.264 track listed first becomes FLV's video stream; the other has no tag.
+        let mut derived = resized.clone();
+        derived.tracks.insert(0, TrackInfo { id: TrackId(16), name: "video/480p".into(), ..resized.tracks[0].clone() });
+        let _ = t.changes(&derived).count();
+        let frame = |track| FrameHeader { track, dts: 0, cts: 0, flags: FrameFlags::KEYFRAME, len: 1 };
+        assert_eq!(t.tag_of(&frame(TrackId(16))).map(|f| f.tag_type), Some(TAG_VIDEO));
+        assert_eq!(t.tag_of(&frame(TrackId::VIDEO)), None);
+        assert_eq!(t.tag_of(&frame(TrackId::AUDIO)).map(|f| f.tag_type), Some(TAG_AUDIO));
     }
 
     #[test]

@@ -32,4 +32,7 @@ pub mod media;
 pub mod wire;
 
 pub use error::Error;
-pub use media::{AudioConfig, EndReason, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, VideoConfig};
+pub use media::{
+    check_track_name, AudioConfig, Codec, EndReason, Frame, FrameFlags, FrameHeader, GopHeader, OpusConfig, OtherCodec,
+    Payload, TrackId, TrackInfo, TrackKind, VideoConfig,
+};

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// A track within a broadcast. Published tracks have fixed ids; derived tracks
-/// (renditions, transcoded audio) get ids from [`TrackId::FIRST_DERIVED`] up.
+/// A track within a broadcast, as its frames name it. Published tracks have fixed
+/// ids; derived tracks (renditions, transcoded audio) get ids from
+/// [`TrackId::FIRST_DERIVED`] up, assigned by the bus when they are added.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
@@ -229,6 +230,143 @@ pub struct AudioConfig {
     pub channels: u8,
 }
 
+/// Decoder configuration of an Opus track (RFC 7845 §5.1, the fields a decoder needs).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct OpusConfig {
+    /// Channel count (1 or 2).
+    pub channels: u8,
+    /// Sample rate of the encoder's input in Hz (Opus always decodes at 48 kHz).
+    pub input_sample_rate: u32,
+    /// Samples at 48 kHz to drop from the start of the decoded output.
+    pub pre_skip: u16,
+}
+
+/// What a track carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum TrackKind {
+    /// Pictures.
+    Video,
+    /// Sound.
+    Audio,
+    /// Anything else (captions, timed metadata).
+    Data,
+}
+
+impl std::fmt::Display for TrackKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Video => "video",
+            Self::Audio => "audio",
+            Self::Data => "data",
+        })
+    }
+}
+
+/// A track's codec with its decoder configuration.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Codec {
+    /// H.264 with its avcC.
+    H264(VideoConfig),
+    /// AAC with its AudioSpecificConfig.
+    Aac(AudioConfig),
+    /// Opus.
+    Opus(OpusConfig),
+    /// A codec this build has no model for (HEVC, AV1, …): carried, never interpreted.
+    Other(OtherCodec),
+}
+
+/// A codec carried without being interpreted.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct OtherCodec {
+    /// What the track carries.
+    pub kind: TrackKind,
+    /// The codec's name, as in RFC 6381 (`hvc1.1.6.L93.B0`, `av01.0.04M.08`).
+    pub name: String,
+    /// Its decoder configuration record, opaque.
+    pub config: Vec<u8>,
+}
+
+impl Codec {
+    /// What a track with this codec carries.
+    pub const fn kind(&self) -> TrackKind {
+        match self {
+            Self::H264(_) => TrackKind::Video,
+            Self::Aac(_) | Self::Opus(_) => TrackKind::Audio,
+            Self::Other(o) => o.kind,
+        }
+    }
+
+    /// A short name for logs and catalogs (`h264`, `aac`, `opus`, or the codec string).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::H264(_) => "h264",
+            Self::Aac(_) => "aac",
+            Self::Opus(_) => "opus",
+            Self::Other(o) => &o.name,
+        }
+    }
+}
+
+/// One track of a broadcast: its id on frames, its name in the catalog, its codec.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct TrackInfo {
+    /// The id its frames carry ([`FrameHeader::track`]).
+    pub id: TrackId,
+    /// Its name: `video` and `audio` as published; a derived track's own name
+    /// (`audio/opus`, `video/480p`).
+    pub name: String,
+    /// Codec and decoder configuration.
+    pub codec: Codec,
+}
+
+impl TrackInfo {
+    /// Name of the published video track.
+    pub const VIDEO: &'static str = "video";
+    /// Name of the published audio track.
+    pub const AUDIO: &'static str = "audio";
+
+    /// The published H.264 track.
+    pub fn video(config: VideoConfig) -> Self {
+        Self { id: TrackId::VIDEO, name: Self::VIDEO.into(), codec: Codec::H264(config) }
+    }
+
+    /// The published AAC track.
+    pub fn audio(config: AudioConfig) -> Self {
+        Self { id: TrackId::AUDIO, name: Self::AUDIO.into(), codec: Codec::Aac(config) }
+    }
+
+    /// What the track carries.
+    pub const fn kind(&self) -> TrackKind {
+        self.codec.kind()
+    }
+}
+
+/// Checks a derived track's name: 1–64 characters of `a-z`, `0-9`, `-`, `_`,
+/// `.`, `/`, starting with a letter or digit, with no empty segment
+/// (`audio/opus`, `video/480p`). The names `video` and `audio` are the
+/// published tracks' and cannot be added.
+pub fn check_track_name(name: &str) -> Result<(), crate::Error> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_./".contains(c);
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(ok_char)
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && !name.ends_with('/')
+        && !name.contains("//");
+    if !valid {
+        return Err(crate::Error::invalid("track name", "1-64 of a-z 0-9 - _ . / starting with a letter or digit"));
+    }
+    if name == TrackInfo::VIDEO || name == TrackInfo::AUDIO {
+        return Err(crate::Error::invalid("track name", "`video` and `audio` are the published tracks"));
+    }
+    Ok(())
+}
+
 /// The header of a GoP channel: everything a subscriber needs to start here.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
@@ -237,12 +375,33 @@ pub struct GopHeader {
     pub seq: u64,
     /// Timestamp of the GoP's first frame, in milliseconds.
     pub start_dts: i64,
-    /// The video track's configuration, if the broadcast has video.
-    pub video: Option<VideoConfig>,
-    /// The audio track's configuration, if the broadcast has audio.
-    pub audio: Option<AudioConfig>,
+    /// Every track of the GoP with its decoder configuration.
+    pub tracks: Vec<TrackInfo>,
     /// The publisher's `onMetaData`, AMF0-encoded as `["onMetaData", {...}]`.
     pub metadata: Option<Vec<u8>>,
+}
+
+impl GopHeader {
+    /// The track with id `id`.
+    pub fn track(&self, id: TrackId) -> Option<&TrackInfo> {
+        self.tracks.iter().find(|t| t.id == id)
+    }
+
+    /// The first H.264 track's configuration.
+    pub fn video(&self) -> Option<&VideoConfig> {
+        self.tracks.iter().find_map(|t| match &t.codec {
+            Codec::H264(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    /// The first AAC track's configuration.
+    pub fn audio(&self) -> Option<&AudioConfig> {
+        self.tracks.iter().find_map(|t| match &t.codec {
+            Codec::Aac(a) => Some(a),
+            _ => None,
+        })
+    }
 }
 
 /// Why a broadcast ended.
@@ -273,6 +432,16 @@ impl std::fmt::Display for EndReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn track_names() {
+        for ok in ["audio/opus", "video/480p", "opus", "v1.2", "a_b-c"] {
+            assert!(check_track_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "video", "audio", "/x", "x/", "a//b", "Upper", "a b", &"x".repeat(65)] {
+            assert!(check_track_name(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn payload_clone_shares_memory() {

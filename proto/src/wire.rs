@@ -18,7 +18,7 @@ use crate::media::{EndReason, FrameHeader, GopHeader};
 use crate::Error;
 
 /// The framing version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes before the archive.
 pub const PREFIX_LEN: usize = 6;
 /// Largest archive accepted; bus messages are headers, never media payloads.
@@ -199,7 +199,7 @@ pub fn decode_with(buf: &mut BytesMut, arena: &mut AlignedVec) -> Result<Message
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::{AudioConfig, FrameFlags, TrackId};
+    use crate::media::{AudioConfig, Codec, FrameFlags, OpusConfig, OtherCodec, TrackId, TrackInfo, TrackKind};
 
     fn samples() -> Vec<Message> {
         vec![
@@ -213,8 +213,28 @@ mod tests {
                 gop: GopHeader {
                     seq: 7,
                     start_dts: 1 << 40,
-                    video: None,
-                    audio: Some(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
+                    tracks: vec![
+                        TrackInfo::audio(AudioConfig {
+                            asc: vec![0x11, 0x90],
+                            object_type: 2,
+                            sample_rate: 48000,
+                            channels: 2,
+                        }),
+                        TrackInfo {
+                            id: TrackId(17),
+                            name: "audio/opus".into(),
+                            codec: Codec::Opus(OpusConfig { channels: 2, input_sample_rate: 48000, pre_skip: 312 }),
+                        },
+                        TrackInfo {
+                            id: TrackId(18),
+                            name: "video/hevc".into(),
+                            codec: Codec::Other(OtherCodec {
+                                kind: TrackKind::Video,
+                                name: "hvc1.1.6.L93.B0".into(),
+                                config: vec![1, 2],
+                            }),
+                        },
+                    ],
                     metadata: Some(vec![2, 0, 1, b'x']),
                 },
                 prev_frames: 77,

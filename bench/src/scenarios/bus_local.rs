@@ -23,7 +23,7 @@ fn once(subscribers: usize, deliveries: usize) -> (usize, usize, f64) {
     let mut delivered = 0usize;
     let start = Instant::now();
     for g in 0..gops {
-        let header = GopHeader { seq: 0, start_dts: (g * GOP) as i64, video: None, audio: None, metadata: None };
+        let header = GopHeader { seq: 0, start_dts: (g * GOP) as i64, tracks: Vec::new(), metadata: None };
         publisher.open_gop(header).expect("sole publisher");
         for i in 0..GOP {
             let flags = if i == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };

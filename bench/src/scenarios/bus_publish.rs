@@ -20,7 +20,7 @@ fn push_cost(frames: usize, subscribers: usize) -> Duration {
     let start = Instant::now();
     for i in 0..frames {
         if i % 30 == 0 {
-            let header = GopHeader { seq: 0, start_dts: i as i64, video: None, audio: None, metadata: None };
+            let header = GopHeader { seq: 0, start_dts: i as i64, tracks: Vec::new(), metadata: None };
             publisher.open_gop(header).expect("sole publisher");
         }
         let flags = if i % 30 == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use gopbus_proto::wire::{Control, Message, StreamHeader, WireFrame};
-use gopbus_proto::{GopHeader, TrackId};
+use gopbus_proto::{GopHeader, TrackId, TrackKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -15,25 +15,14 @@ use crate::{Event, Subscriber};
 /// Error code on streams reset because the subscriber fell behind.
 const RESET_STALE: u32 = 1;
 
-/// Stream priority: newer GoPs first, and within a GoP audio before video.
-fn priority(seq: u64, track: TrackId) -> i32 {
+/// Stream priority: newer GoPs first, and within a GoP audio before the rest.
+fn priority(seq: u64, kind: TrackKind) -> i32 {
     let base = (seq.min((i32::MAX / 2 - 1) as u64) as i32) * 2;
-    if track == TrackId::AUDIO {
+    if kind == TrackKind::Audio {
         base + 1
     } else {
         base
     }
-}
-
-fn tracks_of(gop: &GopHeader) -> Vec<TrackId> {
-    let mut t = Vec::with_capacity(2);
-    if gop.video.is_some() {
-        t.push(TrackId::VIDEO);
-    }
-    if gop.audio.is_some() {
-        t.push(TrackId::AUDIO);
-    }
-    t
 }
 
 struct Open {
@@ -71,7 +60,7 @@ pub(crate) async fn send_broadcast(
                 abandoned = false;
                 retire(&mut current, &mut in_flight);
                 (prev_frames, index) = (index, 0);
-                for track in tracks_of(&header) {
+                for track in header.tracks.iter().map(|t| t.id) {
                     current.push(open(&conn, &mut enc, id, track, &header, prev_frames).await?);
                 }
                 gop = Some(header);
@@ -82,7 +71,7 @@ pub(crate) async fn send_broadcast(
                 let idx = match current.iter().position(|o| o.track == track) {
                     Some(i) => i,
                     None => {
-                        // A track the GoP header did not announce (a derived track): open it now.
+                        // A track the GoP header did not list: carried all the same.
                         let Some(h) = gop.as_ref() else { continue };
                         current.push(open(&conn, &mut enc, id, track, h, prev_frames).await?);
                         current.len() - 1
@@ -162,7 +151,8 @@ async fn open(
     prev_frames: u32,
 ) -> Result<Open, QuicError> {
     let stream = conn.open_uni().await?;
-    let _ = stream.set_priority(priority(gop.seq, track));
+    let kind = gop.track(track).map_or(TrackKind::Data, |t| t.kind());
+    let _ = stream.set_priority(priority(gop.seq, kind));
     let mut writer = Writer::new(stream);
     let header = StreamHeader { id, track, gop: gop.clone(), prev_frames };
     writer.send(enc, &Message::Stream(header), &[]).await?;
@@ -175,8 +165,9 @@ mod tests {
 
     #[test]
     fn newer_gops_and_audio_first() {
-        assert!(priority(5, TrackId::VIDEO) > priority(4, TrackId::AUDIO));
-        assert!(priority(5, TrackId::AUDIO) > priority(5, TrackId::VIDEO));
-        assert!(priority(u64::MAX, TrackId::AUDIO) > priority(u64::MAX - 1, TrackId::VIDEO) - 2);
+        assert!(priority(5, TrackKind::Video) > priority(4, TrackKind::Audio));
+        assert!(priority(5, TrackKind::Audio) > priority(5, TrackKind::Video));
+        assert!(priority(5, TrackKind::Audio) > priority(5, TrackKind::Data));
+        assert!(priority(u64::MAX, TrackKind::Audio) > priority(u64::MAX - 1, TrackKind::Video) - 2);
     }
 }

@@ -93,13 +93,7 @@ struct GopState {
 
 impl GopState {
     fn new(gop: &GopHeader, opened: TrackId) -> Self {
-        let mut tracks = BTreeMap::new();
-        if gop.video.is_some() {
-            tracks.insert(TrackId::VIDEO, false);
-        }
-        if gop.audio.is_some() {
-            tracks.insert(TrackId::AUDIO, false);
-        }
+        let mut tracks: BTreeMap<TrackId, bool> = gop.tracks.iter().map(|t| (t.id, false)).collect();
         tracks.insert(opened, false);
         Self { seq: gop.seq, tracks, queue: BTreeMap::new(), next: 0, gap_since: None }
     }
