@@ -107,6 +107,9 @@ pub(crate) struct Shared {
     /// Highest decode timestamp pushed so far, or `i64::MIN`.
     pub(crate) last_dts: AtomicI64,
     pub(crate) stats: BroadcastStats,
+    /// Derived tracks ever added to this broadcast, with their ids: a track
+    /// added again (a new worker) keeps its id.
+    pub(crate) derived_ids: std::sync::Mutex<Vec<(String, gopbus_proto::TrackId)>>,
 }
 
 pub(crate) const NO_GOP: u64 = u64::MAX;
@@ -130,6 +133,7 @@ impl Shared {
             newest_seq: AtomicU64::new(NO_GOP),
             last_dts: AtomicI64::new(i64::MIN),
             stats: BroadcastStats::default(),
+            derived_ids: std::sync::Mutex::default(),
         }
     }
 
@@ -157,6 +161,32 @@ impl Shared {
     pub(crate) fn is_live(&self) -> bool {
         let st = self.read();
         st.ended.is_none() && st.publisher_token.is_some()
+    }
+
+    /// The newest GoP's header, if any.
+    pub(crate) fn newest_header(&self) -> Option<Arc<GopHeader>> {
+        self.read().gops.back().map(|g| g.header.clone())
+    }
+
+    /// Ends the broadcast from outside its publisher (its source ended): the
+    /// current GoP closes, the publisher handle is dead. False if it had ended.
+    pub(crate) fn terminate(&self, reason: &EndReason) -> bool {
+        let mut st = self.write();
+        if st.ended.is_some() {
+            return false;
+        }
+        let how = if *reason == EndReason::PublisherLeft { GopState::Complete } else { GopState::CutShort };
+        if let Some(gop) = st.gops.back() {
+            gop.close(how);
+        }
+        st.ended = Some(reason.clone());
+        let token = st.publisher_token.take();
+        drop(st);
+        if let Some(t) = token {
+            t.cancel();
+        }
+        self.wake_all();
+        true
     }
 
     /// Bytes held in the GoP window now.

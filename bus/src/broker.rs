@@ -4,11 +4,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use gopbus_proto::catalog::{derived_name, split_track_name, Announcement, Catalog, Ended};
+use gopbus_proto::{check_track_name, EndReason, TrackId, TrackInfo};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::Shared;
+use crate::error::BusError;
 use crate::publisher::Publisher;
 use crate::subscriber::{SubscribeOptions, Subscriber};
+use crate::tracks::TrackSubscriber;
+
+/// Announcements kept for watchers that have not read them yet; a watcher
+/// further behind gets [`Announcement::Live`] in place of what it missed.
+pub const ANNOUNCEMENT_BACKLOG: usize = 1024;
 
 /// Bus settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,22 +55,214 @@ pub struct BroadcastInfo {
 }
 
 /// The in-process bus. Cheap to clone; all clones share one set of broadcasts.
-#[derive(Clone, Default)]
+///
+/// A broadcast's derived tracks (added with [`add_track`](Self::add_track)) are
+/// broadcasts of their own on the bus, named `BROADCAST/TRACK`
+/// (`alice/audio/opus`), whose GoPs start at the source's GoP timestamps; the
+/// catalog of `alice` lists them, and [`subscribe_tracks`](Self::subscribe_tracks)
+/// merges them with the source's tracks.
+#[derive(Clone)]
 pub struct Bus {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new(BusConfig::default())
+    }
+}
+
 struct Inner {
     config: BusConfig,
     broadcasts: DashMap<Arc<str>, Arc<Shared>>,
+    announcements: broadcast::Sender<Announcement>,
+}
+
+/// A stream of [`Announcement`]s ([`Bus::announcements`]): bounded and
+/// lossy-safe. It starts with [`Announcement::Live`]; a reader that falls more
+/// than [`ANNOUNCEMENT_BACKLOG`] behind gets a fresh `Live` in place of what it
+/// missed, so it can always rebuild the truth.
+pub struct Announcements {
+    bus: Bus,
+    rx: broadcast::Receiver<Announcement>,
+    first: Option<Announcement>,
+}
+
+impl Announcements {
+    /// The next announcement. Cancel-safe.
+    pub async fn next(&mut self) -> Announcement {
+        if let Some(first) = self.first.take() {
+            return first;
+        }
+        match self.rx.recv().await {
+            Ok(a) => a,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::info!(missed, "announcement reader fell behind; resynchronized with the live list");
+                self.rx = self.rx.resubscribe();
+                Announcement::Live(self.bus.catalogs())
+            }
+            // The sender lives as long as the bus, which this reader holds.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
 }
 
 impl Bus {
     /// A bus with the given settings (`max_lag` is capped at `window`).
     pub fn new(mut config: BusConfig) -> Self {
         config.max_lag = config.max_lag.min(config.window as u64);
-        Self { inner: Arc::new(Inner { config, broadcasts: DashMap::new() }) }
+        let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BACKLOG);
+        Self { inner: Arc::new(Inner { config, broadcasts: DashMap::new(), announcements }) }
+    }
+
+    /// Announcements of broadcasts starting, changing tracks and ending, from now on.
+    pub fn announcements(&self) -> Announcements {
+        // Subscribe before taking the snapshot, so nothing falls between the two.
+        let rx = self.inner.announcements.subscribe();
+        Announcements { bus: self.clone(), rx, first: Some(Announcement::Live(self.catalogs())) }
+    }
+
+    /// The catalog of the live broadcast `name`: its published tracks as of its
+    /// newest GoP, then its live derived tracks. `None` when it is not live or
+    /// has no GoP yet.
+    pub fn catalog(&self, name: &str) -> Option<Catalog> {
+        let source = self.inner.broadcasts.get(name).map(|s| s.clone()).filter(|s| s.is_live())?;
+        let mut tracks = source.newest_header()?.tracks.clone();
+        let prefix = format!("{name}/");
+        let mut derived: Vec<TrackInfo> = self
+            .inner
+            .broadcasts
+            .iter()
+            .filter(|e| e.key().starts_with(&prefix) && e.value().is_live())
+            .filter_map(|e| e.value().newest_header())
+            .flat_map(|h| h.tracks.clone())
+            .collect();
+        derived.sort_by(|a, b| a.name.cmp(&b.name));
+        tracks.extend(derived);
+        Some(Catalog { name: name.to_owned(), tracks })
+    }
+
+    /// Every live broadcast (not its derived tracks) with its catalog, by name.
+    pub fn catalogs(&self) -> Vec<Catalog> {
+        let names: Vec<Arc<str>> =
+            self.inner.broadcasts.iter().filter(|e| !e.key().contains('/')).map(|e| e.key().clone()).collect();
+        let mut out: Vec<Catalog> = names.iter().filter_map(|n| self.catalog(n)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Adds the derived track `track` (`audio/opus`, `video/480p`) to the live
+    /// broadcast `source`, without its stream key and without taking it over.
+    ///
+    /// The returned publisher publishes `source/track`: each GoP header lists
+    /// exactly one track (its codec and configuration; the bus sets its id and
+    /// name) and starts at the `start_dts` of the source GoP it renders, so
+    /// players can switch between tracks at GoP boundaries. Its frames get the
+    /// track's id. The track ends when the source ends, or when the publisher
+    /// is dropped (another worker may then add it again; it keeps its id).
+    /// While one worker holds the track, adding it again is refused.
+    pub fn add_track(&self, source: &str, track: &str) -> Result<Publisher, BusError> {
+        check_track_name(track).map_err(|e| BusError::InvalidTrack(format!("{track:?}: {e}")))?;
+        if source.contains('/') {
+            return Err(BusError::InvalidTrack(format!("{source:?} is itself a derived track")));
+        }
+        let parent = self
+            .inner
+            .broadcasts
+            .get(source)
+            .map(|s| s.clone())
+            .filter(|s| s.is_live())
+            .ok_or_else(|| BusError::NotLive(source.to_owned()))?;
+        let name = derived_name(source, track);
+        let id = {
+            let mut ids = parent.derived_ids.lock().unwrap_or_else(|e| e.into_inner());
+            match ids.iter().find(|(n, _)| n == track) {
+                Some((_, id)) => *id,
+                None => {
+                    let used = ids.len();
+                    let id = u8::try_from(usize::from(TrackId::FIRST_DERIVED.0) + used)
+                        .map_err(|_| BusError::TooManyTracks(source.to_owned()))?;
+                    ids.push((track.to_owned(), TrackId(id)));
+                    TrackId(id)
+                }
+            }
+        };
+        let publisher = self
+            .publish_inner(&name, false)
+            .ok_or_else(|| BusError::TrackTaken(name.clone()))?
+            .for_track(id, Arc::from(track));
+        // The source may have ended while this was set up: then so does the track.
+        if !parent.is_live() {
+            publisher.end(EndReason::PublisherLeft);
+            return Err(BusError::NotLive(source.to_owned()));
+        }
+        tracing::info!(broadcast = %source, track = %track, id = id.0, "derived track added");
+        Ok(publisher)
+    }
+
+    /// Subscribes to the tracks called `tracks` of broadcast `name` (published
+    /// ones, `video` and `audio`, and derived ones, `audio/opus`): their frames
+    /// come merged in decode order, GoP by GoP, each GoP header listing exactly
+    /// the chosen tracks that it has. The first track drives: GoPs start at its
+    /// keyframes and `opts` applies to it. An empty list means the published
+    /// tracks. See [`TrackSubscriber`].
+    pub fn subscribe_tracks(&self, name: &str, tracks: &[&str], opts: SubscribeOptions) -> TrackSubscriber {
+        TrackSubscriber::new(self.clone(), name, tracks, opts)
+    }
+
+    /// Sends `a` to the watchers (none listening is fine).
+    fn announce(&self, a: Announcement) {
+        let _ = self.inner.announcements.send(a);
+    }
+
+    /// A broadcast opened a GoP: announce it if it started or its tracks changed.
+    pub(crate) fn gop_opened(&self, name: &str, first: bool, tracks_changed: bool) {
+        if !first && !tracks_changed {
+            return;
+        }
+        match split_track_name(name) {
+            (source, None) => {
+                if let Some(c) = self.catalog(source) {
+                    self.announce(if first { Announcement::Started(c) } else { Announcement::Changed(c) });
+                }
+            }
+            (source, Some(_)) => {
+                if let Some(c) = self.catalog(source) {
+                    self.announce(Announcement::Changed(c));
+                }
+            }
+        }
+    }
+
+    /// A broadcast ended: a source's derived tracks end with it, and the end is
+    /// announced (a derived track's end changes its source's catalog).
+    pub(crate) fn ended(&self, name: &str, reason: &EndReason, had_gop: bool) {
+        match split_track_name(name) {
+            (source, None) => {
+                let prefix = format!("{source}/");
+                let derived: Vec<Arc<Shared>> = self
+                    .inner
+                    .broadcasts
+                    .iter()
+                    .filter(|e| e.key().starts_with(&prefix))
+                    .map(|e| e.value().clone())
+                    .collect();
+                for d in derived {
+                    if d.terminate(reason) {
+                        tracing::info!(broadcast = %d.name, %reason, "derived track ended with its source");
+                        self.remove_if_same(&d);
+                    }
+                }
+                if had_gop {
+                    self.announce(Announcement::Ended(Ended { name: name.to_owned(), reason: reason.clone() }));
+                }
+            }
+            (source, Some(_)) => {
+                if let Some(c) = self.catalog(source) {
+                    self.announce(Announcement::Changed(c));
+                }
+            }
+        }
     }
 
     /// The bus settings.
@@ -73,6 +274,11 @@ impl Bus {
     /// over: the old handle's current GoP is cut short and its operations fail with
     /// [`BusError::TakenOver`](crate::BusError::TakenOver); subscribers stay attached.
     pub fn publish(&self, name: &str) -> Publisher {
+        self.publish_inner(name, true).expect("takeover allowed")
+    }
+
+    /// Like [`publish`](Self::publish); with `takeover` false, `None` if `name` has a publisher.
+    fn publish_inner(&self, name: &str, takeover_allowed: bool) -> Option<Publisher> {
         loop {
             let shared = self.slot(name);
             let mut st = shared.write();
@@ -83,6 +289,9 @@ impl Bus {
                 continue;
             }
             let takeover = st.publisher_token.is_some();
+            if takeover && !takeover_allowed {
+                return None;
+            }
             if let Some(old) = st.publisher_token.take() {
                 old.cancel();
                 if let Some(gop) = st.gops.back() {
@@ -100,7 +309,7 @@ impl Bus {
                 tracing::info!(broadcast = %name, "publisher took over");
             }
             shared.wake_all();
-            return Publisher::new(self.clone(), shared, epoch, token, last_dts);
+            return Some(Publisher::new(self.clone(), shared, epoch, token, last_dts));
         }
     }
 

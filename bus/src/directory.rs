@@ -71,7 +71,7 @@ impl Directory for RedisDirectory {
                 .arg(Self::key(broadcast))
                 .query_async::<Option<String>>(&mut c)
                 .await
-                .map_err(|e| QuicError::Connection(format!("redis: {e}")))
+                .map_err(|e| QuicError::Directory(e.to_string()))
         })
     }
 
@@ -85,7 +85,7 @@ impl Directory for RedisDirectory {
                 .arg(self.ttl.as_millis() as u64)
                 .query_async::<()>(&mut c)
                 .await
-                .map_err(|e| QuicError::Connection(format!("redis: {e}")))
+                .map_err(|e| QuicError::Directory(e.to_string()))
         })
     }
 }

@@ -30,6 +30,15 @@
 //! - [`broker`]: [`Bus`], the in-process broker: names to broadcasts.
 //! - [`broadcast`]: the shared GoP window of one broadcast.
 //! - [`publisher`], [`subscriber`]: the two handles.
+//! - [`tracks`]: [`TrackSubscriber`], chosen tracks (published and derived) merged.
+//! - [`quic`]: the same across machines; [`directory`]: which node holds what.
+//!
+//! Tracks: a broadcast's derived tracks (the Opus audio made from its AAC, a
+//! 480p rendition) are added by workers with [`Bus::add_track`] — no stream key,
+//! no takeover — and live on the bus as broadcasts named `NAME/TRACK` whose
+//! GoPs start where the source's do. [`Bus::catalog`] lists a broadcast's
+//! tracks; [`Bus::announcements`] says when broadcasts start, change tracks
+//! and end.
 #![warn(missing_docs)]
 
 pub mod broadcast;
@@ -39,10 +48,13 @@ mod error;
 pub mod publisher;
 pub mod quic;
 pub mod subscriber;
+pub mod tracks;
 
 pub use broadcast::BroadcastStats;
-pub use broker::{BroadcastInfo, Bus, BusConfig};
+pub use broker::{Announcements, BroadcastInfo, Bus, BusConfig, ANNOUNCEMENT_BACKLOG};
 pub use error::BusError;
+pub use gopbus_proto::catalog::{Announcement, Catalog};
 pub use gopbus_proto::wire::StartAt;
 pub use publisher::Publisher;
 pub use subscriber::{Event, SubscribeOptions, Subscriber};
+pub use tracks::TrackSubscriber;

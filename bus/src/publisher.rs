@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use gopbus_proto::{EndReason, Frame, GopHeader};
+use gopbus_proto::{EndReason, Frame, GopHeader, TrackId};
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::{Gop, GopState, Shared};
@@ -23,6 +23,8 @@ pub struct Publisher {
     token: CancellationToken,
     previous_last_dts: Option<i64>,
     current: Option<Arc<Gop>>,
+    /// Set for a derived track: its id and name, stamped on every GoP header and frame.
+    track: Option<(TrackId, Arc<str>)>,
     done: bool,
     cut: bool,
 }
@@ -35,7 +37,18 @@ impl Publisher {
         token: CancellationToken,
         previous_last_dts: Option<i64>,
     ) -> Self {
-        Self { bus, shared, epoch, token, previous_last_dts, current: None, done: false, cut: false }
+        Self { bus, shared, epoch, token, previous_last_dts, current: None, track: None, done: false, cut: false }
+    }
+
+    /// Makes this the publisher of a derived track.
+    pub(crate) fn for_track(mut self, id: TrackId, name: Arc<str>) -> Self {
+        self.track = Some((id, name));
+        self
+    }
+
+    /// The id of the derived track this publishes (`None` for a published broadcast).
+    pub fn track_id(&self) -> Option<TrackId> {
+        self.track.as_ref().map(|(id, _)| *id)
     }
 
     /// The broadcast's name.
@@ -67,9 +80,25 @@ impl Publisher {
 
     /// Closes the current GoP and opens a new one. The bus assigns `header.seq`.
     /// Returns the new GoP's sequence number.
+    ///
+    /// A derived track's header lists exactly one track; the bus sets its id and name.
     pub fn open_gop(&mut self, mut header: GopHeader) -> Result<u64, BusError> {
+        if let Some((id, name)) = &self.track {
+            let [track] = header.tracks.as_mut_slice() else {
+                return Err(BusError::InvalidTrack(format!(
+                    "a derived track's GoP header lists exactly one track, not {}",
+                    header.tracks.len()
+                )));
+            };
+            track.id = *id;
+            if *track.name != **name {
+                track.name = name.to_string();
+            }
+        }
         let mut st = self.shared.write();
         self.check(&st)?;
+        let first = st.next_seq == 0;
+        let tracks_changed = st.gops.back().is_some_and(|g| g.header.tracks != header.tracks);
         header.seq = st.next_seq;
         st.next_seq += 1;
         let seq = header.seq;
@@ -86,15 +115,19 @@ impl Publisher {
         self.current = Some(gop);
         self.shared.stats.gops.fetch_add(1, Ordering::Relaxed);
         self.shared.wake_all();
+        self.bus.gop_opened(&self.shared.name, first, tracks_changed);
         Ok(seq)
     }
 
     /// Appends a frame to the current GoP.
-    pub fn push(&mut self, frame: Frame) -> Result<(), BusError> {
+    pub fn push(&mut self, mut frame: Frame) -> Result<(), BusError> {
         if self.token.is_cancelled() {
             return Err(self.dead_reason());
         }
         let gop = self.current.as_ref().ok_or(BusError::NoGop)?;
+        if let Some((id, _)) = &self.track {
+            frame.header.track = *id;
+        }
         let len = frame.payload.len();
         let dts = frame.header.dts;
         gop.frames_mut().push(frame);
@@ -126,12 +159,14 @@ impl Publisher {
             gop.close(how);
         }
         tracing::info!(broadcast = %self.shared.name, %reason, "broadcast ended");
-        st.ended = Some(reason);
+        st.ended = Some(reason.clone());
         st.publisher_token = None;
+        let had_gop = st.next_seq > 0;
         drop(st);
         self.token.cancel();
         self.shared.wake_all();
         self.bus.remove_if_same(&self.shared);
+        self.bus.ended(&self.shared.name, &reason, had_gop);
     }
 
     fn check(&self, st: &crate::broadcast::State) -> Result<(), BusError> {

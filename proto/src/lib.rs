@@ -18,12 +18,14 @@
 //! - [`flv`]: FLV audio/video tag headers as carried in RTMP messages.
 //! - [`avc`]: AVCDecoderConfigurationRecord, SPS, AVCC ↔ Annex B.
 //! - [`aac`]: AudioSpecificConfig, ADTS headers.
+//! - [`catalog`]: a broadcast's tracks, and the announcements of what is live.
 //! - [`wire`]: version + length framing around rkyv-archived messages.
 #![warn(missing_docs)]
 
 pub mod aac;
 pub mod avc;
 mod bits;
+pub mod catalog;
 mod error;
 pub mod flv;
 pub mod media;

@@ -14,6 +14,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+use crate::catalog::{Announcement, Catalog};
 use crate::media::{EndReason, FrameHeader, GopHeader};
 use crate::Error;
 
@@ -64,6 +65,42 @@ pub enum Control {
         /// Where to start.
         start: StartAt,
     },
+    /// A worker adds the derived track `track` to the live broadcast `broadcast`
+    /// and will send its GoPs on streams tagged `id` (no stream key, no takeover:
+    /// refused with [`ErrorCode::Taken`] while another worker holds the track).
+    AddTrack {
+        /// Request id.
+        id: u64,
+        /// The source broadcast.
+        broadcast: String,
+        /// The derived track's name (`audio/opus`, `video/480p`).
+        track: String,
+    },
+    /// Asks for every live broadcast with its catalog: answered by `Listing`.
+    List {
+        /// Request id.
+        id: u64,
+    },
+    /// The live broadcasts (answer to `List`).
+    Listing {
+        /// Request id.
+        id: u64,
+        /// Their catalogs.
+        live: Vec<Catalog>,
+    },
+    /// Asks for announcements: answered by `Ok`, then `Announced` messages,
+    /// the first an [`Announcement::Live`], until `Unsubscribe { id }`.
+    Watch {
+        /// Request id.
+        id: u64,
+    },
+    /// One announcement of watch `id`.
+    Announced {
+        /// Request id.
+        id: u64,
+        /// What changed.
+        announcement: Announcement,
+    },
     /// The subscriber no longer wants request `id`.
     Unsubscribe {
         /// Request id.
@@ -85,11 +122,27 @@ pub enum Control {
     Error {
         /// Request id.
         id: u64,
-        /// Whether the broadcast does not exist (as opposed to another failure).
-        not_found: bool,
+        /// What kind of failure.
+        code: ErrorCode,
         /// What went wrong, for the peer's log.
         message: String,
     },
+}
+
+/// Why a request failed, for the requester's code to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum ErrorCode {
+    /// The broadcast does not exist (nobody publishes it, no node has it).
+    NotFound,
+    /// Not allowed: a wrong bus token.
+    Refused,
+    /// The derived track is held by another worker.
+    Taken,
+    /// The request is malformed (a bad track name, an unexpected message).
+    Invalid,
+    /// Something else failed on the peer.
+    Internal,
 }
 
 /// Opens one GoP sub-channel stream: which request, which track, which GoP.
@@ -206,7 +259,20 @@ mod tests {
             Message::Control(Control::Hello { version: VERSION, token: "secret".into() }),
             Message::Control(Control::Subscribe { id: 3, broadcast: "alice".into(), start: StartAt::CurrentGop }),
             Message::Control(Control::End { id: 3, reason: EndReason::Error("boom".into()) }),
-            Message::Control(Control::Error { id: 0, not_found: false, message: "invalid bus token".into() }),
+            Message::Control(Control::Error { id: 0, code: ErrorCode::Refused, message: "invalid bus token".into() }),
+            Message::Control(Control::AddTrack { id: 4, broadcast: "alice".into(), track: "audio/opus".into() }),
+            Message::Control(Control::Announced {
+                id: 5,
+                announcement: Announcement::Live(vec![Catalog {
+                    name: "alice".into(),
+                    tracks: vec![TrackInfo::audio(AudioConfig {
+                        asc: vec![0x11, 0x90],
+                        object_type: 2,
+                        sample_rate: 48000,
+                        channels: 2,
+                    })],
+                }]),
+            }),
             Message::Stream(StreamHeader {
                 id: 3,
                 track: TrackId::AUDIO,
@@ -272,7 +338,8 @@ mod tests {
     #[test]
     fn corrupt_input_is_an_error() {
         let mut buf = BytesMut::new();
-        encode(&samples()[4], &mut buf);
+        let stream = samples().into_iter().find(|m| matches!(m, Message::Stream(_))).unwrap();
+        encode(&stream, &mut buf);
         let mut bad_version = buf.clone();
         bad_version[0] = 9;
         assert!(matches!(decode(&mut bad_version), Err(Error::Unsupported { .. })));

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gopbus_proto::wire::{Control, Message, StartAt, VERSION};
+use gopbus_proto::catalog::{Announcement, Catalog};
+use gopbus_proto::wire::{Control, ErrorCode, Message, StartAt, VERSION};
 use gopbus_proto::EndReason;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -16,9 +17,20 @@ use super::egress::send_broadcast;
 use super::ingress::{merge_into, Piece};
 use super::io::{Encoder, Reader, Writer};
 use super::{parse_url, QuicError};
-use crate::{Bus, BusConfig, SubscribeOptions, Subscriber};
+use crate::{Bus, BusConfig, SubscribeOptions, Subscriber, TrackSubscriber};
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<(), QuicError>>>>;
+/// A peer's answer to a request.
+enum Reply {
+    Ok,
+    Listing(Vec<Catalog>),
+    Error(ErrorCode, String),
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
+type Watches = Mutex<HashMap<u64, mpsc::Sender<Announcement>>>;
+
+/// Announcements a remote watch buffers for a slow reader before it is dropped.
+const WATCH_BACKLOG: usize = 1024;
 
 /// One connection to a bus node.
 pub struct BusClient {
@@ -26,6 +38,7 @@ pub struct BusClient {
     control: mpsc::Sender<Control>,
     routes: Arc<Routes>,
     pending: Arc<Pending>,
+    watches: Arc<Watches>,
     next_id: AtomicU64,
     url: String,
     _endpoint: quinn::Endpoint,
@@ -69,6 +82,7 @@ impl BusClient {
         match answer {
             Ok(Some(Message::Control(Control::Welcome))) => {}
             Ok(Some(Message::Control(Control::Error { message, .. }))) => return Err(QuicError::Refused(message)),
+            Ok(None) => return Err(QuicError::Closed),
             Ok(other) => return Err(QuicError::Protocol(format!("{url}: unexpected answer to hello: {other:?}"))),
             Err(e) => {
                 // The server may close with its reason before we read the error message.
@@ -83,12 +97,14 @@ impl BusClient {
         let routes = Arc::new(Routes::paced(max_rate.map(|r| Arc::new(super::conn::Pacer::new(r)))));
         tokio::spawn(accept_streams(conn.clone(), routes.clone()));
         let pending: Arc<Pending> = Arc::default();
-        tokio::spawn(read_control(reader, routes.clone(), pending.clone()));
+        let watches: Arc<Watches> = Arc::default();
+        tokio::spawn(read_control(reader, routes.clone(), pending.clone(), watches.clone()));
         Ok(Self {
             conn,
             control,
             routes,
             pending,
+            watches,
             next_id: AtomicU64::new(1),
             url: url.to_owned(),
             _endpoint: endpoint,
@@ -121,13 +137,11 @@ impl BusClient {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel::<Piece>(256);
         self.routes.insert(id, tx);
-        let answer = self.request(id, Control::Subscribe { id, broadcast: broadcast.to_owned(), start }).await;
+        let answer =
+            self.request(id, Control::Subscribe { id, broadcast: broadcast.to_owned(), start }, broadcast).await;
         if let Err(e) = answer {
             self.routes.remove(id);
-            return Err(match e {
-                QuicError::Refused(m) if m.contains("not found") => QuicError::NotFound(broadcast.to_owned()),
-                other => other,
-            });
+            return Err(e);
         }
         let publisher = bus.publish(broadcast);
         let name = broadcast.to_owned();
@@ -155,28 +169,108 @@ impl BusClient {
         Ok(RemoteSubscriber { sub, remote, _bus: bus })
     }
 
+    /// Subscribes to the tracks called `tracks` of `broadcast` (published and
+    /// derived, as [`Bus::subscribe_tracks`]) and merges them as in process. A
+    /// derived track the node does not have when this is called is left out.
+    pub async fn subscribe_tracks(
+        &self,
+        broadcast: &str,
+        tracks: &[&str],
+        start: StartAt,
+        config: BusConfig,
+    ) -> Result<RemoteTrackSubscriber, QuicError> {
+        let bus = Bus::new(config);
+        // Subscribed before the bridges publish, so no first GoP is missed.
+        let sub = bus.subscribe_tracks(broadcast, tracks, SubscribeOptions::default());
+        let lanes: Vec<String> = sub.lanes().map(str::to_owned).collect();
+        let mut remotes = Vec::with_capacity(lanes.len());
+        for (i, lane) in lanes.iter().enumerate() {
+            match self.subscribe_into(lane, if i == 0 { start } else { StartAt::CurrentGop }, &bus).await {
+                Ok(r) => remotes.push(r),
+                Err(QuicError::NotFound(_)) if i > 0 => {
+                    tracing::info!(track = %lane, "derived track not found; left out")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(RemoteTrackSubscriber { sub, _remotes: remotes, _bus: bus })
+    }
+
+    /// The node's live broadcasts with their catalogs.
+    pub async fn list(&self) -> Result<Vec<Catalog>, QuicError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match self.ask(id, Control::List { id }).await? {
+            Reply::Listing(live) => Ok(live),
+            Reply::Error(code, message) => Err(QuicError::from_peer(code, "", message)),
+            Reply::Ok => Err(QuicError::Protocol("List answered without a listing".into())),
+        }
+    }
+
+    /// Watches the node's announcements: broadcasts starting, changing tracks
+    /// and ending, as [`Bus::announcements`] in process. Starts with
+    /// [`Announcement::Live`].
+    pub async fn watch(&self) -> Result<RemoteWatch, QuicError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(WATCH_BACKLOG);
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        if let Err(e) = self.request(id, Control::Watch { id }, "").await {
+            self.watches.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return Err(e);
+        }
+        Ok(RemoteWatch { id, rx, control: self.control.clone(), watches: self.watches.clone() })
+    }
+
+    /// Adds the derived track `track` to the node's live broadcast `broadcast`
+    /// (as [`Bus::add_track`]) and sends it the broadcast `sub` reads: each GoP
+    /// header listing the one track, GoPs starting at the source's GoP
+    /// timestamps. Refused with [`QuicError::Taken`] while another worker holds
+    /// the track, [`QuicError::NotFound`] when the broadcast is not live there.
+    pub async fn add_track(
+        &self,
+        broadcast: &str,
+        track: &str,
+        sub: Subscriber,
+    ) -> Result<RemotePublication, QuicError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = Control::AddTrack { id, broadcast: broadcast.to_owned(), track: track.to_owned() };
+        self.request(id, request, broadcast).await?;
+        Ok(self.send_from(id, format!("{broadcast}/{track}"), sub))
+    }
+
     /// Publishes the broadcast `sub` reads (from a local bus) to the node as `broadcast`.
     pub async fn publish_from(&self, broadcast: &str, sub: Subscriber) -> Result<RemotePublication, QuicError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.request(id, Control::Announce { id, broadcast: broadcast.to_owned() }).await?;
+        self.request(id, Control::Announce { id, broadcast: broadcast.to_owned() }, broadcast).await?;
+        Ok(self.send_from(id, broadcast.to_owned(), sub))
+    }
+
+    fn send_from(&self, id: u64, name: String, sub: Subscriber) -> RemotePublication {
         let cancel = CancellationToken::new();
         let (conn, control, c) = (self.conn.clone(), self.control.clone(), cancel.clone());
-        let name = broadcast.to_owned();
         let task = tokio::spawn(async move {
             if let Err(e) = send_broadcast(conn, id, sub, control, c).await {
                 tracing::info!(broadcast = %name, error = %e, "publishing to the bus stopped");
             }
         });
-        Ok(RemotePublication { cancel, task })
+        RemotePublication { cancel, task }
     }
 
-    async fn request(&self, id: u64, msg: Control) -> Result<(), QuicError> {
+    /// Sends request `id` and waits for `Ok`; an error answer about `broadcast` becomes its [`QuicError`].
+    async fn request(&self, id: u64, msg: Control, broadcast: &str) -> Result<(), QuicError> {
+        match self.ask(id, msg).await? {
+            Reply::Ok => Ok(()),
+            Reply::Error(code, message) => Err(QuicError::from_peer(code, broadcast, message)),
+            Reply::Listing(_) => Err(QuicError::Protocol("unexpected listing".into())),
+        }
+    }
+
+    async fn ask(&self, id: u64, msg: Control) -> Result<Reply, QuicError> {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        self.control.send(msg).await.map_err(|_| QuicError::Connection("control stream closed".into()))?;
+        self.control.send(msg).await.map_err(|_| QuicError::Closed)?;
         match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(QuicError::Connection("connection closed".into())),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(QuicError::Closed),
             Err(_) => {
                 self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 Err(QuicError::Timeout(format!("no answer from {}", self.url)))
@@ -191,11 +285,11 @@ impl Drop for BusClient {
     }
 }
 
-/// Dispatches the server's control messages: answers to requests, and ends.
-async fn read_control(mut reader: Reader, routes: Arc<Routes>, pending: Arc<Pending>) {
+/// Dispatches the server's control messages: answers to requests, ends and announcements.
+async fn read_control(mut reader: Reader, routes: Arc<Routes>, pending: Arc<Pending>, watches: Arc<Watches>) {
     loop {
         let Ok(Some(Message::Control(msg))) = reader.message().await else { break };
-        let answer = |id: u64, r: Result<(), QuicError>| {
+        let answer = |id: u64, r: Reply| {
             if let Some(tx) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
                 let _ = tx.send(r);
                 true
@@ -205,15 +299,23 @@ async fn read_control(mut reader: Reader, routes: Arc<Routes>, pending: Arc<Pend
         };
         match msg {
             Control::Ok { id } => {
-                answer(id, Ok(()));
+                answer(id, Reply::Ok);
             }
-            Control::Error { id, not_found, message } => {
-                let err = if not_found {
-                    QuicError::Refused(format!("not found: {message}"))
-                } else {
-                    QuicError::Refused(message.clone())
-                };
-                if !answer(id, Err(err)) {
+            Control::Listing { id, live } => {
+                answer(id, Reply::Listing(live));
+            }
+            Control::Announced { id, announcement } => {
+                let mut w = watches.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(tx) = w.get(&id) {
+                    if tx.try_send(announcement).is_err() {
+                        // Full (a reader this far behind rebuilds from a new watch) or dropped.
+                        tracing::info!(id, "announcement watcher fell behind or left; its watch ends");
+                        w.remove(&id);
+                    }
+                }
+            }
+            Control::Error { id, code, message } => {
+                if !answer(id, Reply::Error(code, message.clone())) {
                     if let Some(tx) = routes.get(id) {
                         let _ = tx.send(Piece::End(EndReason::Error(message))).await;
                     }
@@ -231,6 +333,53 @@ async fn read_control(mut reader: Reader, routes: Arc<Routes>, pending: Arc<Pend
     // The connection is gone: every remote broadcast ends (its GoP cut short).
     routes.clear();
     pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    watches.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+/// A watch of a node's announcements ([`BusClient::watch`]). Dropping it stops the watch.
+pub struct RemoteWatch {
+    id: u64,
+    rx: mpsc::Receiver<Announcement>,
+    control: mpsc::Sender<Control>,
+    watches: Arc<Watches>,
+}
+
+impl RemoteWatch {
+    /// The next announcement; `None` when the connection is gone or this reader
+    /// fell more than 1024 announcements behind: watch again (a new watch
+    /// starts with [`Announcement::Live`]).
+    pub async fn next(&mut self) -> Option<Announcement> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for RemoteWatch {
+    fn drop(&mut self) {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        let _ = self.control.try_send(Control::Unsubscribe { id: self.id });
+    }
+}
+
+/// Chosen tracks of a remote broadcast, merged ([`BusClient::subscribe_tracks`]):
+/// derefs to the [`TrackSubscriber`] of the private bus the bridges fill.
+/// Dropping it unsubscribes.
+pub struct RemoteTrackSubscriber {
+    sub: TrackSubscriber,
+    _remotes: Vec<RemoteSubscription>,
+    _bus: Bus,
+}
+
+impl std::ops::Deref for RemoteTrackSubscriber {
+    type Target = TrackSubscriber;
+    fn deref(&self) -> &TrackSubscriber {
+        &self.sub
+    }
+}
+
+impl std::ops::DerefMut for RemoteTrackSubscriber {
+    fn deref_mut(&mut self) -> &mut TrackSubscriber {
+        &mut self.sub
+    }
 }
 
 /// A subscription whose broadcast a bridge replays into a local bus.

@@ -33,7 +33,9 @@ pub mod relay;
 mod server;
 pub mod tls;
 
-pub use client::{BusClient, RemotePublication, RemoteSubscriber, RemoteSubscription};
+pub use client::{
+    BusClient, RemotePublication, RemoteSubscriber, RemoteSubscription, RemoteTrackSubscriber, RemoteWatch,
+};
 pub use error::QuicError;
 pub use relay::{Relay, Source};
 pub use server::{BusServer, Upstream};

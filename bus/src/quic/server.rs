@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gopbus_proto::wire::{Control, Message, StartAt, VERSION};
+use gopbus_proto::wire::{Control, ErrorCode, Message, StartAt, VERSION};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -169,6 +169,53 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Cancel
                 );
                 let _ = control_tx.send(Control::Ok { id }).await;
             }
+            Control::AddTrack { id, broadcast, track } => match shared.bus.add_track(&broadcast, &track) {
+                Ok(publisher) => {
+                    let (tx, rx) = mpsc::channel::<Piece>(256);
+                    routes.insert(id, tx);
+                    tracing::info!(broadcast = %broadcast, track = %track, id, "remote worker added a track");
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = merge_into(rx, publisher).await {
+                                tracing::warn!(error = %e, "remote track dropped");
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                    let _ = control_tx.send(Control::Ok { id }).await;
+                }
+                Err(e) => {
+                    tracing::info!(broadcast = %broadcast, track = %track, error = %e, "track refused");
+                    let e = QuicError::from(e);
+                    let _ = control_tx.send(Control::Error { id, code: e.code(), message: e.to_string() }).await;
+                }
+            },
+            Control::List { id } => {
+                let _ = control_tx.send(Control::Listing { id, live: shared.bus.catalogs() }).await;
+            }
+            Control::Watch { id } => {
+                let token = cancel.child_token();
+                subscriptions.insert(id, token.clone());
+                let (bus, control) = (shared.bus.clone(), control_tx.clone());
+                tokio::spawn(
+                    async move {
+                        let mut announcements = bus.announcements();
+                        if control.send(Control::Ok { id }).await.is_err() {
+                            return;
+                        }
+                        loop {
+                            let announcement = tokio::select! {
+                                _ = token.cancelled() => return,
+                                a = announcements.next() => a,
+                            };
+                            if control.send(Control::Announced { id, announcement }).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
             Control::Subscribe { id, broadcast, start } => {
                 let token = cancel.child_token();
                 subscriptions.insert(id, token.clone());
@@ -198,7 +245,7 @@ async fn refuse(conn: &quinn::Connection, writer: &mut Writer, message: &str) {
     let _ = writer
         .send(
             &mut Encoder::default(),
-            &Message::Control(Control::Error { id: 0, not_found: false, message: message.to_owned() }),
+            &Message::Control(Control::Error { id: 0, code: ErrorCode::Refused, message: message.to_owned() }),
             &[],
         )
         .await;
@@ -238,9 +285,8 @@ async fn serve_subscription(
         a = available => a,
     };
     if let Err(e) = available {
-        let not_found = matches!(e, QuicError::NotFound(_));
         tracing::info!(broadcast = %broadcast, error = %e, "remote subscription refused");
-        let _ = control.send(Control::Error { id, not_found, message: e.to_string() }).await;
+        let _ = control.send(Control::Error { id, code: e.code(), message: e.to_string() }).await;
         return;
     }
     let sub = shared.bus.subscribe(&broadcast, SubscribeOptions { start, max_lag: None });

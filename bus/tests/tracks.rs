@@ -1,0 +1,294 @@
+//! Derived tracks, track selection, the catalog and announcements, in process.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gopbus_bus::{Announcement, Bus, BusConfig, BusError, Event, Publisher, SubscribeOptions, TrackSubscriber};
+use gopbus_proto::{
+    AudioConfig, Codec, EndReason, Frame, FrameFlags, FrameHeader, GopHeader, OpusConfig, Payload, TrackId, TrackInfo,
+    VideoConfig,
+};
+
+fn video_config(width: u32) -> VideoConfig {
+    VideoConfig { avcc: vec![1, 100, 0, 31, width as u8], width, height: width * 9 / 16, profile: 100, level: 31 }
+}
+
+fn source_header(start: i64, width: u32) -> GopHeader {
+    GopHeader {
+        seq: 0,
+        start_dts: start,
+        tracks: vec![
+            TrackInfo::video(video_config(width)),
+            TrackInfo::audio(AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 }),
+        ],
+        metadata: None,
+    }
+}
+
+/// A derived track's header: one track; the bus fills in its id and name.
+fn derived_header(start: i64, codec: Codec) -> GopHeader {
+    GopHeader {
+        seq: 0,
+        start_dts: start,
+        tracks: vec![TrackInfo { id: TrackId(0), name: String::new(), codec }],
+        metadata: None,
+    }
+}
+
+fn opus() -> Codec {
+    Codec::Opus(OpusConfig { channels: 2, input_sample_rate: 48000, pre_skip: 312 })
+}
+
+fn frame(track: TrackId, dts: i64, key: bool) -> Frame {
+    let flags = if key { FrameFlags::KEYFRAME } else { FrameFlags::default() };
+    let payload = Payload::from_bytes(Bytes::from(vec![track.0; 8]));
+    Frame { header: FrameHeader { track, dts, cts: 0, flags, len: 8 }, payload }
+}
+
+/// Source GoP `g` (1 s long from `g * 1000`): video every 40 ms, AAC every 21 ms, interleaved by dts.
+fn push_source_gop(p: &mut Publisher, g: i64) {
+    p.open_gop(source_header(g * 1000, 640)).unwrap();
+    let (mut v, mut a) = (0i64, 0i64);
+    while v < 1000 || a < 1000 {
+        if v <= a && v < 1000 {
+            p.push(frame(TrackId::VIDEO, g * 1000 + v, v == 0)).unwrap();
+            v += 40;
+        } else {
+            p.push(frame(TrackId::AUDIO, g * 1000 + a, true)).unwrap();
+            a += 21;
+        }
+    }
+}
+
+/// The Opus rendering of source GoP `g`: a frame every 20 ms (the track id is the bus's).
+fn push_opus_gop(p: &mut Publisher, g: i64) {
+    p.open_gop(derived_header(g * 1000, opus())).unwrap();
+    for i in 0..50 {
+        p.push(frame(TrackId(99), g * 1000 + i * 20, true)).unwrap();
+    }
+}
+
+/// The 480p rendering of source GoP `g`: a keyframe at the source's, then a frame every 40 ms.
+fn push_480p_gop(p: &mut Publisher, g: i64) {
+    p.open_gop(derived_header(g * 1000, Codec::H264(video_config(480)))).unwrap();
+    for i in 0..25 {
+        p.push(frame(TrackId(99), g * 1000 + i * 40, i == 0)).unwrap();
+    }
+}
+
+type Gop = (std::sync::Arc<GopHeader>, Vec<Frame>);
+
+/// Everything the subscriber has until it goes quiet for 200 ms, as GoPs (plus the end, if it came).
+async fn gops(s: &mut TrackSubscriber) -> (Vec<Gop>, Option<EndReason>) {
+    let mut out: Vec<Gop> = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), s.next()).await {
+            Ok(Event::Gop(h)) => out.push((h, Vec::new())),
+            Ok(Event::Frame(f)) => out.last_mut().expect("a GoP header before frames").1.push(f),
+            Ok(Event::End(r)) => return (out, Some(r)),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => return (out, None),
+        }
+    }
+}
+
+fn names(h: &GopHeader) -> Vec<&str> {
+    h.tracks.iter().map(|t| t.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_worker_adds_a_track_without_taking_the_broadcast_over() {
+    let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut source = bus.publish("alice");
+    push_source_gop(&mut source, 0);
+
+    assert_eq!(bus.add_track("bob", "audio/opus").err(), Some(BusError::NotLive("bob".into())));
+    assert!(matches!(bus.add_track("alice", "video"), Err(BusError::InvalidTrack(_))));
+    assert!(matches!(bus.add_track("alice", "Bad Name"), Err(BusError::InvalidTrack(_))));
+    let mut worker = bus.add_track("alice", "audio/opus").unwrap();
+    assert_eq!(worker.track_id(), Some(TrackId::FIRST_DERIVED));
+    assert_eq!(bus.add_track("alice", "audio/opus").err(), Some(BusError::TrackTaken("alice/audio/opus".into())));
+    // A derived GoP header lists exactly one track.
+    assert!(matches!(worker.open_gop(source_header(0, 640)), Err(BusError::InvalidTrack(_))));
+    push_opus_gop(&mut worker, 0);
+
+    // The source is untouched: same publisher, still pushing.
+    assert!(source.is_active());
+    let catalog = bus.catalog("alice").unwrap();
+    let listed: Vec<(&str, u8, &str)> =
+        catalog.tracks.iter().map(|t| (t.name.as_str(), t.id.0, t.codec.name())).collect();
+    assert_eq!(listed, [("video", 0, "h264"), ("audio", 1, "aac"), ("audio/opus", 16, "opus")]);
+    assert_eq!(bus.catalogs().len(), 1, "a derived track is not a broadcast of its own in the list");
+
+    let mut chosen = bus.subscribe_tracks("alice", &["video", "audio/opus"], SubscribeOptions::default());
+    let mut published = bus.subscribe_tracks("alice", &[], SubscribeOptions::default());
+    let mut plain = bus.subscribe("alice", SubscribeOptions::default());
+
+    push_source_gop(&mut source, 1);
+    push_opus_gop(&mut worker, 1);
+    push_source_gop(&mut source, 2);
+
+    // GoP 2 waits for the Opus worker, which is live: it may still render it.
+    let (got, _) = gops(&mut chosen).await;
+    assert_eq!(got.len(), 2);
+    for (g, (h, frames)) in got.iter().enumerate() {
+        let g = g as i64;
+        assert_eq!(h.start_dts, g * 1000);
+        assert_eq!(names(h), ["video", "audio/opus"]);
+        assert_eq!(h.tracks[1].id, TrackId(16));
+        assert!(matches!(h.tracks[1].codec, Codec::Opus(_)));
+        // Starts at the video keyframe, then both tracks in decode order; no AAC.
+        assert_eq!((frames[0].header.track, frames[0].header.dts), (TrackId::VIDEO, g * 1000));
+        assert!(frames[0].header.is_keyframe());
+        assert!(frames.windows(2).all(|w| w[0].header.dts <= w[1].header.dts), "decode order");
+        assert_eq!(frames.iter().filter(|f| f.header.track == TrackId::VIDEO).count(), 25);
+        assert_eq!(frames.iter().filter(|f| f.header.track == TrackId(16)).count(), 50);
+        assert!(frames.iter().all(|f| f.header.track != TrackId::AUDIO));
+    }
+
+    // Subscribers of the published tracks see exactly what the publisher pushed.
+    let mut plain_frames = Vec::new();
+    while let Some(ev) = plain.try_next() {
+        if let Event::Frame(f) = ev {
+            plain_frames.push(f.header);
+        }
+    }
+    assert_eq!(plain_frames.len(), 3 * (25 + 48));
+    assert!(plain_frames.iter().all(|h| h.track == TrackId::VIDEO || h.track == TrackId::AUDIO));
+    let mut merged = Vec::new();
+    for (h, frames) in gops(&mut published).await.0 {
+        assert_eq!(names(&h), ["video", "audio"]);
+        merged.extend(frames.into_iter().map(|f| f.header));
+    }
+    assert_eq!(merged, plain_frames, "the published tracks, in the publisher's order");
+
+    // The derived track ends with its source.
+    source.end(EndReason::PublisherLeft);
+    assert_eq!(worker.push(frame(TrackId(99), 2000, true)).err(), Some(BusError::Ended));
+    assert!(bus.catalog("alice").is_none());
+    assert!(!bus.is_live("alice/audio/opus"));
+    // Now GoP 2 comes without Opus (its worker never rendered it), and the header says so.
+    let (got, end) = gops(&mut chosen).await;
+    assert_eq!(got.len(), 1);
+    let (h, frames) = &got[0];
+    assert_eq!(names(h), ["video"]);
+    assert_eq!(frames.len(), 25);
+    assert!(frames.iter().all(|f| f.header.track == TrackId::VIDEO));
+    assert_eq!(end, Some(EndReason::PublisherLeft));
+}
+
+#[tokio::test]
+async fn a_rendition_one_gop_behind_drives_its_subscribers_aligned_with_the_source() {
+    let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut source = bus.publish("cam");
+    push_source_gop(&mut source, 0);
+    let mut sub = bus.subscribe_tracks("cam", &["video/480p", "audio"], SubscribeOptions::default());
+    let mut worker = bus.add_track("cam", "video/480p").unwrap();
+    // A transcoder renders GoP k once the source has moved on to GoP k+1.
+    for g in 1..4 {
+        push_source_gop(&mut source, g);
+        push_480p_gop(&mut worker, g - 1);
+    }
+    let (got, _) = gops(&mut sub).await;
+    assert_eq!(got.len(), 3);
+    for (g, (h, frames)) in got.iter().enumerate() {
+        let g = g as i64;
+        assert_eq!(h.start_dts, g * 1000, "the rendition's GoP k starts where the source's does");
+        assert_eq!(names(h), ["video/480p", "audio"]);
+        let Codec::H264(v) = &h.tracks[0].codec else { panic!("h264") };
+        assert_eq!(v.width, 480);
+        let first = &frames[0].header;
+        assert!(first.track == TrackId(16) && first.is_keyframe() && first.dts == g * 1000);
+        assert!(frames.windows(2).all(|w| w[0].header.dts <= w[1].header.dts));
+        if g == 2 {
+            // The rendition's GoP 2 is still open: the merge holds the source's
+            // audio past the rendition's last frame (it could still send earlier frames).
+            assert_eq!(frames.last().unwrap().header.dts, 2960);
+            continue;
+        }
+        assert_eq!(frames.iter().filter(|f| f.header.track == TrackId::AUDIO).count(), 48);
+        assert_eq!(frames.iter().filter(|f| f.header.track == TrackId(16)).count(), 25);
+    }
+
+    // The worker dies; a new one takes the track over and keeps its id.
+    drop(worker);
+    assert!(!bus.is_live("cam/video/480p"));
+    let mut second = bus.add_track("cam", "video/480p").unwrap();
+    assert_eq!(second.track_id(), Some(TrackId(16)));
+    push_source_gop(&mut source, 4);
+    push_480p_gop(&mut second, 3);
+    // The rest of GoP 2 (the audio the merge held back), the cut, then GoP 3 from the new worker.
+    let mut rest = Vec::new();
+    let header = loop {
+        match tokio::time::timeout(Duration::from_secs(2), sub.next()).await.expect("an event") {
+            Event::Gop(h) => break h,
+            Event::Frame(f) => rest.push((f.header.track, f.header.dts)),
+            Event::CutShort { seq } => rest.push((TrackId(255), seq as i64)),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(rest, [(TrackId::AUDIO, 2966), (TrackId::AUDIO, 2987), (TrackId(255), 2)]);
+    assert_eq!((header.start_dts, names(&header)), (3000, vec!["video/480p", "audio"]));
+}
+
+#[tokio::test]
+async fn announcements_tell_start_track_changes_and_end_once_each() {
+    let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut watch = bus.announcements();
+    assert_eq!(watch.next().await, Announcement::Live(Vec::new()));
+
+    let mut source = bus.publish("alice");
+    push_source_gop(&mut source, 0);
+    push_source_gop(&mut source, 1); // same tracks: no announcement
+    let mut worker = bus.add_track("alice", "audio/opus").unwrap();
+    push_opus_gop(&mut worker, 1);
+    push_opus_gop(&mut worker, 2); // same track: no announcement
+    source.open_gop(source_header(2000, 1280)).unwrap(); // a new resolution
+    drop(worker);
+    source.end(EndReason::KeyRevoked);
+
+    let mut seen = Vec::new();
+    while let Ok(a) = tokio::time::timeout(Duration::from_millis(200), watch.next()).await {
+        seen.push(a);
+    }
+    let summary: Vec<String> = seen
+        .iter()
+        .map(|a| match a {
+            Announcement::Started(c) => {
+                format!("started {} {:?}", c.name, c.tracks.iter().map(|t| &t.name).collect::<Vec<_>>())
+            }
+            Announcement::Changed(c) => {
+                format!("changed {} {:?}", c.name, c.tracks.iter().map(|t| &t.name).collect::<Vec<_>>())
+            }
+            Announcement::Ended(e) => format!("ended {} {}", e.name, e.reason),
+            Announcement::Live(l) => format!("live {}", l.len()),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            r#"started alice ["video", "audio"]"#,
+            r#"changed alice ["video", "audio", "audio/opus"]"#,
+            r#"changed alice ["video", "audio", "audio/opus"]"#,
+            r#"changed alice ["video", "audio"]"#,
+            "ended alice stream key revoked",
+        ]
+    );
+    // The third is the resolution change.
+    let Announcement::Changed(c) = &seen[2] else { unreachable!() };
+    assert_eq!(c.tracks[0].codec, Codec::H264(video_config(1280)));
+
+    // A watcher that falls behind gets the live list instead of what it missed.
+    let mut slow = bus.announcements();
+    let _ = slow.next().await;
+    let mut keep = Vec::new();
+    for i in 0..gopbus_bus::ANNOUNCEMENT_BACKLOG + 10 {
+        let mut p = bus.publish(&format!("s{i}"));
+        p.open_gop(source_header(0, 640)).unwrap();
+        keep.push(p);
+    }
+    match slow.next().await {
+        Announcement::Live(l) => assert_eq!(l.len(), gopbus_bus::ANNOUNCEMENT_BACKLOG + 10),
+        other => panic!("expected the live list, got {other:?}"),
+    }
+}
