@@ -1,49 +1,172 @@
-//! `gopbus serve` settings: defaults, then a TOML file, then `GOPBUS_*`
-//! environment variables, then flags (each overriding the one before).
+//! Settings of every command, one block per subsystem.
+//!
+//! Each block is a set of flags (each with its `GOPBUS_*` environment
+//! variable) that every command having that subsystem flattens in, and the
+//! same keys in the TOML file (`--config`), which every node command reads in
+//! one format. A setting comes from, in increasing order of precedence: its
+//! default (written once, in [`defaults`]), the file, the environment, the
+//! flag.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
 
-/// Settings as given on the command line or in the environment (clap) or in the
-/// TOML file (serde). Every field is optional so that layers can be merged.
-#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+/// Every default, once.
+pub(crate) mod defaults {
+    pub(crate) const RTMP: &str = "0.0.0.0:1935";
+    pub(crate) const HTTP: &str = "0.0.0.0:8080";
+    pub(crate) const QUIC: &str = "0.0.0.0:4443";
+    pub(crate) const DATA: &str = "./data";
+    pub(crate) const PUBLIC_HOST: &str = "localhost";
+    pub(crate) const MAX_CONNECTIONS: usize = 1024;
+    pub(crate) const GOP_WINDOW: usize = 2;
+    pub(crate) const IDLE_TIMEOUT_SECS: u64 = 30;
+    pub(crate) const DIRECTORY_TTL_SECS: u64 = 5;
+    pub(crate) const RELAY_LINGER_SECS: u64 = 5;
+}
+
+/// The TOML file: the keys of every block, named as the flags with `_` for `-`.
+/// A command uses the keys of its blocks and ignores the others, so one file
+/// can serve every node of a machine; an unknown key is an error.
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ServeArgs {
-    /// TOML file with any of these settings (flags and environment win over it).
-    #[arg(long, env = "GOPBUS_CONFIG")]
-    #[serde(skip)]
+pub(crate) struct File {
+    pub(crate) data: Option<PathBuf>,
+    pub(crate) rtmp: Option<SocketAddr>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) idle_timeout: Option<u64>,
+    pub(crate) http: Option<SocketAddr>,
+    pub(crate) public_host: Option<String>,
+    pub(crate) quic: Option<SocketAddr>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) bus_token: Option<String>,
+    pub(crate) bus_ca: Option<PathBuf>,
+    pub(crate) gop_window: Option<usize>,
+    pub(crate) redis: Option<String>,
+    pub(crate) upstream: Option<String>,
+    pub(crate) advertise: Option<String>,
+    pub(crate) directory_ttl: Option<u64>,
+    pub(crate) bus: Option<String>,
+}
+
+fn parse(text: &str, default: &str) -> SocketAddr {
+    text.parse().unwrap_or_else(|_| panic!("default {default} parses"))
+}
+
+/// `--config` and `--data`: every node command.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct CommonArgs {
+    /// TOML file with any of these settings (the environment and flags win over it).
+    #[arg(long, env = "GOPBUS_CONFIG", global = true)]
     pub(crate) config: Option<PathBuf>,
+    /// Data directory: stream keys, bus token and certificate, recordings [default: ./data].
+    #[arg(long, env = "GOPBUS_DATA", global = true)]
+    pub(crate) data: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    /// The config file's settings (empty without `--config`).
+    pub(crate) fn file(&self) -> anyhow::Result<File> {
+        match &self.config {
+            Some(path) => load(path),
+            None => Ok(File::default()),
+        }
+    }
+
+    pub(crate) fn data(&self, file: &File) -> PathBuf {
+        self.data.clone().or_else(|| file.data.clone()).unwrap_or_else(|| PathBuf::from(defaults::DATA))
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<File> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// RTMP ingest and play.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct RtmpArgs {
     /// RTMP listen address [default: 0.0.0.0:1935].
     #[arg(long, env = "GOPBUS_RTMP")]
     pub(crate) rtmp: Option<SocketAddr>,
-    /// HTTP listen address (health, and later UI, API, WHEP, HLS) [default: 0.0.0.0:8080].
-    #[arg(long, env = "GOPBUS_HTTP")]
-    pub(crate) http: Option<SocketAddr>,
-    /// QUIC bus listen address (UDP): remote subscribers, relays and publishers [default: 0.0.0.0:4443].
-    #[arg(long, env = "GOPBUS_QUIC")]
-    pub(crate) quic: Option<SocketAddr>,
-    /// Data directory (stream-key database, recordings) [default: ./data].
-    #[arg(long, env = "GOPBUS_DATA")]
-    pub(crate) data: Option<PathBuf>,
-    /// Host name printed in URLs for publishers and players [default: localhost].
-    #[arg(long, env = "GOPBUS_PUBLIC_HOST")]
-    pub(crate) public_host: Option<String>,
     /// Most RTMP connections at once [default: 1024].
     #[arg(long, env = "GOPBUS_MAX_CONNECTIONS")]
     pub(crate) max_connections: Option<usize>,
-    /// Past GoPs kept per broadcast besides the current one [default: 2].
-    #[arg(long, env = "GOPBUS_GOP_WINDOW")]
-    pub(crate) gop_window: Option<usize>,
     /// Seconds of silence after which an RTMP connection is closed [default: 30].
     #[arg(long, env = "GOPBUS_IDLE_TIMEOUT")]
     pub(crate) idle_timeout: Option<u64>,
-    /// Token every bus connection must present [default: made on first start, kept in DATA/bus-token].
-    #[arg(long, env = "GOPBUS_BUS_TOKEN")]
-    pub(crate) bus_token: Option<String>,
-    /// TLS certificate (PEM) for the QUIC bus [default: self-signed, DATA/bus-cert.pem].
+}
+
+/// Resolved [`RtmpArgs`].
+#[derive(Debug, Clone)]
+pub(crate) struct Rtmp {
+    pub(crate) listen: SocketAddr,
+    pub(crate) max_connections: usize,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Rtmp {
+    /// The ingest server's settings.
+    pub(crate) fn ingest(&self) -> gopbus_ingest::IngestConfig {
+        gopbus_ingest::IngestConfig {
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            ..gopbus_ingest::IngestConfig::default()
+        }
+    }
+}
+
+impl RtmpArgs {
+    pub(crate) fn resolve(&self, f: &File) -> Rtmp {
+        Rtmp {
+            listen: self.rtmp.or(f.rtmp).unwrap_or_else(|| parse(defaults::RTMP, "rtmp")),
+            max_connections: self.max_connections.or(f.max_connections).unwrap_or(defaults::MAX_CONNECTIONS),
+            idle_timeout: Duration::from_secs(
+                self.idle_timeout.or(f.idle_timeout).unwrap_or(defaults::IDLE_TIMEOUT_SECS).max(1),
+            ),
+        }
+    }
+}
+
+/// The HTTP server (health, and the routers of the subscribers that serve HTTP).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct HttpArgs {
+    /// HTTP listen address [default: 0.0.0.0:8080].
+    #[arg(long, env = "GOPBUS_HTTP")]
+    pub(crate) http: Option<SocketAddr>,
+}
+
+impl HttpArgs {
+    pub(crate) fn resolve(&self, f: &File) -> SocketAddr {
+        self.http.or(f.http).unwrap_or_else(|| parse(defaults::HTTP, "http"))
+    }
+}
+
+/// The host name printed in URLs.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct PublicArgs {
+    /// Host name printed in URLs for publishers and players [default: localhost].
+    #[arg(long, env = "GOPBUS_PUBLIC_HOST", global = true)]
+    pub(crate) public_host: Option<String>,
+}
+
+impl PublicArgs {
+    pub(crate) fn resolve(&self, f: &File) -> String {
+        self.public_host.clone().or_else(|| f.public_host.clone()).unwrap_or_else(|| defaults::PUBLIC_HOST.into())
+    }
+}
+
+/// A QUIC bus listener.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct QuicArgs {
+    /// QUIC bus listen address (UDP) [default: 0.0.0.0:4443].
+    #[arg(long, env = "GOPBUS_QUIC")]
+    pub(crate) quic: Option<SocketAddr>,
+    /// TLS certificate (PEM) of the QUIC bus [default: self-signed, DATA/bus-cert.pem].
     #[arg(long, env = "GOPBUS_TLS_CERT")]
     pub(crate) tls_cert: Option<PathBuf>,
     /// TLS private key (PEM) for `--tls-cert`.
@@ -51,51 +174,131 @@ pub(crate) struct ServeArgs {
     pub(crate) tls_key: Option<PathBuf>,
 }
 
-/// The merged settings.
+/// Resolved [`QuicArgs`].
 #[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) rtmp: SocketAddr,
-    pub(crate) http: SocketAddr,
-    pub(crate) quic: SocketAddr,
-    pub(crate) data: PathBuf,
-    pub(crate) public_host: String,
-    pub(crate) max_connections: usize,
-    pub(crate) gop_window: usize,
-    pub(crate) idle_timeout: u64,
-    pub(crate) bus_token: Option<String>,
+pub(crate) struct Quic {
+    pub(crate) listen: SocketAddr,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
 }
 
-impl ServeArgs {
-    /// Merges flags/environment (`self`) over the file over the defaults.
-    pub(crate) fn resolve(self) -> anyhow::Result<Settings> {
-        let file = match &self.config {
-            Some(path) => load(path)?,
-            None => Self::default(),
-        };
-        let pick = |a: Option<SocketAddr>, b: Option<SocketAddr>, d: &str| {
-            a.or(b).unwrap_or_else(|| d.parse().expect("valid default"))
-        };
-        Ok(Settings {
-            rtmp: pick(self.rtmp, file.rtmp, "0.0.0.0:1935"),
-            http: pick(self.http, file.http, "0.0.0.0:8080"),
-            quic: pick(self.quic, file.quic, "0.0.0.0:4443"),
-            data: self.data.or(file.data).unwrap_or_else(|| PathBuf::from("./data")),
-            public_host: self.public_host.or(file.public_host).unwrap_or_else(|| "localhost".into()),
-            max_connections: self.max_connections.or(file.max_connections).unwrap_or(1024),
-            gop_window: self.gop_window.or(file.gop_window).unwrap_or(2),
-            idle_timeout: self.idle_timeout.or(file.idle_timeout).unwrap_or(30),
-            bus_token: self.bus_token.or(file.bus_token),
-            tls_cert: self.tls_cert.or(file.tls_cert),
-            tls_key: self.tls_key.or(file.tls_key),
-        })
+impl QuicArgs {
+    pub(crate) fn resolve(&self, f: &File) -> Quic {
+        Quic {
+            listen: self.quic.or(f.quic).unwrap_or_else(|| parse(defaults::QUIC, "quic")),
+            tls_cert: self.tls_cert.clone().or_else(|| f.tls_cert.clone()),
+            tls_key: self.tls_key.clone().or_else(|| f.tls_key.clone()),
+        }
     }
 }
 
-fn load(path: &Path) -> anyhow::Result<ServeArgs> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+/// The bus token: what a listener asks for and a client presents.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct TokenArgs {
+    /// Token every bus connection presents [default for a listening node: made on
+    /// first start, kept in DATA/bus-token].
+    #[arg(long, env = "GOPBUS_BUS_TOKEN")]
+    pub(crate) bus_token: Option<String>,
+}
+
+impl TokenArgs {
+    pub(crate) fn resolve(&self, f: &File) -> Option<String> {
+        self.bus_token.clone().or_else(|| f.bus_token.clone())
+    }
+}
+
+/// Which CA a bus client trusts.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct CaArgs {
+    /// CA certificate (PEM) to trust for the nodes connected to: a node's
+    /// DATA/bus-cert.pem when it made its own [default: the web PKI roots].
+    #[arg(long, env = "GOPBUS_BUS_CA")]
+    pub(crate) bus_ca: Option<PathBuf>,
+}
+
+impl CaArgs {
+    pub(crate) fn resolve(&self, f: &File) -> anyhow::Result<quinn::ClientConfig> {
+        let ca = self.bus_ca.clone().or_else(|| f.bus_ca.clone());
+        gopbus_bus::quic::tls::client_config(ca.as_deref()).context("QUIC client TLS")
+    }
+}
+
+/// The in-process bus.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct BusArgs {
+    /// Past GoPs kept per broadcast besides the current one [default: 2].
+    #[arg(long, env = "GOPBUS_GOP_WINDOW")]
+    pub(crate) gop_window: Option<usize>,
+}
+
+impl BusArgs {
+    pub(crate) fn resolve(&self, f: &File) -> gopbus_bus::BusConfig {
+        let window = self.gop_window.or(f.gop_window).unwrap_or(defaults::GOP_WINDOW).max(1);
+        gopbus_bus::BusConfig { window, ..gopbus_bus::BusConfig::default() }
+    }
+}
+
+/// Redis: the stream keys of `ingest`/`streams`, the directory of `relay`.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct RedisArgs {
+    /// Redis URL (`redis://HOST:PORT`): stream keys shared by ingest nodes
+    /// (`ingest`, `streams`), the directory of relays (`relay`).
+    #[arg(long, env = "GOPBUS_REDIS", global = true)]
+    pub(crate) redis: Option<String>,
+}
+
+impl RedisArgs {
+    pub(crate) fn resolve(&self, f: &File) -> Option<String> {
+        self.redis.clone().or_else(|| f.redis.clone())
+    }
+}
+
+/// Where a relay gets what it lacks, and how it is found.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct ClusterArgs {
+    /// Fetch broadcasts this relay lacks from this node (an edge of a known origin).
+    #[arg(long, env = "GOPBUS_UPSTREAM")]
+    pub(crate) upstream: Option<String>,
+    /// This relay's URL as other nodes reach it (with `--redis`).
+    #[arg(long, env = "GOPBUS_ADVERTISE")]
+    pub(crate) advertise: Option<String>,
+    /// Seconds a Redis directory entry lives unless refreshed [default: 5].
+    #[arg(long, env = "GOPBUS_DIRECTORY_TTL")]
+    pub(crate) directory_ttl: Option<u64>,
+}
+
+/// Resolved [`ClusterArgs`].
+#[derive(Debug, Clone)]
+pub(crate) struct Cluster {
+    pub(crate) upstream: Option<String>,
+    pub(crate) advertise: Option<String>,
+    pub(crate) directory_ttl: Duration,
+}
+
+impl ClusterArgs {
+    pub(crate) fn resolve(&self, f: &File) -> Cluster {
+        Cluster {
+            upstream: self.upstream.clone().or_else(|| f.upstream.clone()),
+            advertise: self.advertise.clone().or_else(|| f.advertise.clone()),
+            directory_ttl: Duration::from_secs(
+                self.directory_ttl.or(f.directory_ttl).unwrap_or(defaults::DIRECTORY_TTL_SECS).max(1),
+            ),
+        }
+    }
+}
+
+/// The bus node a client command connects to.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct TargetArgs {
+    /// The bus node to connect to, `quic://HOST:PORT`.
+    #[arg(long, env = "GOPBUS_BUS")]
+    pub(crate) bus: Option<String>,
+}
+
+impl TargetArgs {
+    pub(crate) fn resolve(&self, f: &File) -> anyhow::Result<String> {
+        self.bus.clone().or_else(|| f.bus.clone()).context("which bus node? give --bus quic://HOST:PORT")
+    }
 }
 
 #[cfg(test)]
@@ -103,23 +306,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_win_over_file_over_defaults() {
+    fn flags_win_over_file_over_defaults_for_every_command() {
         let dir = std::env::temp_dir().join(format!("gopbus-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("gopbus.toml");
-        std::fs::write(&file, "rtmp = \"127.0.0.1:2000\"\nhttp = \"127.0.0.1:2001\"\ngop_window = 5\n").unwrap();
-        let args = ServeArgs {
-            config: Some(file.clone()),
-            http: Some("127.0.0.1:3001".parse().unwrap()),
-            ..ServeArgs::default()
-        };
-        let s = args.resolve().unwrap();
-        assert_eq!(s.rtmp, "127.0.0.1:2000".parse::<SocketAddr>().unwrap()); // file
-        assert_eq!(s.http, "127.0.0.1:3001".parse::<SocketAddr>().unwrap()); // flag
-        assert_eq!(s.quic, "0.0.0.0:4443".parse::<SocketAddr>().unwrap()); // default
-        assert_eq!(s.gop_window, 5);
-        std::fs::write(&file, "rtmpp = 1").unwrap();
-        let err = ServeArgs { config: Some(file), ..ServeArgs::default() }.resolve().unwrap_err();
+        let path = dir.join("gopbus.toml");
+        std::fs::write(
+            &path,
+            "rtmp = \"127.0.0.1:2000\"\nhttp = \"127.0.0.1:2001\"\ngop_window = 5\nquic = \"127.0.0.1:2002\"\n\
+             directory_ttl = 9\nbus = \"quic://origin:4443\"\n",
+        )
+        .unwrap();
+        let common = CommonArgs { config: Some(path.clone()), data: None };
+        let file = common.file().unwrap();
+        // serve's blocks
+        let rtmp = RtmpArgs::default().resolve(&file);
+        assert_eq!(rtmp.listen, "127.0.0.1:2000".parse::<SocketAddr>().unwrap()); // file
+        assert_eq!(rtmp.max_connections, defaults::MAX_CONNECTIONS); // default
+        let http = HttpArgs { http: Some("127.0.0.1:3001".parse().unwrap()) }.resolve(&file);
+        assert_eq!(http, "127.0.0.1:3001".parse::<SocketAddr>().unwrap()); // flag
+        assert_eq!(BusArgs::default().resolve(&file).window, 5);
+        assert_eq!(common.data(&file), PathBuf::from(defaults::DATA));
+        // relay's and ingest's blocks read the same file
+        assert_eq!(QuicArgs::default().resolve(&file).listen, "127.0.0.1:2002".parse::<SocketAddr>().unwrap());
+        assert_eq!(ClusterArgs::default().resolve(&file).directory_ttl, Duration::from_secs(9));
+        assert_eq!(TargetArgs::default().resolve(&file).unwrap(), "quic://origin:4443");
+        assert!(TargetArgs::default().resolve(&File::default()).is_err());
+
+        std::fs::write(&path, "rtmpp = 1").unwrap();
+        let err = CommonArgs { config: Some(path), data: None }.file().unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -1,16 +1,17 @@
 //! The directory: which node holds which broadcast.
 //!
-//! In one process the bus itself knows what it holds. In a cluster it is Redis: a holder writes
-//! `gopbus:broadcast:NAME → quic://node` with a TTL and refreshes it, so a dead
-//! node's entries disappear by themselves.
+//! In one process the bus itself knows what it holds. In a cluster it is Redis
+//! (`gopbus_store::RedisDirectory`): a holder writes `gopbus:broadcast:NAME →
+//! quic://node` with a TTL and refreshes it, so a dead node's entries disappear
+//! by themselves. Relays and [`node::register`](crate::node::register) use this trait.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use crate::quic::QuicError;
 
-type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, QuicError>> + Send + 'a>>;
+/// The future a [`Directory`] method returns.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, QuicError>> + Send + 'a>>;
 
 /// Broadcast name → the URL of the node that holds it.
 pub trait Directory: Send + Sync + 'static {
@@ -18,74 +19,4 @@ pub trait Directory: Send + Sync + 'static {
     fn lookup<'a>(&'a self, broadcast: &'a str) -> BoxFut<'a, Option<String>>;
     /// Records (or refreshes) that `node` holds `broadcast`.
     fn register<'a>(&'a self, broadcast: &'a str, node: &'a str) -> BoxFut<'a, ()>;
-}
-
-/// A Redis connection that reconnects by itself, with bounded waits: connecting
-/// and each command time out after 2 s, and a lost connection is retried twice,
-/// at most 500 ms apart, per failing command. Every Redis user in gopbus (this
-/// directory, the stream keys) connects through it.
-///
-/// redis 0.32's defaults would wait 1 s and then 100 s between reconnection
-/// attempts (`set_factor` multiplies backon's 1 s minimum delay; redis-rs issue
-/// #1556), so a Redis restart would leave a node without its directory for
-/// minutes.
-pub async fn connect_redis(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(2))
-        .set_factor(2)
-        .set_max_delay(500)
-        .set_number_of_retries(2);
-    redis::aio::ConnectionManager::new_with_config(client, config).await
-}
-
-/// The Redis directory.
-pub struct RedisDirectory {
-    conn: redis::aio::ConnectionManager,
-    ttl: Duration,
-}
-
-impl RedisDirectory {
-    /// Connects to `url` (`redis://HOST:PORT`); entries live for `ttl` unless refreshed.
-    pub async fn connect(url: &str, ttl: Duration) -> Result<Self, QuicError> {
-        let conn = connect_redis(url).await.map_err(|e| QuicError::Connect(format!("redis {url}: {e}")))?;
-        Ok(Self { conn, ttl })
-    }
-
-    /// The TTL entries are written with.
-    pub const fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    fn key(broadcast: &str) -> String {
-        format!("gopbus:broadcast:{broadcast}")
-    }
-}
-
-impl Directory for RedisDirectory {
-    fn lookup<'a>(&'a self, broadcast: &'a str) -> BoxFut<'a, Option<String>> {
-        Box::pin(async move {
-            let mut c = self.conn.clone();
-            redis::cmd("GET")
-                .arg(Self::key(broadcast))
-                .query_async::<Option<String>>(&mut c)
-                .await
-                .map_err(|e| QuicError::Directory(e.to_string()))
-        })
-    }
-
-    fn register<'a>(&'a self, broadcast: &'a str, node: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let mut c = self.conn.clone();
-            redis::cmd("SET")
-                .arg(Self::key(broadcast))
-                .arg(node)
-                .arg("PX")
-                .arg(self.ttl.as_millis() as u64)
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(|e| QuicError::Directory(e.to_string()))
-        })
-    }
 }

@@ -32,6 +32,9 @@
 //! - [`publisher`], [`subscriber`]: the two handles.
 //! - [`tracks`]: [`TrackSubscriber`], chosen tracks (published and derived) merged.
 //! - [`quic`]: the same across machines; [`directory`]: which node holds what.
+//! - [`node`]: what nodes are made of: a reconnecting subscriber, the
+//!   forwarder, directory registration, backoff; and [`EventSource`], what
+//!   subscriber crates read.
 //!
 //! Tracks: a broadcast's derived tracks (the Opus audio made from its AAC, a
 //! 480p rendition) are added by workers with [`Bus::add_track`] — no stream key,
@@ -45,6 +48,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod directory;
 mod error;
+pub mod node;
 pub mod publisher;
 pub mod quic;
 pub mod subscriber;
@@ -55,6 +59,7 @@ pub use broker::{Announcements, BroadcastInfo, Bus, BusConfig, ANNOUNCEMENT_BACK
 pub use error::BusError;
 pub use gopbus_proto::catalog::{Announcement, Catalog};
 pub use gopbus_proto::wire::StartAt;
+pub use node::EventSource;
 pub use publisher::Publisher;
 pub use subscriber::{Event, SubscribeOptions, Subscriber};
 pub use tracks::TrackSubscriber;

@@ -3,7 +3,7 @@
 //! # Role
 //!
 //! Accepts RTMP connections. A publisher (OBS, ffmpeg) presents a secret stream
-//! key, which the key store ([`keys::Keys`]: SQLite or Redis) maps to a public stream name; its media goes onto
+//! key, which the key store (`gopbus_store::Keys`: SQLite or Redis) maps to a public stream name; its media goes onto
 //! the [`gopbus_bus::Bus`] as GoPs. A player asks for a public name and is a bus
 //! subscriber like any other.
 //!
@@ -23,19 +23,16 @@
 //! - [`chunk`]: the RTMP chunk layer, both directions.
 //! - [`session`](crate::server): the per-connection driver and command flow.
 //! - [`publish`], [`play`]: sans-IO media adapters to and from the bus.
-//! - [`keys`]: stream keys in SQLite or Redis.
 //! - [`timeline`]: 32-bit timestamp unwrapping and takeover rebasing.
 #![warn(missing_docs)]
 
 pub mod chunk;
 mod error;
-pub mod keys;
 pub mod play;
 pub mod publish;
 mod server;
 mod session;
 pub mod timeline;
 
-pub use error::{ChunkError, SessionError, StoreError};
-pub use keys::{KeyStore, Keys, RedisKeys};
+pub use error::{ChunkError, SessionError};
 pub use server::{Ingest, IngestConfig};

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::keys::{KeyHash, Keys};
 use crate::session;
+use gopbus_store::keys::{KeyHash, Keys};
 
 /// Ingest settings.
 #[derive(Debug, Clone)]

@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chunk::{csid, types, ChunkDecoder, ChunkEncoder, MessageHeader, OutQueue, RawMessage};
 use crate::error::SessionError;
-use crate::keys::{validate_name, KeyHash};
 use crate::play::Egress;
 use crate::publish::MediaIngest;
 use crate::server::{Ingest, LivePublisher};
+use gopbus_store::keys::{validate_name, KeyHash};
 
 /// Read buffer size of a publisher: payload slices keep a buffer alive while the
 /// GoP window holds them, so this is also the granularity of ingest memory.

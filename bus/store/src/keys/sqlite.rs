@@ -11,7 +11,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{new_key, now, validate_name, KeyHash, StreamRecord};
-use crate::error::StoreError;
+use crate::StoreError;
 
 /// The stream-key database.
 pub struct KeyStore {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 pub use self::redis_store::RedisKeys;
 pub use self::sqlite::{KeyStore, DB_FILE};
-use crate::error::StoreError;
+use crate::StoreError;
 
 /// A stream as stored (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@
 use redis::aio::ConnectionManager;
 
 use super::{new_key, now, validate_name, KeyHash, StreamRecord};
-use crate::error::StoreError;
+use crate::StoreError;
 
 const STREAMS: &str = "gopbus:streams";
 const VERSION: &str = "gopbus:streams:version";
@@ -73,8 +73,7 @@ impl RedisKeys {
     /// Connects to `url` (`redis://HOST:PORT[/DB]`). Fails if Redis cannot be reached now.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         // Bounded waits: a publish must be refused with an error, not hang, while Redis is away.
-        let conn =
-            gopbus_bus::directory::connect_redis(url).await.map_err(|e| StoreError::Redis(format!("{url}: {e}")))?;
+        let conn = crate::cluster::connect_redis(url).await.map_err(|e| StoreError::Redis(format!("{url}: {e}")))?;
         Ok(Self { conn })
     }
 

@@ -1,0 +1,80 @@
+//! `gopbus serve`: everything in one process.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use gopbus_bus::Bus;
+use gopbus_ingest::Ingest;
+use tokio_util::sync::CancellationToken;
+
+use super::streams::{print_created, Urls};
+use crate::config::{BusArgs, CommonArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs};
+use crate::node::{bind_server, bus_token};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    rtmp: RtmpArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    public: PublicArgs,
+    #[command(flatten)]
+    quic: QuicArgs,
+    #[command(flatten)]
+    token: TokenArgs,
+    #[command(flatten)]
+    bus: BusArgs,
+}
+
+pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let file = a.common.file()?;
+    let data = a.common.data(&file);
+    let rtmp = a.rtmp.resolve(&file);
+    let http_addr = a.http.resolve(&file);
+    let quic = a.quic.resolve(&file);
+
+    let store = super::open_keys(&data, None).await?;
+    let urls = Urls { host: a.public.resolve(&file), port: rtmp.listen.port() };
+    if store.is_empty().await? {
+        let (rec, key) = store.create("demo").await?;
+        println!("First start: created stream \"demo\". Point OBS (Settings → Stream → Custom) at:");
+        print_created(&rec.name, &key, &urls, false);
+        println!("(keys are stored hashed: this is the only time this one is shown; `gopbus streams rotate demo` makes a new one)");
+    }
+    let bus = Bus::new(a.bus.resolve(&file));
+    let ingest = Ingest::new(bus.clone(), store, rtmp.ingest());
+
+    let rtmp_listener =
+        tokio::net::TcpListener::bind(rtmp.listen).await.with_context(|| format!("binding RTMP on {}", rtmp.listen))?;
+    let (token, new_token) = bus_token(a.token.resolve(&file), &data)?;
+    let (quic_server, cert) = bind_server(&quic, bus.clone(), token.clone(), &data)?;
+    if new_token {
+        println!(
+            "QUIC bus: token {token} (kept in {}), certificate {}",
+            data.join("bus-token").display(),
+            cert.display()
+        );
+    }
+    let http =
+        tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
+    tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
+
+    let http_task = tokio::spawn(crate::http::serve(http, Vec::new(), shutdown.clone()));
+    let keys_task = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
+    let rtmp_task = tokio::spawn(ingest.clone().run(rtmp_listener, shutdown.clone()));
+    let quic_task = tokio::spawn(quic_server.run(shutdown.clone()));
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    let _ = rtmp_task.await;
+    let _ = keys_task.await;
+    let _ = quic_task.await;
+    if let Ok(Err(e)) = http_task.await {
+        tracing::warn!(error = %e, "http server error");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
