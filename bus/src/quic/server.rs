@@ -265,20 +265,25 @@ async fn serve_subscription(
     cancel: CancellationToken,
 ) {
     let available = async {
+        // Watch before looking, so a start between the two is not missed.
+        let mut announcements = shared.bus.announcements();
         if shared.bus.is_live(&broadcast) {
             return Ok(());
         }
         if let Some(up) = &shared.upstream {
             return up.fetch(broadcast.clone()).await;
         }
-        let deadline = tokio::time::Instant::now() + shared.not_found_after;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if shared.bus.is_live(&broadcast) {
-                return Ok(());
+        // Wait for it to start (any announcement may be it: a derived track's
+        // start is announced as a change of its source).
+        let wait = async {
+            loop {
+                announcements.next().await;
+                if shared.bus.is_live(&broadcast) {
+                    return;
+                }
             }
-        }
-        Err(QuicError::NotFound(broadcast.clone()))
+        };
+        tokio::time::timeout(shared.not_found_after, wait).await.map_err(|_| QuicError::NotFound(broadcast.clone()))
     };
     let available = tokio::select! {
         _ = cancel.cancelled() => return,
