@@ -253,3 +253,35 @@ async fn a_remote_worker_adds_a_track_that_an_edge_passes_through_unknown() {
     );
     assert!(watcher.list().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_holds_a_bounded_number_of_requests() {
+    tls::install_crypto_provider();
+    let origin = node("limits", None).await;
+    let c = client(&origin).await;
+    let mut watches = Vec::new();
+    for _ in 0..gopbus_bus::quic::MAX_REQUESTS_PER_CONNECTION {
+        watches.push(c.watch().await.unwrap());
+    }
+    match c.watch().await {
+        Err(QuicError::Rejected { code, message }) => {
+            assert_eq!(code, gopbus_proto::wire::ErrorCode::Invalid);
+            assert!(message.contains("too many open requests"), "{message}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    // Other connections are not affected, and freeing requests makes room again.
+    let other = client(&origin).await;
+    assert!(other.list().await.unwrap().is_empty());
+    watches.truncate(10);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if c.watch().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("room again after unwatching");
+}

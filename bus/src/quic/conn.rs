@@ -60,6 +60,11 @@ impl Routes {
         self.lock().get(&id).cloned()
     }
 
+    /// Routes held now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     pub(crate) fn remove(&self, id: u64) {
         self.lock().remove(&id);
     }

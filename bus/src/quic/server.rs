@@ -44,6 +44,10 @@ struct Shared {
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Requests (subscriptions, watches, announced broadcasts and tracks) one
+/// connection may have open at once; past it, requests are refused.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
+
 impl BusServer {
     /// Binds `addr` (UDP). `token` is the bus token clients must present.
     pub fn bind(addr: SocketAddr, config: quinn::ServerConfig, bus: Bus, token: String) -> Result<Self, QuicError> {
@@ -153,6 +157,25 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Cancel
             Ok(Some(other)) => break Err(QuicError::Protocol(format!("unexpected {other:?} on the control stream"))),
             Err(e) => break Err(e),
         };
+        let opens = matches!(
+            msg,
+            Control::Announce { .. } | Control::AddTrack { .. } | Control::Subscribe { .. } | Control::Watch { .. }
+        );
+        if opens {
+            // Finished subscriptions and watches cancel their own token.
+            subscriptions.retain(|_, t| !t.is_cancelled());
+            if subscriptions.len() + routes.len() >= MAX_REQUESTS_PER_CONNECTION {
+                let id = request_id(&msg);
+                tracing::warn!(
+                    id,
+                    limit = MAX_REQUESTS_PER_CONNECTION,
+                    "too many open requests on one bus connection; refused"
+                );
+                let message = format!("too many open requests (limit {MAX_REQUESTS_PER_CONNECTION})");
+                let _ = control_tx.send(Control::Error { id, code: ErrorCode::Invalid, message }).await;
+                continue;
+            }
+        }
         match msg {
             Control::Announce { id, broadcast } => {
                 let publisher = shared.bus.publish(&broadcast);
@@ -199,6 +222,7 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Cancel
                 let (bus, control) = (shared.bus.clone(), control_tx.clone());
                 tokio::spawn(
                     async move {
+                        let _done = token.clone().drop_guard();
                         let mut announcements = bus.announcements();
                         if control.send(Control::Ok { id }).await.is_err() {
                             return;
@@ -241,6 +265,19 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Cancel
     result
 }
 
+/// The request id of a request message.
+const fn request_id(msg: &Control) -> u64 {
+    match msg {
+        Control::Announce { id, .. }
+        | Control::AddTrack { id, .. }
+        | Control::Subscribe { id, .. }
+        | Control::Watch { id }
+        | Control::List { id }
+        | Control::Unsubscribe { id } => *id,
+        _ => 0,
+    }
+}
+
 async fn refuse(conn: &quinn::Connection, writer: &mut Writer, message: &str) {
     let _ = writer
         .send(
@@ -264,6 +301,8 @@ async fn serve_subscription(
     control: mpsc::Sender<Control>,
     cancel: CancellationToken,
 ) {
+    // Marks the subscription finished for the connection's request count.
+    let _done = cancel.clone().drop_guard();
     let available = async {
         // Watch before looking, so a start between the two is not missed.
         let mut announcements = shared.bus.announcements();
