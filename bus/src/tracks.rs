@@ -10,7 +10,8 @@
 //!   its GoPs (for a video track, at its keyframe), and its lag rules apply.
 //! - Another lane joins a GoP when it has a GoP starting at the same timestamp.
 //!   The merger waits for a lane that is live but behind (a transcoder
-//!   finishing the GoP); a lane that has no GoP for that timestamp, or whose
+//!   finishing the GoP), until the driving lane is more than one GoP behind its
+//!   newest (a stalled worker must not freeze the driving track); a lane that has no GoP for that timestamp, or whose
 //!   broadcast is not live (no worker publishes it now), is left out of that GoP
 //!   and its GoP header does not list its tracks. A lane whose worker went away
 //!   is picked up again at the first GoP a new worker publishes; so is the
@@ -27,6 +28,9 @@ use gopbus_proto::catalog::derived_name;
 use gopbus_proto::{EndReason, GopHeader, TrackId, TrackInfo};
 
 use crate::{Bus, Event, SubscribeOptions, Subscriber};
+
+/// How often a merge waiting for a derived track checks whether the driving track has moved on.
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct Lane {
     /// The bus broadcast this lane reads (`alice` or `alice/audio/opus`).
@@ -225,13 +229,16 @@ impl TrackSubscriber {
                 Some(_) => self.lanes[i].head = None,
                 None => {}
             }
-            let lane = &mut self.lanes[i];
             // Take what is ready without waiting; wait only for a lane that has a publisher.
-            let ev = match lane.sub.try_next() {
+            let ev = match self.lanes[i].sub.try_next() {
                 Some(ev) => ev,
-                None if !self.bus.is_live(&lane.bus_name) => return false,
-                None => lane.sub.next().await,
+                None if !self.bus.is_live(&self.lanes[i].bus_name) => return false,
+                None => match self.pull(i).await {
+                    Some(ev) => ev,
+                    None => return false,
+                },
             };
+            let lane = &mut self.lanes[i];
             match ev {
                 Event::Gop(h) => lane.head = Some(Event::Gop(h)),
                 Event::End(_) => {
@@ -248,12 +255,44 @@ impl TrackSubscriber {
         }
     }
 
+    /// Lane `i`'s next event; `None` if it is not the driving lane and stalls:
+    /// a live worker that produces nothing may not hold the driving track back
+    /// forever, so once the driving lane is more than one GoP behind its source
+    /// the waiting stops (the lane is then left out of the current GoP).
+    async fn pull(&mut self, i: usize) -> Option<Event> {
+        let (lead, rest) = self.lanes.split_at_mut(1);
+        if i == 0 {
+            return Some(lead[0].sub.next().await);
+        }
+        let lead = &lead[0].sub;
+        let lane = &mut rest[i - 1];
+        let stalled = async {
+            loop {
+                tokio::time::sleep(STALL_CHECK).await;
+                if lead.behind() > 1 {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            ev = lane.sub.next() => Some(ev),
+            () = stalled => {
+                tracing::debug!(track = %lane.bus_name, "derived track stalled; left out of this GoP");
+                None
+            }
+        }
+    }
+
     /// The next frame of merged GoP `seq`; `None` when it is over.
     async fn in_gop(&mut self, seq: u64) -> Option<Event> {
         for i in 0..self.lanes.len() {
             while self.lanes[i].in_gop && self.lanes[i].head.is_none() {
+                let Some(ev) = self.pull(i).await else {
+                    self.lanes[i].in_gop = false;
+                    continue;
+                };
                 let lane = &mut self.lanes[i];
-                match lane.sub.next().await {
+                match ev {
                     Event::Frame(f) if lane.takes(f.header.track) => lane.head = Some(Event::Frame(f)),
                     Event::Frame(_) => {}
                     Event::CutShort { .. } => {

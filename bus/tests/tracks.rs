@@ -80,9 +80,13 @@ type Gop = (std::sync::Arc<GopHeader>, Vec<Frame>);
 
 /// Everything the subscriber has until it goes quiet for 200 ms, as GoPs (plus the end, if it came).
 async fn gops(s: &mut TrackSubscriber) -> (Vec<Gop>, Option<EndReason>) {
+    gops_until_quiet(s, Duration::from_millis(200)).await
+}
+
+async fn gops_until_quiet(s: &mut TrackSubscriber, quiet: Duration) -> (Vec<Gop>, Option<EndReason>) {
     let mut out: Vec<Gop> = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_millis(200), s.next()).await {
+        match tokio::time::timeout(quiet, s.next()).await {
             Ok(Event::Gop(h)) => out.push((h, Vec::new())),
             Ok(Event::Frame(f)) => out.last_mut().expect("a GoP header before frames").1.push(f),
             Ok(Event::End(r)) => return (out, Some(r)),
@@ -291,4 +295,35 @@ async fn announcements_tell_start_track_changes_and_end_once_each() {
         Announcement::Live(l) => assert_eq!(l.len(), gopbus_bus::ANNOUNCEMENT_BACKLOG + 10),
         other => panic!("expected the live list, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_does_not_hold_the_driving_track_back() {
+    let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut source = bus.publish("s");
+    push_source_gop(&mut source, 0);
+    // The worker starts GoP 0, then produces nothing more while staying connected.
+    let mut worker = bus.add_track("s", "audio/opus").unwrap();
+    worker.open_gop(derived_header(0, opus())).unwrap();
+    worker.push(frame(TrackId(99), 0, true)).unwrap();
+    let mut sub = bus.subscribe_tracks("s", &["video", "audio/opus"], SubscribeOptions::default());
+    let feeder = tokio::spawn(async move {
+        for g in 1..6 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            push_source_gop(&mut source, g);
+        }
+        source
+    });
+    let (got, end) = gops_until_quiet(&mut sub, Duration::from_secs(1)).await;
+    assert_eq!(end, None);
+    let starts: Vec<(i64, Vec<&str>)> = got.iter().map(|(h, _)| (h.start_dts, names(h))).collect();
+    assert!(starts.len() >= 3, "the video went on without the stalled track: {starts:?}");
+    assert_eq!(starts[0], (0, vec!["video", "audio/opus"]));
+    assert!(starts[1..].iter().all(|(_, n)| *n == ["video"]), "{starts:?}");
+    // GoP 0: every video frame, and the one Opus frame the worker made.
+    let video = got[0].1.iter().filter(|f| f.header.track == TrackId::VIDEO).count();
+    let opus = got[0].1.iter().filter(|f| f.header.track == TrackId(16)).count();
+    assert_eq!((video, opus), (25, 1));
+    let _source = feeder.await.unwrap();
+    drop(worker);
 }
