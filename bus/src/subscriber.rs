@@ -118,6 +118,20 @@ impl Subscriber {
         }
     }
 
+    /// Resolves once the newest GoP is more than `gops` GoPs ahead of this
+    /// subscriber's (see [`behind`](Self::behind)); woken by the publisher, no timer.
+    pub async fn until_behind(&self, gops: u64) {
+        loop {
+            let notified = self.shared.waker(self.id).notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.behind() > gops {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Where this subscriber asked to start.
     pub const fn start(&self) -> StartAt {
         self.start

@@ -29,9 +29,6 @@ use gopbus_proto::{EndReason, GopHeader, TrackId, TrackInfo};
 
 use crate::{Bus, Event, SubscribeOptions, Subscriber};
 
-/// How often a merge waiting for a derived track checks whether the driving track has moved on.
-const STALL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
-
 struct Lane {
     /// The bus broadcast this lane reads (`alice` or `alice/audio/opus`).
     bus_name: String,
@@ -266,17 +263,10 @@ impl TrackSubscriber {
         }
         let lead = &lead[0].sub;
         let lane = &mut rest[i - 1];
-        let stalled = async {
-            loop {
-                tokio::time::sleep(STALL_CHECK).await;
-                if lead.behind() > 1 {
-                    return;
-                }
-            }
-        };
         tokio::select! {
+            biased; // what the lane has ready is taken first
             ev = lane.sub.next() => Some(ev),
-            () = stalled => {
+            () = lead.until_behind(1) => {
                 tracing::debug!(track = %lane.bus_name, "derived track stalled; left out of this GoP");
                 None
             }
