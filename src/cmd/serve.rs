@@ -62,7 +62,11 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
     tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
 
-    let http_task = tokio::spawn(crate::http::serve(http, Vec::new(), shutdown.clone()));
+    let hls = gopbus_hls::Hls::new(gopbus_hls::HlsConfig { recordings: data.join("recordings"), ..Default::default() });
+    let http_task = tokio::spawn(crate::http::serve(http, vec![hls.router()], shutdown.clone()));
+    // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
+    let hls_stop = CancellationToken::new();
+    let hls_task = tokio::spawn(hls.run(bus.clone(), hls_stop.clone()));
     let keys_task = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
     let rtmp_task = tokio::spawn(ingest.clone().run(rtmp_listener, shutdown.clone()));
     let quic_task = tokio::spawn(quic_server.run(shutdown.clone()));
@@ -70,6 +74,8 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     let _ = rtmp_task.await;
+    hls_stop.cancel();
+    let _ = hls_task.await;
     let _ = keys_task.await;
     let _ = quic_task.await;
     if let Ok(Err(e)) = http_task.await {

@@ -1,0 +1,129 @@
+//! HLS with real peers: ffmpeg publishes H.264 High with B-frames and AAC over
+//! RTMP; ffprobe reads the live playlist over HTTP while it runs; after the
+//! end, the recording's VOD playlist decodes cleanly, lasts what was published,
+//! and every segment starts on a keyframe.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 4 + n..];
+    }
+}
+
+fn duration_of(path: &str) -> f64 {
+    let out = Command::new(require("ffprobe"))
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0)
+}
+
+#[test]
+fn live_hls_while_publishing_and_a_vod_recording_after() {
+    let server = Server::start("hls");
+    let key = server.create_stream("cam");
+    let fixture = Fixture::av(48000, 12);
+    let publisher = ffmpeg_publish(&fixture, &server.url(&key));
+
+    // Live: the playlist appears once the first segment is cut (2 s target, 1 s GoPs).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let playlist = loop {
+        let (status, head, body) = http_get(server.http, "/hls/cam/index.m3u8");
+        if status == 200 && String::from_utf8_lossy(&body).matches("#EXTINF").count() >= 2 {
+            assert!(head.contains("application/vnd.apple.mpegurl"), "{head}");
+            assert!(head.to_ascii_lowercase().contains("access-control-allow-origin: *"), "{head}");
+            break String::from_utf8(body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no live playlist; log:\n{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(playlist.contains("#EXT-X-MEDIA-SEQUENCE:1"), "{playlist}");
+    assert!(playlist.contains("#EXT-X-MAP:URI="), "{playlist}");
+    assert!(!playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+    let live_url = format!("http://{}/hls/cam/index.m3u8", server.http);
+    let live_streams = streams(std::path::Path::new(&live_url));
+    let kinds: Vec<&str> = live_streams.iter().map(|s| s["codec_name"].as_str()).collect();
+    assert!(kinds.contains(&"h264") && kinds.contains(&"aac"), "{live_streams:?}");
+    // A segment is served from memory with a long cache lifetime.
+    let seg = playlist.lines().find(|l| l.ends_with(".m4s")).unwrap();
+    let (status, head, body) = http_get(server.http, &format!("/hls/cam/{seg}"));
+    assert_eq!(status, 200);
+    assert!(head.contains("immutable") && head.contains("video/iso.segment"), "{head}");
+    assert_eq!(&body[4..8], b"moof");
+    assert_eq!(http_get(server.http, "/hls/cam/../../etc/passwd").0, 404);
+
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+
+    // The recording: a VOD playlist on disk, closed with ENDLIST.
+    let recordings = server.data.join("recordings").join("cam");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (session, vod) = loop {
+        let found = std::fs::read_dir(&recordings).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path());
+        if let Some(dir) = found {
+            let text = std::fs::read_to_string(dir.join("index.m3u8")).unwrap_or_default();
+            if text.contains("#EXT-X-ENDLIST") {
+                break (dir, text);
+            }
+        }
+        assert!(Instant::now() < deadline, "no closed recording; log:\n{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(vod.contains("#EXT-X-PLAYLIST-TYPE:VOD"), "{vod}");
+    let index = session.join("index.m3u8");
+    let index = index.to_str().unwrap();
+    let published = duration_of(fixture.to_str().unwrap());
+    let recorded = duration_of(index);
+    assert!((recorded - published).abs() <= 1.0, "recorded {recorded} s of {published} s (GoP 1 s)");
+    let got = streams(std::path::Path::new(index));
+    assert!(got.iter().any(|s| s["codec_name"] == "h264" && s["width"] == "640" && s["profile"] == "High"), "{got:?}");
+    assert!(got.iter().any(|s| s["codec_name"] == "aac" && s["sample_rate"] == "48000"), "{got:?}");
+    let errors = decode_errors(std::path::Path::new(index));
+    assert!(errors.trim().is_empty(), "decode errors: {errors}");
+    // Every segment starts on a keyframe.
+    let segments: Vec<&str> = vod.lines().filter(|l| l.ends_with(".m4s")).collect();
+    assert!(segments.len() >= 5, "{vod}");
+    let init = std::fs::read(session.join("init-1.mp4")).unwrap();
+    for s in &segments {
+        let one = tmpdir("hls-seg").join("one.mp4");
+        let mut bytes = init.clone();
+        bytes.extend(std::fs::read(session.join(s)).unwrap());
+        std::fs::write(&one, bytes).unwrap();
+        let first = packets(&one, "v:0");
+        assert!(first.first().is_some_and(|p| p.key), "{s} does not start on a keyframe");
+    }
+    // The recording is served over HTTP as well.
+    let name = session.file_name().unwrap().to_str().unwrap();
+    let (status, _, body) = http_get(server.http, &format!("/recordings/cam/{name}/index.m3u8"));
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(body).unwrap(), vod);
+}
