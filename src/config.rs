@@ -26,6 +26,9 @@ pub(crate) mod defaults {
     pub(crate) const IDLE_TIMEOUT_SECS: u64 = 30;
     pub(crate) const DIRECTORY_TTL_SECS: u64 = 5;
     pub(crate) const RELAY_LINGER_SECS: u64 = 5;
+    pub(crate) const RECORDINGS_MAX_BYTES: u64 = 20 << 30;
+    pub(crate) const RECORDINGS_MAX: usize = 1000;
+    pub(crate) const HLS_SEGMENT_SECS: f64 = 2.0;
 }
 
 /// The TOML file: the keys of every block, named as the flags with `_` for `-`.
@@ -51,6 +54,9 @@ pub(crate) struct File {
     pub(crate) advertise: Option<String>,
     pub(crate) directory_ttl: Option<u64>,
     pub(crate) bus: Option<String>,
+    pub(crate) hls_segment: Option<f64>,
+    pub(crate) recordings_max_bytes: Option<u64>,
+    pub(crate) recordings_max: Option<usize>,
 }
 
 fn parse(text: &str, default: &str) -> SocketAddr {
@@ -283,6 +289,36 @@ impl ClusterArgs {
             directory_ttl: Duration::from_secs(
                 self.directory_ttl.or(f.directory_ttl).unwrap_or(defaults::DIRECTORY_TTL_SECS).max(1),
             ),
+        }
+    }
+}
+
+/// HLS segmenting and recordings.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct HlsArgs {
+    /// HLS segment target in seconds: a segment is cut at the first keyframe after this much [default: 2].
+    #[arg(long, env = "GOPBUS_HLS_SEGMENT")]
+    pub(crate) hls_segment: Option<f64>,
+    /// Most bytes of recordings kept under DATA/recordings; the oldest go first [default: 21474836480 (20 GiB)].
+    #[arg(long, env = "GOPBUS_RECORDINGS_MAX_BYTES")]
+    pub(crate) recordings_max_bytes: Option<u64>,
+    /// Most recordings (broadcast sessions) kept; the oldest go first [default: 1000].
+    #[arg(long, env = "GOPBUS_RECORDINGS_MAX")]
+    pub(crate) recordings_max: Option<usize>,
+}
+
+impl HlsArgs {
+    pub(crate) fn resolve(&self, f: &File, data: &Path) -> gopbus_hls::HlsConfig {
+        let secs = self.hls_segment.or(f.hls_segment).unwrap_or(defaults::HLS_SEGMENT_SECS).clamp(0.1, 60.0);
+        gopbus_hls::HlsConfig {
+            recordings: data.join("recordings"),
+            target_duration: Duration::from_secs_f64(secs),
+            max_recording_bytes: self
+                .recordings_max_bytes
+                .or(f.recordings_max_bytes)
+                .unwrap_or(defaults::RECORDINGS_MAX_BYTES),
+            max_recordings: self.recordings_max.or(f.recordings_max).unwrap_or(defaults::RECORDINGS_MAX),
+            ..gopbus_hls::HlsConfig::default()
         }
     }
 }

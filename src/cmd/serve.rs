@@ -8,7 +8,7 @@ use gopbus_ingest::Ingest;
 use tokio_util::sync::CancellationToken;
 
 use super::streams::{print_created, Urls};
-use crate::config::{BusArgs, CommonArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs};
+use crate::config::{BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs};
 use crate::node::{bind_server, bus_token};
 
 #[derive(clap::Args)]
@@ -27,6 +27,8 @@ pub(crate) struct Args {
     token: TokenArgs,
     #[command(flatten)]
     bus: BusArgs,
+    #[command(flatten)]
+    hls: HlsArgs,
 }
 
 pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -62,7 +64,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
     tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
 
-    let hls = gopbus_hls::Hls::new(gopbus_hls::HlsConfig { recordings: data.join("recordings"), ..Default::default() });
+    let hls = gopbus_hls::Hls::new(a.hls.resolve(&file, &data));
     let http_task = tokio::spawn(crate::http::serve(http, vec![hls.router()], shutdown.clone()));
     // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
     let hls_stop = CancellationToken::new();

@@ -56,6 +56,10 @@ pub struct HlsConfig {
     pub target_duration: Duration,
     /// Segments listed (and kept in memory) per live playlist.
     pub live_segments: usize,
+    /// Most bytes of recordings on disk; the oldest finished sessions are deleted past it.
+    pub max_recording_bytes: u64,
+    /// Most recorded sessions kept; the oldest finished ones are deleted past it.
+    pub max_recordings: usize,
 }
 
 impl Default for HlsConfig {
@@ -64,9 +68,14 @@ impl Default for HlsConfig {
             recordings: PathBuf::from("./data/recordings"),
             target_duration: Duration::from_secs(2),
             live_segments: 6,
+            max_recording_bytes: 20 << 30,
+            max_recordings: 1000,
         }
     }
 }
+
+/// How often the recording limits are enforced.
+const RETENTION_EVERY: Duration = Duration::from_secs(5);
 
 /// The HLS subscriber of one node. Cheap to clone.
 #[derive(Clone)]
@@ -103,9 +112,16 @@ impl Hls {
     pub async fn run(self, bus: Bus, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let mut announcements = bus.announcements();
+        let mut retention = tokio::time::interval(RETENTION_EVERY);
         loop {
             let a = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = retention.tick() => {
+                    let me = self.clone();
+                    // Directory walks are blocking work.
+                    let _ = tokio::task::spawn_blocking(move || me.enforce_limits()).await;
+                    continue;
+                }
                 a = announcements.next() => a,
             };
             let names: Vec<String> = match a {
@@ -128,4 +144,73 @@ impl Hls {
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
+
+    /// Deletes the oldest finished recordings while there are more than
+    /// `max_recordings` or they take more than `max_recording_bytes`. Sessions
+    /// being recorded are never deleted. Returns the sessions deleted.
+    pub fn enforce_limits(&self) -> Vec<PathBuf> {
+        let c = &self.inner.config;
+        let mut sessions = recordings(&c.recordings);
+        let recording: HashSet<(String, String)> =
+            self.inner.live.iter().map(|e| (e.key().clone(), e.value().session.clone())).collect();
+        // Oldest first: session names are their start time in milliseconds.
+        sessions.sort_by_key(|s| s.started);
+        let mut count = sessions.len();
+        let mut bytes: u64 = sessions.iter().map(|s| s.bytes).sum();
+        let mut deleted = Vec::new();
+        for s in sessions {
+            if count <= c.max_recordings && bytes <= c.max_recording_bytes {
+                break;
+            }
+            if recording.contains(&(s.name.clone(), s.session.clone())) {
+                continue;
+            }
+            match std::fs::remove_dir_all(&s.dir) {
+                Ok(()) => {
+                    tracing::info!(
+                        recording = %s.dir.display(), bytes = s.bytes, kept = count - 1,
+                        max_recordings = c.max_recordings, max_bytes = c.max_recording_bytes,
+                        "recording limit reached; oldest recording deleted"
+                    );
+                    count -= 1;
+                    bytes -= s.bytes;
+                    deleted.push(s.dir);
+                }
+                Err(e) => tracing::warn!(recording = %s.dir.display(), error = %e, "could not delete an old recording"),
+            }
+        }
+        deleted
+    }
+}
+
+/// A recorded session on disk.
+struct Recorded {
+    name: String,
+    session: String,
+    started: u128,
+    dir: PathBuf,
+    bytes: u64,
+}
+
+fn recordings(root: &std::path::Path) -> Vec<Recorded> {
+    let mut out = Vec::new();
+    let Ok(names) = std::fs::read_dir(root) else { return out };
+    for name in names.flatten() {
+        let Ok(sessions) = std::fs::read_dir(name.path()) else { continue };
+        for session in sessions.flatten() {
+            let dir = session.path();
+            let bytes = std::fs::read_dir(&dir)
+                .map(|files| files.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum())
+                .unwrap_or(0);
+            let session_name = session.file_name().to_string_lossy().into_owned();
+            out.push(Recorded {
+                name: name.file_name().to_string_lossy().into_owned(),
+                started: session_name.parse().unwrap_or(0),
+                session: session_name,
+                dir,
+                bytes,
+            });
+        }
+    }
+    out
 }
