@@ -1,0 +1,35 @@
+// Plays an HLS URL with hls.js in headless Chromium, from a page on another
+// origin, and prints what happened as JSON: playback time, decoded frames,
+// the requests the player made, errors.
+//
+//   node play_hls.mjs PAGE_URL SECONDS
+//
+// The page (served by the test) loads hls.js and plays the stream it names.
+import { chromium } from 'playwright-core';
+
+const [pageUrl, seconds] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required', '--disable-gpu'],
+});
+const result = { requests: [], errors: [], samples: [] };
+try {
+  const page = await browser.newPage();
+  page.on('request', (r) => result.requests.push(r.url()));
+  page.on('pageerror', (e) => result.errors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error') result.errors.push(m.text()); });
+  await page.goto(pageUrl);
+  const until = Date.now() + Number(seconds) * 1000;
+  while (Date.now() < until) {
+    await page.waitForTimeout(500);
+    result.samples.push(await page.evaluate(() => {
+      const v = document.querySelector('video');
+      const q = v.getVideoPlaybackQuality();
+      return { time: v.currentTime, frames: q.totalVideoFrames, width: v.videoWidth, height: v.videoHeight,
+               hlsErrors: window.hlsErrors || [] };
+    }));
+  }
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
