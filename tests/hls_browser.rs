@@ -53,7 +53,11 @@ v.play().catch(() => {{}});
             } else {
                 ("text/html", page.as_bytes())
             };
-            let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             let _ = conn.write_all(body);
         }
     });
