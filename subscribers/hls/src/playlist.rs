@@ -47,8 +47,8 @@ impl Playlist {
             let _ = writeln!(s, "#EXT-X-PLAYLIST-TYPE:{t}");
         }
         let mut map: Option<&str> = None;
-        for (i, e) in self.entries.iter().enumerate() {
-            if e.discontinuity && i > 0 {
+        for e in &self.entries {
+            if e.discontinuity {
                 s.push_str("#EXT-X-DISCONTINUITY\n");
             }
             if map != Some(e.map.as_str()) {

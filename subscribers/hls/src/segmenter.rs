@@ -251,10 +251,9 @@ impl Session<'_> {
         });
         while st.segments.len() > window {
             st.segments.pop_front();
+            // A discontinuity leaving the window is counted (RFC 8216 §4.3.3.3).
             let gone = st.playlist.entries.remove(0);
-            if st.playlist.entries.first().is_some_and(|e| e.discontinuity) || gone.discontinuity {
-                st.playlist.discontinuity_sequence += u64::from(gone.discontinuity);
-            }
+            st.playlist.discontinuity_sequence += u64::from(gone.discontinuity);
         }
         // Keep only the init segments the window still refers to.
         let oldest_map = st.playlist.entries.first().map(|e| e.map.clone()).unwrap_or_default();
