@@ -29,6 +29,8 @@ enum Command {
     Relay(cmd::relay::Args),
     /// Run an RTMP ingest node that publishes to a relay.
     Ingest(cmd::ingest::Args),
+    /// Run the HLS segmenter on its own, fed by a bus node: live HLS and recordings over HTTP.
+    Hls(cmd::hls::Args),
     /// Manage streams and their secret keys.
     Streams(cmd::streams::Args),
 }
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             Command::Relay(a) => cmd::relay::run(a, until_signal()).await,
             Command::Ingest(a) => cmd::ingest::run(a, until_signal()).await,
             Command::Dump(a) => cmd::dump::run(a, until_signal()).await,
+            Command::Hls(a) => cmd::hls::run(a, until_signal()).await,
             Command::Streams(a) => cmd::streams::run(a).await,
         }
     })

@@ -127,3 +127,92 @@ fn live_hls_while_publishing_and_a_vod_recording_after() {
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8(body).unwrap(), vod);
 }
+
+/// `gopbus hls` fed by `serve` over QUIC, on its own HTTP port and data directory.
+fn hls_node(server: &Server, http: std::net::SocketAddr, data: &std::path::Path) -> (Proc, std::path::PathBuf) {
+    let (bus, token, ca) = server.bus();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let log = data.join(format!("hls-{}.log", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    let child = gopbus()
+        .args(["hls", "--bus", &bus, "--bus-token", &token, "--bus-ca"])
+        .arg(&ca)
+        .args(["--http", &http.to_string(), "--data"])
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (Proc::new(child), log)
+}
+
+fn live_segments(http: std::net::SocketAddr, at_least: usize, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = std::net::TcpStream::connect(http) {
+            drop(s);
+            let (status, _, body) = http_get(http, "/hls/cam/index.m3u8");
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if status == 200 && text.matches("#EXTINF").count() >= at_least {
+                return text;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what}: no live playlist with {at_least} segments");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_hls_node_fed_over_quic_survives_being_killed_and_restarted() {
+    let server = Server::start("hls-node-origin");
+    let key = server.create_stream("cam");
+    let fixture = Fixture::av(48000, 20);
+    let publisher = ffmpeg_publish(&fixture, &server.url(&key));
+    let data = tmpdir("hls-node");
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+
+    let (node, log) = hls_node(&server, http, &data);
+    live_segments(http, 2, "first node");
+    drop(node); // SIGKILL, mid-stream
+    let recordings = data.join("recordings").join("cam");
+    let first: Vec<std::path::PathBuf> = std::fs::read_dir(&recordings).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(first.len(), 1, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let cut = first[0].join("index.m3u8");
+    let text = std::fs::read_to_string(&cut).unwrap();
+    assert!(text.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && !text.contains("#EXT-X-ENDLIST"), "{text}");
+
+    // A new node on the same directory closes what the killed one left open,
+    // then records a new session and closes it at the end.
+    let (_node, log) = hls_node(&server, http, &data);
+    live_segments(http, 2, "restarted node");
+    let text = std::fs::read_to_string(&cut).unwrap();
+    assert!(text.contains("#EXT-X-PLAYLIST-TYPE:VOD") && text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
+    // What was recorded before the kill plays.
+    let errors = decode_errors(&cut);
+    assert!(errors.trim().is_empty(), "{errors}");
+    assert!(duration_of(cut.to_str().unwrap()) >= 2.0, "{text}");
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let second = loop {
+        let sessions: Vec<std::path::PathBuf> =
+            std::fs::read_dir(&recordings).unwrap().map(|e| e.unwrap().path()).filter(|p| *p != first[0]).collect();
+        if let Some(s) = sessions.first() {
+            if std::fs::read_to_string(s.join("index.m3u8")).unwrap_or_default().contains("#EXT-X-ENDLIST") {
+                break s.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no closed second session:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let index = second.join("index.m3u8");
+    let errors = decode_errors(&index);
+    assert!(errors.trim().is_empty(), "{errors}");
+    let got = streams(&index);
+    assert!(got.iter().any(|s| s["codec_name"] == "h264") && got.iter().any(|s| s["codec_name"] == "aac"), "{got:?}");
+    assert!(first[0].join("index.m3u8").exists(), "the first session's recording is kept");
+}

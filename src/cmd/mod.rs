@@ -2,6 +2,7 @@
 //! and its `run`.
 
 pub(crate) mod dump;
+pub(crate) mod hls;
 pub(crate) mod ingest;
 pub(crate) mod relay;
 pub(crate) mod serve;

@@ -40,7 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use gopbus_bus::{Announcement, Bus, SubscribeOptions};
+use gopbus_bus::node::{Backoff, Remote, ResubscribeConfig, Resubscriber};
+use gopbus_bus::{Announcement, Bus, BusConfig, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -111,6 +112,8 @@ impl Hls {
     /// they do when their broadcasts end.
     pub async fn run(self, bus: Bus, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.close_unfinished()).await;
         let mut announcements = bus.announcements();
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         loop {
@@ -143,6 +146,111 @@ impl Hls {
         }
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+
+    /// Like [`run`](Self::run) for the broadcasts of a remote bus node (`gopbus
+    /// hls --bus`): it watches the node's announcements and segments each
+    /// broadcast through a subscriber that reconnects by itself; a lost watch
+    /// is re-established with backoff. Until `shutdown`.
+    pub async fn run_remote(self, remote: Remote, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.close_unfinished()).await;
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let mut retention = tokio::time::interval(RETENTION_EVERY);
+        'connect: while !shutdown.is_cancelled() {
+            let watch = async {
+                let client = remote.connect(None).await?;
+                let watch = client.watch().await?;
+                Ok::<_, gopbus_bus::quic::QuicError>((client, watch))
+            };
+            let (_client, mut watch) = match watch.await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(bus = %remote.url, error = %e, retry_in = ?backoff.delay(), "watching the bus failed");
+                    if !backoff.wait(&shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            tracing::info!(bus = %remote.url, "HLS watching the bus");
+            loop {
+                let a = tokio::select! {
+                    _ = shutdown.cancelled() => break 'connect,
+                    _ = retention.tick() => {
+                        let me = self.clone();
+                        let _ = tokio::task::spawn_blocking(move || me.enforce_limits()).await;
+                        continue;
+                    }
+                    a = watch.next() => a,
+                };
+                let names: Vec<String> = match a {
+                    Some(Announcement::Started(c)) => vec![c.name],
+                    Some(Announcement::Live(list)) => list.into_iter().map(|c| c.name).collect(),
+                    Some(Announcement::Changed(_) | Announcement::Ended(_)) => continue,
+                    None => {
+                        tracing::warn!(bus = %remote.url, "bus watch lost; watching again");
+                        continue 'connect;
+                    }
+                };
+                for name in names {
+                    if !self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
+                        continue;
+                    }
+                    let config = ResubscribeConfig {
+                        remote: remote.clone(),
+                        broadcast: name.clone(),
+                        tracks: Vec::new(),
+                        bus: BusConfig { window: 4, max_lag: 4 },
+                        max_rate: None,
+                        max_backoff: Duration::from_secs(3),
+                    };
+                    let (me, stop) = (self.clone(), shutdown.clone());
+                    tracker.spawn(async move {
+                        match Resubscriber::connect(config, stop.child_token()).await {
+                            Ok(sub) => segmenter::segment(&me, &name, sub, stop).await,
+                            Err(e) => tracing::warn!(broadcast = %name, error = %e, "HLS could not subscribe"),
+                        }
+                        me.inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                    });
+                }
+            }
+        }
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+
+    /// Closes recordings that a previous process left open (killed mid-broadcast):
+    /// their playlist becomes `VOD` with `#EXT-X-ENDLIST`, so players treat them
+    /// as the finished recordings they are. Returns the sessions closed.
+    pub fn close_unfinished(&self) -> Vec<PathBuf> {
+        let live: HashSet<(String, String)> =
+            self.inner.live.iter().map(|e| (e.key().clone(), e.value().session.clone())).collect();
+        let mut closed = Vec::new();
+        for s in recordings(&self.inner.config.recordings) {
+            if live.contains(&(s.name.clone(), s.session.clone())) {
+                continue;
+            }
+            let path = s.dir.join("index.m3u8");
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            if text.contains("#EXT-X-ENDLIST") {
+                continue;
+            }
+            let fixed = text.replace("#EXT-X-PLAYLIST-TYPE:EVENT", "#EXT-X-PLAYLIST-TYPE:VOD") + "#EXT-X-ENDLIST\n";
+            let tmp = path.with_extension("m3u8.tmp");
+            match std::fs::write(&tmp, fixed).and_then(|()| std::fs::rename(&tmp, &path)) {
+                Ok(()) => {
+                    tracing::info!(recording = %s.dir.display(), "recording left open by a stopped process closed");
+                    closed.push(s.dir);
+                }
+                Err(e) => {
+                    tracing::warn!(recording = %s.dir.display(), error = %e, "could not close an unfinished recording")
+                }
+            }
+        }
+        closed
     }
 
     /// Deletes the oldest finished recordings while there are more than

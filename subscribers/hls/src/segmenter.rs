@@ -7,7 +7,7 @@ use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gopbus_bus::{Event, Subscriber};
+use gopbus_bus::{Event, EventSource};
 use gopbus_proto::{GopHeader, Payload};
 
 use crate::mux::{self, Layout, Sample, AAC_FRAME, VIDEO_TIMESCALE};
@@ -92,7 +92,12 @@ struct Session<'a> {
 }
 
 /// Segments `sub`'s broadcast until it ends; `shutdown` only cuts the linger after it.
-pub(crate) async fn segment(hls: &Hls, name: &str, mut sub: Subscriber, shutdown: tokio_util::sync::CancellationToken) {
+pub(crate) async fn segment(
+    hls: &Hls,
+    name: &str,
+    mut sub: impl EventSource,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let session = format!("{}", started.as_millis());
     let dir = hls.inner.config.recordings.join(name).join(&session);
@@ -120,7 +125,7 @@ pub(crate) async fn segment(hls: &Hls, name: &str, mut sub: Subscriber, shutdown
         recording: Playlist { playlist_type: Some("EVENT"), ..Playlist::default() },
     };
     let reason = loop {
-        match sub.next().await {
+        match sub.next_event().await {
             Event::Gop(h) => s.gop(&h).await,
             Event::Frame(f) => {
                 let Some(layout) = &s.layout else { continue };
