@@ -69,6 +69,14 @@ fn live_hls_while_publishing_and_a_vod_recording_after() {
     assert!(playlist.contains("#EXT-X-MEDIA-SEQUENCE:1"), "{playlist}");
     assert!(playlist.contains("#EXT-X-MAP:URI="), "{playlist}");
     assert!(!playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+    // The multivariant playlist names the codecs, the size and the bit rate.
+    let (status, _, master) = http_get(server.http, "/hls/cam/master.m3u8");
+    let master = String::from_utf8(master).unwrap();
+    assert_eq!(status, 200, "{master}");
+    assert!(master.contains("RESOLUTION=640x360") && master.contains("CODECS=\"avc1.64"), "{master}");
+    assert!(master.contains(",mp4a.40.2\"") && master.contains("BANDWIDTH="), "{master}");
+    let master_streams = streams(std::path::Path::new(&format!("http://{}/hls/cam/master.m3u8", server.http)));
+    assert!(master_streams.iter().any(|s| s["codec_name"] == "h264"), "{master_streams:?}");
     let live_url = format!("http://{}/hls/cam/index.m3u8", server.http);
     let live_streams = streams(std::path::Path::new(&live_url));
     let kinds: Vec<&str> = live_streams.iter().map(|s| s["codec_name"].as_str()).collect();

@@ -6,6 +6,7 @@
 //! [`Hls::run`] follows the bus's announcements and segments every broadcast
 //! that starts; [`Hls::router`] serves:
 //!
+//! - `GET /hls/NAME/master.m3u8` — the multivariant playlist (the source variant);
 //! - `GET /hls/NAME/index.m3u8` — the live playlist (a sliding window);
 //! - `GET /hls/NAME/SESSION/init-N.mp4`, `.../seg-N.m4s` — from memory while live;
 //! - `GET /recordings/NAME/SESSION/index.m3u8` and its files — from disk, kept
@@ -26,8 +27,8 @@
 //!   over) gets `#EXT-X-DISCONTINUITY`.
 //! - Media sequence numbers start at 1.
 //!
-//! Not yet: LL-HLS parts and blocking reloads, the multivariant playlist,
-//! object storage (see the README).
+//! Not yet: LL-HLS parts and blocking reloads, renditions in the multivariant
+//! playlist, object storage (see the README).
 
 mod mux;
 mod playlist;

@@ -31,6 +31,9 @@ struct LiveState {
     segments: VecDeque<(u64, Bytes)>,
     playlist: Playlist,
     text: String,
+    /// `CODECS` and `RESOLUTION` of the newest segment's configuration.
+    codecs: String,
+    resolution: Option<(u32, u32)>,
 }
 
 impl Live {
@@ -38,6 +41,34 @@ impl Live {
     pub(crate) fn playlist(&self) -> Option<String> {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         (!st.playlist.entries.is_empty()).then(|| st.text.clone())
+    }
+
+    /// The multivariant playlist: the source variant, with its peak and average
+    /// bit rate over the live window; `None` before the first segment.
+    pub(crate) fn multivariant(&self) -> Option<String> {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if st.playlist.entries.is_empty() {
+            return None;
+        }
+        let rates: Vec<f64> = st
+            .segments
+            .iter()
+            .zip(&st.playlist.entries)
+            .map(|((_, data), e)| data.len() as f64 * 8.0 / e.duration.max(0.001))
+            .collect();
+        let peak = rates.iter().copied().fold(0.0, f64::max);
+        let average = rates.iter().sum::<f64>() / rates.len() as f64;
+        let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+        s.push_str(&format!(
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={}",
+            peak.ceil() as u64,
+            average.ceil() as u64
+        ));
+        if let Some((w, h)) = st.resolution {
+            s.push_str(&format!(",RESOLUTION={w}x{h}"));
+        }
+        s.push_str(&format!(",CODECS=\"{}\"\nindex.m3u8\n", st.codecs));
+        Some(s)
     }
 
     /// `init-N.mp4` or `seg-N.m4s` from memory.
@@ -247,6 +278,8 @@ impl Session<'_> {
         let session = &self.live.session;
         let mut st = self.live.state.write().unwrap_or_else(|e| e.into_inner());
         st.segments.push_back((msn, data));
+        st.codecs = layout.codecs();
+        st.resolution = layout.video.as_ref().map(|(_, v)| (v.width, v.height));
         st.playlist.entries.push(Entry {
             msn,
             uri: format!("{session}/{file}"),

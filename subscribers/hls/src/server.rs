@@ -13,6 +13,7 @@ const PLAYLIST: &str = "application/vnd.apple.mpegurl";
 pub(crate) fn router(hls: Hls) -> axum::Router {
     axum::Router::new()
         .route("/hls/{name}/index.m3u8", get(live_playlist))
+        .route("/hls/{name}/master.m3u8", get(multivariant))
         .route("/hls/{name}/{session}/{file}", get(live_file))
         .route("/recordings/{name}/{session}/{file}", get(recorded_file))
         .with_state(hls)
@@ -50,6 +51,13 @@ fn plain(s: &str) -> bool {
 
 async fn live_playlist(State(hls): State<Hls>, Path(name): Path<String>) -> Response {
     match hls.inner.live.get(&name).and_then(|l| l.playlist()) {
+        Some(text) => reply(text, PLAYLIST, "no-cache"),
+        None => (StatusCode::NOT_FOUND, "no live HLS for this broadcast\n").into_response(),
+    }
+}
+
+async fn multivariant(State(hls): State<Hls>, Path(name): Path<String>) -> Response {
+    match hls.inner.live.get(&name).and_then(|l| l.multivariant()) {
         Some(text) => reply(text, PLAYLIST, "no-cache"),
         None => (StatusCode::NOT_FOUND, "no live HLS for this broadcast\n").into_response(),
     }
