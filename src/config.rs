@@ -29,6 +29,7 @@ pub(crate) mod defaults {
     pub(crate) const RECORDINGS_MAX_BYTES: u64 = 20 << 30;
     pub(crate) const RECORDINGS_MAX: usize = 1000;
     pub(crate) const HLS_SEGMENT_SECS: f64 = 2.0;
+    pub(crate) const HLS_MAX_SEGMENT_SECS: f64 = 30.0;
 }
 
 /// The TOML file: the keys of every block, named as the flags with `_` for `-`.
@@ -55,6 +56,7 @@ pub(crate) struct File {
     pub(crate) directory_ttl: Option<u64>,
     pub(crate) bus: Option<String>,
     pub(crate) hls_segment: Option<f64>,
+    pub(crate) hls_max_segment: Option<f64>,
     pub(crate) recordings_max_bytes: Option<u64>,
     pub(crate) recordings_max: Option<usize>,
 }
@@ -299,6 +301,9 @@ pub(crate) struct HlsArgs {
     /// HLS segment target in seconds: a segment is cut at the first keyframe after this much [default: 2].
     #[arg(long, env = "GOPBUS_HLS_SEGMENT")]
     pub(crate) hls_segment: Option<f64>,
+    /// Longest HLS segment in seconds: a GoP longer than this is cut and its frames up to the next keyframe are dropped (bounds memory) [default: 30].
+    #[arg(long, env = "GOPBUS_HLS_MAX_SEGMENT")]
+    pub(crate) hls_max_segment: Option<f64>,
     /// Most bytes of recordings kept under DATA/recordings; the oldest go first [default: 21474836480 (20 GiB)].
     #[arg(long, env = "GOPBUS_RECORDINGS_MAX_BYTES")]
     pub(crate) recordings_max_bytes: Option<u64>,
@@ -318,6 +323,9 @@ impl HlsArgs {
                 .or(f.recordings_max_bytes)
                 .unwrap_or(defaults::RECORDINGS_MAX_BYTES),
             max_recordings: self.recordings_max.or(f.recordings_max).unwrap_or(defaults::RECORDINGS_MAX),
+            max_segment: Duration::from_secs_f64(
+                self.hls_max_segment.or(f.hls_max_segment).unwrap_or(defaults::HLS_MAX_SEGMENT_SECS).clamp(secs, 600.0),
+            ),
             ..gopbus_hls::HlsConfig::default()
         }
     }

@@ -62,6 +62,9 @@ pub struct HlsConfig {
     pub max_recording_bytes: u64,
     /// Most recorded sessions kept; the oldest finished ones are deleted past it.
     pub max_recordings: usize,
+    /// Longest segment: a GoP longer than this is cut (the frames up to its next
+    /// keyframe are dropped), which bounds the memory a segment in progress holds.
+    pub max_segment: Duration,
 }
 
 impl Default for HlsConfig {
@@ -72,6 +75,7 @@ impl Default for HlsConfig {
             live_segments: 6,
             max_recording_bytes: 20 << 30,
             max_recordings: 1000,
+            max_segment: Duration::from_secs(30),
         }
     }
 }

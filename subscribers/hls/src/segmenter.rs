@@ -119,6 +119,8 @@ struct Session<'a> {
     pending: Pending,
     msn: u64,
     discontinuity_next: bool,
+    /// A segment was cut mid-GoP: frames are dropped until the next GoP.
+    waiting_keyframe: bool,
     recording: Playlist,
 }
 
@@ -153,6 +155,7 @@ pub(crate) async fn segment(
         pending: Pending::default(),
         msn: 1,
         discontinuity_next: false,
+        waiting_keyframe: false,
         recording: Playlist { playlist_type: Some("EVENT"), ..Playlist::default() },
     };
     let reason = loop {
@@ -160,12 +163,26 @@ pub(crate) async fn segment(
             Event::Gop(h) => s.gop(&h).await,
             Event::Frame(f) => {
                 let Some(layout) = &s.layout else { continue };
-                let frame =
-                    Frame { dts: f.header.dts, cts: f.header.cts, key: f.header.is_keyframe(), payload: f.payload };
+                if s.waiting_keyframe {
+                    continue;
+                }
+                let dts = f.header.dts;
+                let frame = Frame { dts, cts: f.header.cts, key: f.header.is_keyframe(), payload: f.payload };
                 if layout.video.as_ref().is_some_and(|(id, _)| *id == f.header.track) {
                     s.pending.video.push(frame);
                 } else if layout.audio.as_ref().is_some_and(|(id, _)| *id == f.header.track) {
                     s.pending.audio.push(frame);
+                }
+                // A segment in progress holds its frames: bounded by the longest segment.
+                let max = s.hls.inner.config.max_segment.as_millis() as i64;
+                if dts - s.pending.start >= max {
+                    tracing::warn!(
+                        broadcast = %name, max_ms = max,
+                        "no keyframe within the longest HLS segment; segment cut, frames dropped until the next keyframe"
+                    );
+                    s.cut(None).await;
+                    s.discontinuity_next = true;
+                    s.waiting_keyframe = true;
                 }
             }
             Event::CutShort { .. } | Event::Skipped { .. } => {
@@ -196,6 +213,7 @@ pub(crate) async fn segment(
 
 impl Session<'_> {
     async fn gop(&mut self, h: &GopHeader) {
+        self.waiting_keyframe = false;
         let layout = match Layout::of(h) {
             Ok(l) => l,
             Err(e) => {
