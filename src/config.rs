@@ -331,6 +331,26 @@ impl HlsArgs {
     }
 }
 
+/// How a client command reaches its bus node: the node, its token, the CA to trust.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct ClientArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    #[command(flatten)]
+    pub(crate) token: TokenArgs,
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+}
+
+impl ClientArgs {
+    pub(crate) fn remote(&self, f: &File) -> anyhow::Result<gopbus_bus::node::Remote> {
+        let token = self.token.resolve(f).context(
+            "the node's bus token is needed: give --bus-token (or GOPBUS_BUS_TOKEN, or bus_token in --config)",
+        )?;
+        Ok(gopbus_bus::node::Remote { url: self.target.resolve(f)?, token, tls: self.ca.resolve(f)? })
+    }
+}
+
 /// The bus node a client command connects to.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub(crate) struct TargetArgs {

@@ -38,8 +38,3 @@ pub(crate) fn bind_server(quic: &Quic, bus: Bus, token: String, data: &Path) -> 
         BusServer::bind(quic.listen, tls::server_config(identity)?, bus, token).context("binding the QUIC bus")?;
     Ok((server, cert_path))
 }
-
-/// The bus token a client presents (no default: it is the node's secret).
-pub(crate) fn client_token(token: Option<String>) -> anyhow::Result<String> {
-    token.context("the node's bus token is needed: give --bus-token (or GOPBUS_BUS_TOKEN, or bus_token in --config)")
-}

@@ -4,24 +4,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use gopbus_bus::node::{Remote, ResubscribeConfig, Resubscriber};
+use gopbus_bus::node::{ResubscribeConfig, Resubscriber};
 use gopbus_bus::BusConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CaArgs, CommonArgs, TargetArgs, TokenArgs};
-use crate::node::client_token;
+use crate::config::{ClientArgs, CommonArgs};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// The bus node to subscribe at.
+    /// The bus node to connect to, its token and the CA to trust.
     #[command(flatten)]
-    target: TargetArgs,
-    #[command(flatten)]
-    token: TokenArgs,
-    #[command(flatten)]
-    ca: CaArgs,
+    client: ClientArgs,
     /// The broadcast (stream name).
     name: String,
     /// Output FLV file.
@@ -41,11 +36,7 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(a: Args, interrupt: CancellationToken) -> anyhow::Result<()> {
     let file = a.common.file()?;
-    let remote = Remote {
-        url: a.target.resolve(&file)?,
-        token: client_token(a.token.resolve(&file))?,
-        tls: a.ca.resolve(&file)?,
-    };
+    let remote = a.client.remote(&file)?;
     let stop = interrupt.child_token();
     if let Some(secs) = a.duration {
         let s = stop.clone();

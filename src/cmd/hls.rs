@@ -1,24 +1,18 @@
 //! `gopbus hls`: the HLS segmenter as a node of its own, fed by a bus node.
 
 use anyhow::Context;
-use gopbus_bus::node::Remote;
 use gopbus_hls::Hls;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CaArgs, CommonArgs, HlsArgs, HttpArgs, TargetArgs, TokenArgs};
-use crate::node::client_token;
+use crate::config::{ClientArgs, CommonArgs, HlsArgs, HttpArgs};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// The bus node (a relay, or `serve`) whose broadcasts to segment.
+    /// The bus node to connect to, its token and the CA to trust.
     #[command(flatten)]
-    target: TargetArgs,
-    #[command(flatten)]
-    token: TokenArgs,
-    #[command(flatten)]
-    ca: CaArgs,
+    client: ClientArgs,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -28,11 +22,7 @@ pub(crate) struct Args {
 pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     let file = a.common.file()?;
     let data = a.common.data(&file);
-    let remote = Remote {
-        url: a.target.resolve(&file)?,
-        token: client_token(a.token.resolve(&file))?,
-        tls: a.ca.resolve(&file)?,
-    };
+    let remote = a.client.remote(&file)?;
     let http_addr = a.http.resolve(&file);
     let hls = Hls::new(a.hls.resolve(&file, &data));
     let http =

@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use gopbus_bus::node::{forward, Remote};
+use gopbus_bus::node::forward;
 use gopbus_bus::Bus;
 use gopbus_ingest::Ingest;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BusArgs, CaArgs, CommonArgs, RedisArgs, RtmpArgs, TargetArgs, TokenArgs};
-use crate::node::client_token;
+use crate::config::{BusArgs, ClientArgs, CommonArgs, RedisArgs, RtmpArgs};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -21,13 +20,9 @@ pub(crate) struct Args {
     /// `gopbus streams --redis URL ...`) instead of DATA.
     #[command(flatten)]
     redis: RedisArgs,
-    /// The relay to publish to.
+    /// The bus node to connect to, its token and the CA to trust.
     #[command(flatten)]
-    target: TargetArgs,
-    #[command(flatten)]
-    token: TokenArgs,
-    #[command(flatten)]
-    ca: CaArgs,
+    client: ClientArgs,
     #[command(flatten)]
     bus: BusArgs,
 }
@@ -37,11 +32,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let data = a.common.data(&file);
     let rtmp = a.rtmp.resolve(&file);
     let redis = a.redis.resolve(&file);
-    let remote = Remote {
-        url: a.target.resolve(&file)?,
-        token: client_token(a.token.resolve(&file))?,
-        tls: a.ca.resolve(&file)?,
-    };
+    let remote = a.client.remote(&file)?;
     let store = super::open_keys(&data, redis.as_deref()).await?;
     let bus = Bus::new(a.bus.resolve(&file));
     let ingest = Ingest::new(bus.clone(), store, rtmp.ingest());
