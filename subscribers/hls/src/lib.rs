@@ -117,35 +117,30 @@ impl Hls {
     /// they do when their broadcasts end.
     pub async fn run(self, bus: Bus, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        let me = self.clone();
-        let _ = tokio::task::spawn_blocking(move || me.close_unfinished()).await;
+        // Watch first: what starts while old recordings are being closed is not missed.
         let mut announcements = bus.announcements();
+        self.off_runtime(Self::close_unfinished).await;
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         loop {
             let a = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = retention.tick() => {
-                    let me = self.clone();
-                    // Directory walks are blocking work.
-                    let _ = tokio::task::spawn_blocking(move || me.enforce_limits()).await;
+                    self.off_runtime(Self::enforce_limits).await;
                     continue;
                 }
                 a = announcements.next() => a,
             };
-            let names: Vec<String> = match a {
-                Announcement::Started(c) => vec![c.name],
-                Announcement::Live(list) => list.into_iter().map(|c| c.name).collect(),
-                Announcement::Changed(_) | Announcement::Ended(_) => continue,
-            };
-            for name in names {
-                if !self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
+            for name in started(a).into_iter().filter(|n| self.claim(n)) {
+                let sub = bus.subscribe(&name, SubscribeOptions::default());
+                if !bus.is_live(&name) {
+                    // Ended already: this subscriber would wait on an empty slot.
+                    self.release(&name);
                     continue;
                 }
-                let sub = bus.subscribe(&name, SubscribeOptions::default());
                 let (me, stop) = (self.clone(), shutdown.clone());
                 tracker.spawn(async move {
                     segmenter::segment(&me, &name, sub, stop).await;
-                    me.inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                    me.release(&name);
                 });
             }
         }
@@ -159,8 +154,7 @@ impl Hls {
     /// is re-established with backoff. Until `shutdown`.
     pub async fn run_remote(self, remote: Remote, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        let me = self.clone();
-        let _ = tokio::task::spawn_blocking(move || me.close_unfinished()).await;
+        self.off_runtime(Self::close_unfinished).await;
         let mut backoff = Backoff::new(Duration::from_secs(5));
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         'connect: while !shutdown.is_cancelled() {
@@ -185,25 +179,16 @@ impl Hls {
                 let a = tokio::select! {
                     _ = shutdown.cancelled() => break 'connect,
                     _ = retention.tick() => {
-                        let me = self.clone();
-                        let _ = tokio::task::spawn_blocking(move || me.enforce_limits()).await;
+                        self.off_runtime(Self::enforce_limits).await;
                         continue;
                     }
                     a = watch.next() => a,
                 };
-                let names: Vec<String> = match a {
-                    Some(Announcement::Started(c)) => vec![c.name],
-                    Some(Announcement::Live(list)) => list.into_iter().map(|c| c.name).collect(),
-                    Some(Announcement::Changed(_) | Announcement::Ended(_)) => continue,
-                    None => {
-                        tracing::warn!(bus = %remote.url, "bus watch lost; watching again");
-                        continue 'connect;
-                    }
+                let Some(a) = a else {
+                    tracing::warn!(bus = %remote.url, "bus watch lost; watching again");
+                    continue 'connect;
                 };
-                for name in names {
-                    if !self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
-                        continue;
-                    }
+                for name in started(a).into_iter().filter(|n| self.claim(n)) {
                     let config = ResubscribeConfig {
                         remote: remote.clone(),
                         broadcast: name.clone(),
@@ -218,13 +203,28 @@ impl Hls {
                             Ok(sub) => segmenter::segment(&me, &name, sub, stop).await,
                             Err(e) => tracing::warn!(broadcast = %name, error = %e, "HLS could not subscribe"),
                         }
-                        me.inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                        me.release(&name);
                     });
                 }
             }
         }
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+
+    /// Marks `name` as being segmented; false if it already is.
+    fn claim(&self, name: &str) -> bool {
+        self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned())
+    }
+
+    fn release(&self, name: &str) {
+        self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// Runs a directory walk on the blocking pool.
+    async fn off_runtime(&self, work: fn(&Self) -> Vec<PathBuf>) {
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || work(&me)).await;
     }
 
     /// Closes recordings that a previous process left open (killed mid-broadcast):
@@ -293,6 +293,15 @@ impl Hls {
             }
         }
         deleted
+    }
+}
+
+/// The broadcasts an announcement says are live or have just started.
+fn started(a: Announcement) -> Vec<String> {
+    match a {
+        Announcement::Started(c) => vec![c.name],
+        Announcement::Live(list) => list.into_iter().map(|c| c.name).collect(),
+        Announcement::Changed(_) | Announcement::Ended(_) => Vec::new(),
     }
 }
 

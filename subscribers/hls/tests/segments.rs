@@ -53,8 +53,11 @@ async fn a_gop_longer_than_the_longest_segment_is_cut() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut p = bus.publish("long");
     gop(&mut p, 0, 5000); // 5 s without a keyframe
+    // The segmenter attaches while the broadcast is live (it starts at the current GoP).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     gop(&mut p, 5000, 1000);
     gop(&mut p, 6000, 1000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     p.end(EndReason::PublisherLeft);
 
     let dir = root.join("long");
