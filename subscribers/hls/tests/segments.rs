@@ -52,7 +52,8 @@ async fn a_gop_longer_than_the_longest_segment_is_cut() {
     let task = tokio::spawn(hls.run(bus.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut p = bus.publish("long");
-    gop(&mut p, 0, 5000); // 5 s without a keyframe
+    // 5 s without a keyframe.
+    gop(&mut p, 0, 5000);
     // The segmenter attaches while the broadcast is live (it starts at the current GoP).
     tokio::time::sleep(Duration::from_millis(300)).await;
     gop(&mut p, 5000, 1000);
