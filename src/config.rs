@@ -30,6 +30,8 @@ pub(crate) mod defaults {
     pub(crate) const RECORDINGS_MAX: usize = 1000;
     pub(crate) const HLS_SEGMENT_SECS: f64 = 2.0;
     pub(crate) const HLS_MAX_SEGMENT_SECS: f64 = 30.0;
+    pub(crate) const HLS_PART_SECS: f64 = 0.5;
+    pub(crate) const HLS_MAX_WAITING: usize = 10_000;
 }
 
 /// The TOML file: the keys of every block, named as the flags with `_` for `-`.
@@ -57,6 +59,8 @@ pub(crate) struct File {
     pub(crate) bus: Option<String>,
     pub(crate) hls_segment: Option<f64>,
     pub(crate) hls_max_segment: Option<f64>,
+    pub(crate) hls_part: Option<f64>,
+    pub(crate) hls_max_waiting: Option<usize>,
     pub(crate) recordings_max_bytes: Option<u64>,
     pub(crate) recordings_max: Option<usize>,
 }
@@ -304,6 +308,12 @@ pub(crate) struct HlsArgs {
     /// Longest HLS segment in seconds: a GoP longer than this is cut and its frames up to the next keyframe are dropped (bounds memory) [default: 30].
     #[arg(long, env = "GOPBUS_HLS_MAX_SEGMENT")]
     pub(crate) hls_max_segment: Option<f64>,
+    /// LL-HLS part target in seconds, 0.2 up to the segment target [default: 0.5].
+    #[arg(long, env = "GOPBUS_HLS_PART")]
+    pub(crate) hls_part: Option<f64>,
+    /// Most HLS requests held open at once (blocking playlist reloads, preload hints); more get 503 [default: 10000].
+    #[arg(long, env = "GOPBUS_HLS_MAX_WAITING")]
+    pub(crate) hls_max_waiting: Option<usize>,
     /// Most bytes of recordings kept under DATA/recordings; the oldest go first [default: 21474836480 (20 GiB)].
     #[arg(long, env = "GOPBUS_RECORDINGS_MAX_BYTES")]
     pub(crate) recordings_max_bytes: Option<u64>,
@@ -326,6 +336,10 @@ impl HlsArgs {
             max_segment: Duration::from_secs_f64(
                 self.hls_max_segment.or(f.hls_max_segment).unwrap_or(defaults::HLS_MAX_SEGMENT_SECS).clamp(secs, 600.0),
             ),
+            part_target: Duration::from_secs_f64(
+                self.hls_part.or(f.hls_part).unwrap_or(defaults::HLS_PART_SECS).clamp(0.2, secs.max(0.2)),
+            ),
+            max_waiting: self.hls_max_waiting.or(f.hls_max_waiting).unwrap_or(defaults::HLS_MAX_WAITING).max(1),
             ..gopbus_hls::HlsConfig::default()
         }
     }

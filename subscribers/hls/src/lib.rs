@@ -7,8 +7,10 @@
 //! that starts; [`Hls::router`] serves:
 //!
 //! - `GET /hls/NAME/master.m3u8` — the multivariant playlist (the source variant);
-//! - `GET /hls/NAME/index.m3u8` — the live playlist (a sliding window);
-//! - `GET /hls/NAME/SESSION/init-N.mp4`, `.../seg-N.m4s` — from memory while live;
+//! - `GET /hls/NAME/index.m3u8[?_HLS_msn=M[&_HLS_part=P]]` — the live playlist
+//!   (a sliding window, LL-HLS), blocking until segment M (part P) exists;
+//! - `GET /hls/NAME/SESSION/init-N.mp4`, `.../seg-N.m4s`, `.../part-M.P.m4s` —
+//!   from memory while live;
 //! - `GET /recordings/NAME/SESSION/index.m3u8` and its files — from disk, kept
 //!   after the broadcast ends (`#EXT-X-ENDLIST`).
 //!
@@ -27,8 +29,14 @@
 //!   over) gets `#EXT-X-DISCONTINUITY`.
 //! - Media sequence numbers start at 1.
 //!
-//! Not yet: LL-HLS parts and blocking reloads, renditions in the multivariant
-//! playlist, object storage (see the README).
+//! - Low-Latency HLS: parts of about `part_target` (0.5 s) are cut on the
+//!   video clock, whatever the keyframe interval; only a part that starts
+//!   with a keyframe is `INDEPENDENT=YES`. A segment is its parts, back to
+//!   back. Blocking playlist reloads (`_HLS_msn`, `_HLS_part`) and the
+//!   preload-hinted part are held open until they exist (at most three target
+//!   durations, at most `max_waiting` requests at once).
+//!
+//! Not yet: renditions in the multivariant playlist, object storage (see the README).
 
 mod mux;
 mod playlist;
@@ -47,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use mux::{fragment, init_segment, Layout, MuxError, Sample, AAC_FRAME, VIDEO_TIMESCALE};
-pub use playlist::{Entry, Playlist};
+pub use playlist::{Entry, LowLatency, Part, Playlist};
 
 /// Settings of the HLS subscriber.
 #[derive(Debug, Clone)]
@@ -65,6 +73,12 @@ pub struct HlsConfig {
     /// Longest segment: a GoP longer than this is cut (the frames up to its next
     /// keyframe are dropped), which bounds the memory a segment in progress holds.
     pub max_segment: Duration,
+    /// LL-HLS part target: a part is cut before the frame that would take it
+    /// past this (0.2 s to the segment target).
+    pub part_target: Duration,
+    /// Most requests held open at once (blocking playlist reloads and preload
+    /// hints, all broadcasts); past it they get 503 at once.
+    pub max_waiting: usize,
 }
 
 impl Default for HlsConfig {
@@ -76,6 +90,8 @@ impl Default for HlsConfig {
             max_recording_bytes: 20 << 30,
             max_recordings: 1000,
             max_segment: Duration::from_secs(30),
+            part_target: Duration::from_millis(500),
+            max_waiting: 10_000,
         }
     }
 }
@@ -94,12 +110,19 @@ struct Inner {
     /// Live state of each broadcast being segmented.
     live: DashMap<String, Arc<segmenter::Live>>,
     running: Mutex<HashSet<String>>,
+    /// Permits for requests held open (`max_waiting`).
+    waiting: Arc<tokio::sync::Semaphore>,
+    /// When the `max_waiting` limit last said so in the log (ms since the Unix epoch).
+    waiting_logged: std::sync::atomic::AtomicU64,
 }
 
 impl Hls {
     /// An HLS subscriber with `config`.
     pub fn new(config: HlsConfig) -> Self {
-        Self { inner: Arc::new(Inner { config, live: DashMap::new(), running: Mutex::default() }) }
+        let waiting = Arc::new(tokio::sync::Semaphore::new(config.max_waiting));
+        let inner =
+            Inner { config, live: DashMap::new(), running: Mutex::default(), waiting, waiting_logged: 0.into() };
+        Self { inner: Arc::new(inner) }
     }
 
     /// The settings.

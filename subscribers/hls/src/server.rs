@@ -1,14 +1,20 @@
-//! The HTTP side: live playlists and segments from memory, recordings from disk.
+//! The HTTP side: live playlists, segments and parts from memory (blocking
+//! reloads and preload hints held open), recordings from disk.
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 
+use crate::segmenter::Waited;
 use crate::Hls;
 
 const PLAYLIST: &str = "application/vnd.apple.mpegurl";
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 pub(crate) fn router(hls: Hls) -> axum::Router {
     axum::Router::new()
@@ -19,13 +25,41 @@ pub(crate) fn router(hls: Hls) -> axum::Router {
         .with_state(hls)
 }
 
-fn reply(body: impl Into<axum::body::Body>, kind: &'static str, cache: &'static str) -> Response {
-    let mut r = Response::new(body.into());
+/// A response with its type, caching and ETag; 304 when the client has it.
+fn reply(req: &HeaderMap, parts: Vec<Bytes>, kind: &'static str, cache: &'static str, etag: &str) -> Response {
+    let fresh = req
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if fresh {
+        let mut r = Response::new(axum::body::Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else if parts.len() == 1 {
+        Response::new(axum::body::Body::from(parts.into_iter().next().unwrap_or_default()))
+    } else {
+        // A segment is its parts: sent one after the other, not joined.
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let body = futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::convert::Infallible>));
+        let mut r = Response::new(axum::body::Body::from_stream(body));
+        r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+        r
+    };
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
     // Players on other origins (a page served elsewhere) may read it.
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("etag"));
+    r
+}
+
+fn status(code: StatusCode, why: &'static str) -> Response {
+    let mut r = (code, why).into_response();
+    r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     r
 }
 
@@ -49,51 +83,171 @@ fn plain(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-async fn live_playlist(State(hls): State<Hls>, Path(name): Path<String>) -> Response {
-    match hls.inner.live.get(&name).and_then(|l| l.playlist()) {
-        Some(text) => reply(text, PLAYLIST, "no-cache"),
-        None => (StatusCode::NOT_FOUND, "no live HLS for this broadcast\n").into_response(),
+/// The LL-HLS delivery directives of a playlist request: `_HLS_msn` and `_HLS_part`.
+/// `Err` for a malformed one.
+fn directives(query: Option<&str>) -> Result<Option<(u64, Option<u64>)>, ()> {
+    let (mut msn, mut part) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "_HLS_msn" => msn = Some(v.parse::<u64>().map_err(|_| ())?),
+            "_HLS_part" => part = Some(v.parse::<u64>().map_err(|_| ())?),
+            _ => {}
+        }
+    }
+    match (msn, part) {
+        (None, Some(_)) => Err(()),
+        (None, None) => Ok(None),
+        (Some(m), p) => Ok(Some((m, p))),
     }
 }
 
-async fn multivariant(State(hls): State<Hls>, Path(name): Path<String>) -> Response {
-    match hls.inner.live.get(&name).and_then(|l| l.multivariant()) {
-        Some(text) => reply(text, PLAYLIST, "no-cache"),
-        None => (StatusCode::NOT_FOUND, "no live HLS for this broadcast\n").into_response(),
+impl Hls {
+    /// A permit to hold a request open, or `None` (logged at most once a second) at the limit.
+    fn hold(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.inner.waiting.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            let last = self.inner.waiting_logged.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && self.inner.waiting_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            {
+                tracing::warn!(
+                    max_waiting = self.inner.config.max_waiting,
+                    "too many HLS requests held open (blocking reloads, preload hints); refusing more with 503 (--hls-max-waiting)"
+                );
+            }
+        }
+        permit
     }
 }
 
-async fn live_file(State(hls): State<Hls>, Path((name, session, file)): Path<(String, String, String)>) -> Response {
-    let Some(kind) = kind_of(&file).filter(|_| plain(&name) && plain(&session) && plain(&file)) else {
-        return StatusCode::NOT_FOUND.into_response();
+async fn live_playlist(
+    State(hls): State<Hls>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let Some(live) = hls.inner.live.get(&name).map(|l| l.clone()) else {
+        return status(StatusCode::NOT_FOUND, "no live HLS for this broadcast\n");
     };
-    let in_memory = hls.inner.live.get(&name).filter(|l| l.session == session).and_then(|l| l.file(&file));
-    match in_memory {
-        Some(bytes) => reply(bytes, kind, "public, max-age=31536000, immutable"),
-        // Slid out of the window (a player far behind): the recording has it.
-        None => from_disk(&hls, &name, &session, &file, kind).await,
+    let Ok(wanted) = directives(query.as_deref()) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "_HLS_msn and _HLS_part must be numbers, _HLS_part only with _HLS_msn\n",
+        );
+    };
+    let mut cache = "no-cache";
+    if let Some((msn, part)) = wanted {
+        let Some(_permit) = hls.hold() else {
+            return status(StatusCode::SERVICE_UNAVAILABLE, "too many requests waiting\n");
+        };
+        // The Advance Part Limit: about three seconds of parts ahead.
+        let part_secs = hls.inner.config.part_target.as_secs_f64().max(0.001);
+        let advance = ((3.0 / part_secs).ceil() as u64).max(3);
+        match live.wait_for(msn, part, advance).await {
+            Waited::Ready => {}
+            Waited::TooFar => {
+                return status(StatusCode::BAD_REQUEST, "_HLS_msn/_HLS_part too far ahead of the live edge\n")
+            }
+            Waited::TimedOut => {
+                return status(StatusCode::SERVICE_UNAVAILABLE, "the requested part did not come in time\n")
+            }
+        }
+        // A blocking request's URL names one version of the playlist: a CDN may keep it.
+        cache = "public, max-age=30";
     }
+    match live.playlist() {
+        Some((text, etag)) => reply(&headers, vec![Bytes::from(text)], PLAYLIST, cache, &etag),
+        None => status(StatusCode::NOT_FOUND, "no live HLS for this broadcast yet\n"),
+    }
+}
+
+async fn multivariant(State(hls): State<Hls>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match hls.inner.live.get(&name).and_then(|l| l.multivariant()) {
+        Some(text) => {
+            let etag = format!("\"{}\"", text.len());
+            reply(&headers, vec![Bytes::from(text)], PLAYLIST, "no-cache", &etag)
+        }
+        None => status(StatusCode::NOT_FOUND, "no live HLS for this broadcast\n"),
+    }
+}
+
+async fn live_file(
+    State(hls): State<Hls>,
+    Path((name, session, file)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(kind) = kind_of(&file).filter(|_| plain(&name) && plain(&session) && plain(&file)) else {
+        return status(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let live = hls.inner.live.get(&name).filter(|l| l.session == session).map(|l| l.clone());
+    let etag = format!("\"{session}/{file}\"");
+    if let Some(live) = live {
+        if let Some(parts) = live.file(&file) {
+            return reply(&headers, parts, kind, IMMUTABLE, &etag);
+        }
+        if file.starts_with("part-") {
+            // The preload hint: held open until the part exists.
+            let Some(_permit) = hls.hold() else {
+                return status(StatusCode::SERVICE_UNAVAILABLE, "too many requests waiting\n");
+            };
+            return match live.wait_part(&file).await {
+                Some(parts) => reply(&headers, parts, kind, IMMUTABLE, &etag),
+                None => status(StatusCode::NOT_FOUND, "no such part\n"),
+            };
+        }
+    }
+    // Slid out of the window (a player far behind): the recording has it.
+    from_disk(&hls, &headers, &name, &session, &file, kind).await
 }
 
 async fn recorded_file(
     State(hls): State<Hls>,
     Path((name, session, file)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     match kind_of(&file).filter(|_| plain(&name) && plain(&session) && plain(&file)) {
-        Some(kind) => from_disk(&hls, &name, &session, &file, kind).await,
-        None => StatusCode::NOT_FOUND.into_response(),
+        Some(kind) => from_disk(&hls, &headers, &name, &session, &file, kind).await,
+        None => status(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-async fn from_disk(hls: &Hls, name: &str, session: &str, file: &str, kind: &'static str) -> Response {
+async fn from_disk(
+    hls: &Hls,
+    headers: &HeaderMap,
+    name: &str,
+    session: &str,
+    file: &str,
+    kind: &'static str,
+) -> Response {
     let path = hls.inner.config.recordings.join(name).join(session).join(file);
     match tokio::fs::read(&path).await {
-        // The playlist changes while the session records; the media files never do.
-        Ok(data) => reply(
-            Bytes::from(data),
-            kind,
-            if kind == PLAYLIST { "no-cache" } else { "public, max-age=31536000, immutable" },
-        ),
-        Err(_) => StatusCode::NOT_FOUND.into_response(),
+        Ok(data) => {
+            // The playlist changes while the session records; the media files never do.
+            let (cache, etag) = if kind == PLAYLIST {
+                let modified = tokio::fs::metadata(&path).await.and_then(|m| m.modified()).ok();
+                let ns = modified.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default().as_nanos();
+                ("no-cache", format!("\"{session}/{}.{ns}\"", data.len()))
+            } else {
+                (IMMUTABLE, format!("\"{session}/{file}\""))
+            };
+            reply(headers, vec![Bytes::from(data)], kind, cache, &etag)
+        }
+        Err(_) => status(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::directives;
+
+    #[test]
+    fn delivery_directives() {
+        assert_eq!(directives(None), Ok(None));
+        assert_eq!(directives(Some("_HLS_msn=7")), Ok(Some((7, None))));
+        assert_eq!(directives(Some("_HLS_msn=7&_HLS_part=2&_HLS_skip=YES")), Ok(Some((7, Some(2)))));
+        assert_eq!(directives(Some("_HLS_part=2")), Err(()));
+        assert_eq!(directives(Some("_HLS_msn=x")), Err(()));
     }
 }
