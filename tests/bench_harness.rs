@@ -61,6 +61,12 @@ fn every_scenario_runs_at_a_tiny_size() {
                 assert!(num(&report, 1, "RSS MiB") > 0.0);
                 assert_eq!(num(&report, 1, "failed joins"), 0.0);
             }
+            "hls-latency" => {
+                assert!(num(&report, 0, "samples") > 0.0, "hls.js showed nothing");
+                assert_eq!(num(&report, 0, "player errors"), 0.0);
+                assert!(num(&report, 0, "blocking reloads") > 0.0, "hls.js did not use LL-HLS");
+                assert!(num(&report, 0, "p50 ms") > 0.0);
+            }
             other => panic!("scenario {other} has no check here"),
         }
     }

@@ -46,6 +46,8 @@ pub struct Target {
     pub pid: Option<u32>,
     /// A human name ("gopbus" or the URL).
     pub name: String,
+    /// gopbus's HTTP address (HLS), when the bench started it.
+    pub http: Option<SocketAddr>,
     child: Option<Child>,
     data: Option<PathBuf>,
 }
@@ -53,6 +55,11 @@ pub struct Target {
 impl Target {
     /// Starts `gopbus serve` on free loopback ports with `streams` streams.
     pub fn start_gopbus(binary: &Path, streams: usize) -> anyhow::Result<Self> {
+        Self::start_gopbus_with(binary, streams, &[])
+    }
+
+    /// [`start_gopbus`](Self::start_gopbus) with more flags for `serve`.
+    pub fn start_gopbus_with(binary: &Path, streams: usize, flags: &[String]) -> anyhow::Result<Self> {
         let data = std::env::temp_dir().join(format!("gopbus-bench-{}-{}", std::process::id(), nanos()));
         std::fs::create_dir_all(&data)?;
         let mut play = Vec::new();
@@ -73,9 +80,11 @@ impl Target {
             play.push(RtmpUrl { addr: rtmp, app: "live".into(), name });
             publish.push(RtmpUrl { addr: rtmp, app: "live".into(), name: key });
         }
+        let http = free_addr()?;
         let child = Command::new(binary)
             .args(["serve", "--rtmp", &rtmp.to_string()])
-            .args(["--http", &free_addr()?.to_string(), "--quic", &free_addr()?.to_string()])
+            .args(["--http", &http.to_string(), "--quic", &free_addr()?.to_string()])
+            .args(flags)
             .args(["--max-connections", "4096", "--data"])
             .arg(&data)
             .env("RUST_LOG", "warn")
@@ -84,8 +93,15 @@ impl Target {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let pid = child.id();
-        let target =
-            Self { play, publish, pid: Some(pid), name: "gopbus".into(), child: Some(child), data: Some(data) };
+        let target = Self {
+            play,
+            publish,
+            pid: Some(pid),
+            name: "gopbus".into(),
+            http: Some(http),
+            child: Some(child),
+            data: Some(data),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(rtmp).is_err() {
             if Instant::now() > deadline {
@@ -107,6 +123,7 @@ impl Target {
             publish: (0..streams.max(1)).map(|i| q.with_name(&name(&q.name, i))).collect(),
             pid,
             name: play.to_owned(),
+            http: None,
             child: None,
             data: None,
         })

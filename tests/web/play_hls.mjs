@@ -25,8 +25,11 @@ try {
     result.samples.push(await page.evaluate(() => {
       const v = document.querySelector('video');
       const q = v.getVideoPlaybackQuality();
+      const h = window.hls;
+      const date = h && h.playingDate;
       return { time: v.currentTime, frames: q.totalVideoFrames, width: v.videoWidth, height: v.videoHeight,
-               hlsErrors: window.hlsErrors || [] };
+               hlsErrors: window.hlsErrors || [], latency: h ? h.latency : null,
+               behindMs: date ? Date.now() - date.getTime() : null };
     }));
   }
 } finally {

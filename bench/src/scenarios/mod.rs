@@ -2,6 +2,7 @@
 
 mod bus_local;
 mod bus_publish;
+mod hls;
 mod ingest;
 mod latency;
 mod quic_fanout;
@@ -20,8 +21,8 @@ use crate::rtmp::Client;
 use crate::target::{default_gopbus, RtmpUrl, Target};
 
 /// Scenario names, in the order `all` runs them.
-pub const ALL: [&str; 8] =
-    ["bus-publish", "bus-local", "zero-copy", "rtmp-fanout", "latency", "ttff", "ingest", "quic-fanout"];
+pub const ALL: [&str; 9] =
+    ["bus-publish", "bus-local", "zero-copy", "rtmp-fanout", "latency", "ttff", "ingest", "quic-fanout", "hls-latency"];
 
 /// Options shared by the scenarios.
 #[derive(Debug, Clone)]
@@ -72,7 +73,7 @@ impl Params {
             runs: 1,
             sizes: Some(vec![2]),
             seconds: 1.5,
-            spec: StreamSpec { width: 320, height: 240, kbps: 300, seconds: 2 },
+            spec: StreamSpec { width: 320, height: 240, kbps: 300, seconds: 2, gop: 1 },
             gopbus: Some(gopbus),
             joins: 2,
             load_players: 2,
@@ -120,6 +121,7 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "ttff" => runtime()?.block_on(ttff::run(params))?,
         "ingest" => runtime()?.block_on(ingest::run(params))?,
         "quic-fanout" => runtime()?.block_on(quic_fanout::run(params))?,
+        "hls-latency" => runtime()?.block_on(hls::run(params))?,
         other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     };
     report.emit(&params.out)?;

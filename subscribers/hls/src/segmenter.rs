@@ -147,6 +147,17 @@ impl Live {
         }
     }
 
+    /// Waits up to `limit` for the first segment to be complete.
+    pub(crate) async fn wait_for_first_segment(&self, limit: Duration) -> Waited {
+        let mut rx = self.edge.subscribe();
+        let waited = tokio::time::timeout(limit, rx.wait_for(|e| e.ended || e.msn > 1)).await.is_ok();
+        if waited {
+            Waited::Ready
+        } else {
+            Waited::TimedOut
+        }
+    }
+
     /// Waits (briefly) for the part the preload hint names: `Some` once it
     /// exists; `None` if it is not the next part, or the edge moved on without
     /// it (the segment was cut at a keyframe first), or it took too long.
@@ -317,6 +328,8 @@ pub(crate) async fn segment(
                     continue;
                 }
                 let dts = f.header.dts;
+                // The wall clock of the bus clock: when the first frame arrived.
+                s.wall.get_or_insert_with(|| (dts, SystemTime::now()));
                 // Parts follow the video clock (audio's without video): a part is cut
                 // before the frame that would take it past the part target.
                 if is_video || layout.video.is_none() {
@@ -463,6 +476,7 @@ impl Session<'_> {
         let independent = layout.video.is_none() || part.video.first().is_some_and(|f| f.key);
         if self.segment.is_none() {
             let wall = *self.wall.get_or_insert_with(|| (part.start, SystemTime::now()));
+            // A part that starts before the anchoring frame is dated at it.
             let at = wall.1 + Duration::from_millis((part.start - wall.0).max(0) as u64);
             self.segment = Some(Building {
                 msn: self.msn,

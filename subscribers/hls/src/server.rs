@@ -15,6 +15,8 @@ use crate::Hls;
 
 const PLAYLIST: &str = "application/vnd.apple.mpegurl";
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// How long a first playlist request waits for the first segment (players give up after about 20 s).
+const FIRST_SEGMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub(crate) fn router(hls: Hls) -> axum::Router {
     axum::Router::new()
@@ -156,6 +158,15 @@ async fn live_playlist(
         }
         // A blocking request's URL names one version of the playlist: a CDN may keep it.
         cache = "public, max-age=30";
+    } else if !live.edge().ended && live.edge().msn == 1 {
+        // Players want a complete segment in the first playlist they see (hls.js
+        // fails on one with only parts): the first request waits for it.
+        let Some(_permit) = hls.hold() else {
+            return status(StatusCode::SERVICE_UNAVAILABLE, "too many requests waiting\n");
+        };
+        if live.wait_for_first_segment(FIRST_SEGMENT_WAIT).await != Waited::Ready {
+            return status(StatusCode::NOT_FOUND, "no complete HLS segment for this broadcast yet\n");
+        }
     }
     match live.playlist() {
         Some((text, etag)) => reply(&headers, vec![Bytes::from(text)], PLAYLIST, cache, &etag),
