@@ -29,6 +29,8 @@ try {
       const date = h && h.playingDate;
       return { time: v.currentTime, frames: q.totalVideoFrames, width: v.videoWidth, height: v.videoHeight,
                hlsErrors: window.hlsErrors || [], latency: h ? h.latency : null,
+               targetLatency: h ? h.targetLatency : null,
+               buffered: v.buffered.length ? v.buffered.end(v.buffered.length - 1) - v.currentTime : 0,
                behindMs: date ? Date.now() - date.getTime() : null };
     }));
   }

@@ -101,7 +101,13 @@ struct Measured {
 
 async fn once(p: &Params, gop: u32, part: f64, catch_up: bool, watch: Duration) -> anyhow::Result<Measured> {
     let web = web_dir()?;
-    let spec = crate::media::StreamSpec { gop, seconds: gop * p.spec.seconds.div_ceil(gop).max(2), ..p.spec };
+    // Long enough not to loop while watched: the loop point is a jump in the
+    // timestamps that a real encoder never makes.
+    let warmup = Duration::from_secs(4);
+    // The player starts once the first segment is complete (up to one GoP in).
+    let total = Duration::from_secs(u64::from(gop)) + warmup + watch + Duration::from_secs(6);
+    let seconds = (total.as_secs() as u32).max(p.spec.seconds);
+    let spec = crate::media::StreamSpec { gop, seconds: gop * seconds.div_ceil(gop).max(2), ..p.spec };
     let tags = spec.tags()?;
     let bin = match &p.gopbus {
         Some(b) => b.clone(),
@@ -110,8 +116,6 @@ async fn once(p: &Params, gop: u32, part: f64, catch_up: bool, watch: Duration) 
     let flags = ["--hls-part".to_owned(), part.to_string()];
     let target = Target::start_gopbus_with(&bin, 1, &flags)?;
     let http = target.http.context("gopbus's HTTP address")?;
-    let warmup = Duration::from_secs(4);
-    let total = warmup + watch + Duration::from_secs(4);
     // The wall-clock time timestamp 0 was due: the earliest (send time − timestamp).
     let zero = Arc::new(Mutex::new(f64::MAX));
     let publish = target.publish[0].clone();
@@ -159,6 +163,9 @@ async fn once(p: &Params, gop: u32, part: f64, catch_up: bool, watch: Duration) 
     publisher.abort();
     if !out.status.success() {
         bail!("the player failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if let Some(dump) = std::env::var_os("GOPBUS_BENCH_DUMP") {
+        std::fs::write(PathBuf::from(dump).join(format!("hls-{gop}-{part}-{catch_up}.json")), &out.stdout)?;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let samples = v["samples"].as_array().context("samples")?;
