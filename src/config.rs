@@ -63,6 +63,12 @@ pub(crate) struct File {
     pub(crate) hls_max_waiting: Option<usize>,
     pub(crate) recordings_max_bytes: Option<u64>,
     pub(crate) recordings_max: Option<usize>,
+    pub(crate) s3_bucket: Option<String>,
+    pub(crate) s3_prefix: Option<String>,
+    pub(crate) s3_endpoint: Option<String>,
+    pub(crate) s3_region: Option<String>,
+    pub(crate) s3_access_key: Option<String>,
+    pub(crate) s3_secret_key: Option<String>,
 }
 
 fn parse(text: &str, default: &str) -> SocketAddr {
@@ -320,13 +326,47 @@ pub(crate) struct HlsArgs {
     /// Most recordings (broadcast sessions) kept; the oldest go first [default: 1000].
     #[arg(long, env = "GOPBUS_RECORDINGS_MAX")]
     pub(crate) recordings_max: Option<usize>,
+    /// Also upload recordings to this S3 bucket (S3-compatible storage) [default: none].
+    #[arg(long, env = "GOPBUS_S3_BUCKET")]
+    pub(crate) s3_bucket: Option<String>,
+    /// Key prefix in the bucket: objects are PREFIX/NAME/SESSION/FILE [default: none].
+    #[arg(long, env = "GOPBUS_S3_PREFIX")]
+    pub(crate) s3_prefix: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000 [default: AWS].
+    #[arg(long, env = "GOPBUS_S3_ENDPOINT")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "GOPBUS_S3_REGION")]
+    pub(crate) s3_region: Option<String>,
+    /// S3 access key [default: AWS_ACCESS_KEY_ID or the instance's role].
+    #[arg(long, env = "GOPBUS_S3_ACCESS_KEY")]
+    pub(crate) s3_access_key: Option<String>,
+    /// S3 secret key [default: AWS_SECRET_ACCESS_KEY].
+    #[arg(long, env = "GOPBUS_S3_SECRET_KEY", hide_env_values = true)]
+    pub(crate) s3_secret_key: Option<String>,
 }
 
 impl HlsArgs {
-    pub(crate) fn resolve(&self, f: &File, data: &Path) -> gopbus_hls::HlsConfig {
+    pub(crate) fn resolve(&self, f: &File, data: &Path) -> anyhow::Result<gopbus_hls::HlsConfig> {
         let secs = self.hls_segment.or(f.hls_segment).unwrap_or(defaults::HLS_SEGMENT_SECS).clamp(0.1, 60.0);
-        gopbus_hls::HlsConfig {
+        let pick = |flag: &Option<String>, file: &Option<String>| flag.clone().or_else(|| file.clone());
+        let s3 = match pick(&self.s3_bucket, &f.s3_bucket) {
+            Some(bucket) => {
+                let s3 = gopbus_hls::S3Config {
+                    bucket,
+                    prefix: pick(&self.s3_prefix, &f.s3_prefix).unwrap_or_default(),
+                    endpoint: pick(&self.s3_endpoint, &f.s3_endpoint),
+                    region: pick(&self.s3_region, &f.s3_region),
+                    access_key: pick(&self.s3_access_key, &f.s3_access_key),
+                    secret_key: pick(&self.s3_secret_key, &f.s3_secret_key),
+                };
+                Some(s3.connect()?)
+            }
+            None => None,
+        };
+        Ok(gopbus_hls::HlsConfig {
             recordings: data.join("recordings"),
+            s3,
             target_duration: Duration::from_secs_f64(secs),
             max_recording_bytes: self
                 .recordings_max_bytes
@@ -341,7 +381,7 @@ impl HlsArgs {
             ),
             max_waiting: self.hls_max_waiting.or(f.hls_max_waiting).unwrap_or(defaults::HLS_MAX_WAITING).max(1),
             ..gopbus_hls::HlsConfig::default()
-        }
+        })
     }
 }
 

@@ -64,7 +64,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
     tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
 
-    let hls = gopbus_hls::Hls::new(a.hls.resolve(&file, &data));
+    let hls = gopbus_hls::Hls::new(a.hls.resolve(&file, &data)?);
     let http_task = tokio::spawn(crate::http::serve(http, vec![hls.router()], shutdown.clone()));
     // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
     let hls_stop = CancellationToken::new();

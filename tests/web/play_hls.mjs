@@ -10,7 +10,9 @@ import { chromium } from 'playwright-core';
 const [pageUrl, seconds] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required', '--disable-gpu'],
+  // No background traffic: nothing may leave loopback.
+  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required', '--disable-gpu', '--disable-quic',
+         '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 const result = { requests: [], errors: [], samples: [] };
 try {

@@ -36,12 +36,16 @@
 //!   preload-hinted part are held open until they exist (at most three target
 //!   durations, at most `max_waiting` requests at once).
 //!
-//! Not yet: renditions in the multivariant playlist, object storage (see the README).
+//! - With `s3` set, recordings are also uploaded to S3-compatible storage by
+//!   a task of their own; the segmenter never waits for it (see `upload`).
+//!
+//! Not yet: renditions in the multivariant playlist (see the README).
 
 mod mux;
 mod playlist;
 mod segmenter;
 mod server;
+mod upload;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -56,6 +60,7 @@ use tokio_util::task::TaskTracker;
 
 pub use mux::{fragment, init_segment, Layout, MuxError, Sample, AAC_FRAME, VIDEO_TIMESCALE};
 pub use playlist::{Entry, LowLatency, Part, Playlist};
+pub use upload::{S3Config, S3Error, S3Target};
 
 /// Settings of the HLS subscriber.
 #[derive(Debug, Clone)]
@@ -79,6 +84,8 @@ pub struct HlsConfig {
     /// Most requests held open at once (blocking playlist reloads and preload
     /// hints, all broadcasts); past it they get 503 at once.
     pub max_waiting: usize,
+    /// Upload recordings to this bucket too (`S3Config::connect`).
+    pub s3: Option<S3Target>,
 }
 
 impl Default for HlsConfig {
@@ -92,6 +99,7 @@ impl Default for HlsConfig {
             max_segment: Duration::from_secs(30),
             part_target: Duration::from_millis(500),
             max_waiting: 10_000,
+            s3: None,
         }
     }
 }
@@ -114,14 +122,22 @@ struct Inner {
     waiting: Arc<tokio::sync::Semaphore>,
     /// When the `max_waiting` limit last said so in the log (ms since the Unix epoch).
     waiting_logged: std::sync::atomic::AtomicU64,
+    uploader: Option<Arc<upload::Uploader>>,
 }
 
 impl Hls {
     /// An HLS subscriber with `config`.
     pub fn new(config: HlsConfig) -> Self {
         let waiting = Arc::new(tokio::sync::Semaphore::new(config.max_waiting));
-        let inner =
-            Inner { config, live: DashMap::new(), running: Mutex::default(), waiting, waiting_logged: 0.into() };
+        let uploader = config.s3.clone().map(|t| Arc::new(upload::Uploader::new(t, config.recordings.clone())));
+        let inner = Inner {
+            config,
+            live: DashMap::new(),
+            running: Mutex::default(),
+            waiting,
+            waiting_logged: 0.into(),
+            uploader,
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -143,6 +159,7 @@ impl Hls {
         // Watch first: what starts while old recordings are being closed is not missed.
         let mut announcements = bus.announcements();
         self.off_runtime(Self::close_unfinished).await;
+        let upload = self.start_upload();
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         loop {
             let a = tokio::select! {
@@ -169,6 +186,7 @@ impl Hls {
         }
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        Self::finish_upload(upload).await;
     }
 
     /// Like [`run`](Self::run) for the broadcasts of a remote bus node (`gopbus
@@ -178,6 +196,7 @@ impl Hls {
     pub async fn run_remote(self, remote: Remote, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         self.off_runtime(Self::close_unfinished).await;
+        let upload = self.start_upload();
         let mut backoff = Backoff::new(Duration::from_secs(5));
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         'connect: while !shutdown.is_cancelled() {
@@ -233,6 +252,31 @@ impl Hls {
         }
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        Self::finish_upload(upload).await;
+    }
+
+    /// Starts the S3 upload task, if configured.
+    fn start_upload(&self) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
+        let uploader = self.inner.uploader.clone()?;
+        let stop = CancellationToken::new();
+        Some((tokio::spawn(uploader.run(stop.clone())), stop))
+    }
+
+    /// Lets the upload task make its last pass (what the closing recordings wrote), 10 s at most.
+    async fn finish_upload(upload: Option<(tokio::task::JoinHandle<()>, CancellationToken)>) {
+        if let Some((task, stop)) = upload {
+            stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+                tracing::warn!("S3 upload did not finish in 10 s; the rest is uploaded at the next start");
+            }
+        }
+    }
+
+    /// A session's recording changed: the uploader (if any) looks at it.
+    fn recorded(&self, dir: &std::path::Path) {
+        if let Some(u) = &self.inner.uploader {
+            u.mark(dir);
+        }
     }
 
     /// Marks `name` as being segmented; false if it already is.
@@ -300,6 +344,9 @@ impl Hls {
             }
             if recording.contains(&(s.name.clone(), s.session.clone())) {
                 continue;
+            }
+            if self.inner.uploader.is_some() && !s.dir.join(upload::UPLOADED).exists() {
+                tracing::warn!(recording = %s.dir.display(), "recording limit reached before this recording was uploaded to S3; deleting it anyway");
             }
             match std::fs::remove_dir_all(&s.dir) {
                 Ok(()) => {

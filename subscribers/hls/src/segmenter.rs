@@ -602,9 +602,12 @@ impl Session<'_> {
             return;
         }
         let text = self.recording.render();
-        if let Err(e) = write_atomically(&self.dir.join("index.m3u8"), text.as_bytes()).await {
-            self.recording_ok = false;
-            tracing::warn!(broadcast = %self.name, error = %e, "recording playlist not written; recording stopped");
+        match write_atomically(&self.dir.join("index.m3u8"), text.as_bytes()).await {
+            Ok(()) => self.hls.recorded(&self.dir),
+            Err(e) => {
+                self.recording_ok = false;
+                tracing::warn!(broadcast = %self.name, error = %e, "recording playlist not written; recording stopped");
+            }
         }
     }
 }
