@@ -69,6 +69,7 @@ pub(crate) struct File {
     pub(crate) s3_region: Option<String>,
     pub(crate) s3_access_key: Option<String>,
     pub(crate) s3_secret_key: Option<String>,
+    pub(crate) admin_token: Option<String>,
 }
 
 fn parse(text: &str, default: &str) -> SocketAddr {
@@ -222,6 +223,21 @@ pub(crate) struct TokenArgs {
 impl TokenArgs {
     pub(crate) fn resolve(&self, f: &File) -> Option<String> {
         self.bus_token.clone().or_else(|| f.bus_token.clone())
+    }
+}
+
+/// The HTTP API's admin token.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct AdminArgs {
+    /// Token the HTTP API (/api/v1/...) asks for, as `Authorization: Bearer TOKEN`
+    /// [default: made on first start, kept in DATA/admin-token].
+    #[arg(long, env = "GOPBUS_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+}
+
+impl AdminArgs {
+    pub(crate) fn resolve(&self, f: &File) -> Option<String> {
+        self.admin_token.clone().or_else(|| f.admin_token.clone())
     }
 }
 

@@ -11,11 +11,22 @@ use crate::config::Quic;
 /// The bus token of a listening node: given, or made once and kept in
 /// `DATA/bus-token`. The flag says whether it was just made.
 pub(crate) fn bus_token(given: Option<String>, data: &Path) -> anyhow::Result<(String, bool)> {
+    secret(given, &data.join("bus-token"))
+}
+
+/// The admin token of the HTTP API: given, or made once and kept in
+/// `DATA/admin-token`. The flag says whether it was just made.
+pub(crate) fn admin_token(given: Option<String>, data: &Path) -> anyhow::Result<(String, bool)> {
+    secret(given, &data.join("admin-token"))
+}
+
+/// A token: given, read from `path`, or made (128 random bits) and written
+/// there, readable by the owner only.
+fn secret(given: Option<String>, path: &Path) -> anyhow::Result<(String, bool)> {
     if let Some(t) = given {
         return Ok((t, false));
     }
-    let path = data.join("bus-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
+    if let Ok(t) = std::fs::read_to_string(path) {
         let t = t.trim().to_owned();
         if !t.is_empty() {
             return Ok((t, false));
@@ -24,8 +35,16 @@ pub(crate) fn bus_token(given: Option<String>, data: &Path) -> anyhow::Result<(S
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::create_dir_all(data)?;
-    std::fs::write(&path, format!("{token}\n")).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        f.write_all(format!("{token}\n").as_bytes())
+    };
+    write().with_context(|| format!("writing {}", path.display()))?;
     Ok((token, true))
 }
 

@@ -67,6 +67,13 @@ fn every_scenario_runs_at_a_tiny_size() {
                 assert!(num(&report, 0, "blocking reloads") > 0.0, "hls.js did not use LL-HLS");
                 assert!(num(&report, 0, "p50 ms") > 0.0);
             }
+            "hls-clients" => {
+                assert_eq!(num(&report, 0, "LL-HLS clients"), 0.0, "the baseline row comes first");
+                assert_eq!(num(&report, 1, "LL-HLS clients"), 2.0);
+                assert!(num(&report, 1, "parts/s per client") > 0.5, "clients got no parts");
+                assert!(num(&report, 1, "blocking reloads/s") > 0.0);
+                assert_eq!(num(&report, 1, "failed requests"), 0.0);
+            }
             other => panic!("scenario {other} has no check here"),
         }
     }

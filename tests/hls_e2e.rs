@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    http_request(addr, "GET", path, "")
+}
+
+fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("headers");
@@ -88,6 +92,19 @@ fn live_hls_while_publishing_and_a_vod_recording_after() {
     assert!(head.contains("immutable") && head.contains("video/iso.segment"), "{head}");
     assert_eq!(&body[4..8], b"moof");
     assert_eq!(http_get(server.http, "/hls/cam/../../etc/passwd").0, 404);
+    // HTTP/2 too (cleartext with prior knowledge: what a CDN or proxy in front speaks).
+    let h2 = Command::new(require("curl"))
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "--http2-prior-knowledge", &live_url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&h2.stdout), "2 200", "{}", String::from_utf8_lossy(&h2.stderr));
+    // The session being recorded cannot be deleted.
+    let admin = std::fs::read_to_string(server.data.join("admin-token")).unwrap().trim().to_owned();
+    let auth = format!("Authorization: Bearer {admin}\r\n");
+    let live_session = seg.split('/').next().unwrap();
+    let (status, _, body) =
+        http_request(server.http, "DELETE", &format!("/api/v1/recordings/cam/{live_session}"), &auth);
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
 
     let p = publisher.wait_output(Duration::from_secs(60));
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
@@ -134,6 +151,32 @@ fn live_hls_while_publishing_and_a_vod_recording_after() {
     let (status, _, body) = http_get(server.http, &format!("/recordings/cam/{name}/index.m3u8"));
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8(body).unwrap(), vod);
+
+    // The recordings API: listed with what it holds, then deleted; the admin token is required.
+    let (status, head, body) = http_request(server.http, "GET", "/api/v1/recordings", "");
+    assert_eq!(status, 401, "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("\"error\""));
+    let wrong = "Authorization: Bearer nope\r\n";
+    assert_eq!(http_request(server.http, "GET", "/api/v1/recordings", wrong).0, 401);
+    let (status, _, body) = http_request(server.http, "GET", "/api/v1/recordings?name=cam", &auth);
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let r = &list.as_array().unwrap()[0];
+    assert_eq!(r["name"], "cam");
+    assert_eq!(r["session"], name);
+    assert_eq!(r["recording"], false);
+    assert_eq!(r["segments"].as_u64().unwrap() as usize, segments.len());
+    assert!((r["duration"].as_f64().unwrap() - published).abs() <= 1.0, "{r}");
+    assert!(r["bytes"].as_u64().unwrap() > 100_000, "{r}");
+    assert_eq!(r["playlist"], format!("/recordings/cam/{name}/index.m3u8"));
+    assert!(r["started"].as_str().unwrap().starts_with("20"), "{r}");
+    let path = format!("/api/v1/recordings/cam/{name}");
+    assert_eq!(http_request(server.http, "DELETE", &path, "").0, 401);
+    assert_eq!(http_request(server.http, "DELETE", &path, &auth).0, 204);
+    assert!(!session.exists(), "the recording is still on disk");
+    assert_eq!(http_request(server.http, "DELETE", &path, &auth).0, 404);
+    let (_, _, body) = http_request(server.http, "GET", "/api/v1/recordings", &auth);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), serde_json::json!([]));
 }
 
 /// `gopbus hls` fed by `serve` over QUIC, on its own HTTP port and data directory.

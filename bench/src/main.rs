@@ -12,12 +12,13 @@ static ALLOC: bench::alloc::CountingAlloc = bench::alloc::CountingAlloc;
 const HELP: &str = "\
 usage: cargo run -p bench --release -- SCENARIO|all [options]
 
-scenarios: bus-publish bus-local zero-copy rtmp-fanout latency ttff ingest quic-fanout hls-latency
+scenarios: bus-publish bus-local zero-copy rtmp-fanout latency ttff ingest quic-fanout hls-latency hls-clients
 
 options:
   --runs N              repetitions of each measurement (default 3)
   --sizes A,B,C         the N list: players (rtmp-fanout), subscribers (bus-*, zero-copy), publishers (ingest),
-                        keyframe intervals in s (hls-latency; default 2,8 with 0.5 s parts and 8 with 0.25 s)
+                        keyframe intervals in s (hls-latency; default 2,8 with 0.5 s parts and 8 with 0.25 s),
+                        LL-HLS clients (hls-clients; default 0,100,500)
   --seconds S           length of each publishing measurement (default 10)
   --joins N             joins per run for ttff (default 30)
   --load-players N      extra players for latency's loaded half (default 100)
@@ -72,7 +73,10 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
     };
     if p.external.is_some() {
         for s in &list {
-            if matches!(s.as_str(), "bus-publish" | "bus-local" | "zero-copy" | "quic-fanout" | "hls-latency") {
+            if matches!(
+                s.as_str(),
+                "bus-publish" | "bus-local" | "zero-copy" | "quic-fanout" | "hls-latency" | "hls-clients"
+            ) {
                 bail!("{s} measures gopbus's own bus in process; it cannot run against --target");
             }
         }

@@ -8,8 +8,8 @@ use gopbus_ingest::Ingest;
 use tokio_util::sync::CancellationToken;
 
 use super::streams::{print_created, Urls};
-use crate::config::{BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs};
-use crate::node::{bind_server, bus_token};
+use crate::config::{AdminArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs};
+use crate::node::{admin_token, bind_server, bus_token};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -29,6 +29,8 @@ pub(crate) struct Args {
     bus: BusArgs,
     #[command(flatten)]
     hls: HlsArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -60,12 +62,17 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
             cert.display()
         );
     }
+    let (admin, new_admin) = admin_token(a.admin.resolve(&file), &data)?;
+    if new_admin {
+        println!("HTTP API: admin token {admin} (kept in {})", data.join("admin-token").display());
+    }
     let http =
         tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
     tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
 
     let hls = gopbus_hls::Hls::new(a.hls.resolve(&file, &data)?);
-    let http_task = tokio::spawn(crate::http::serve(http, vec![hls.router()], shutdown.clone()));
+    let routers = vec![hls.router(), hls.api(&admin)];
+    let http_task = tokio::spawn(crate::http::serve(http, routers, shutdown.clone()));
     // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
     let hls_stop = CancellationToken::new();
     let hls_task = tokio::spawn(hls.run(bus.clone(), hls_stop.clone()));

@@ -18,18 +18,20 @@ pub fn require(tool: &str) -> &'static str {
     let ok = *map.lock().unwrap().entry(tool.to_owned()).or_insert_with(|| {
         let flag = match tool {
             "openssl" => "version",
+            "curl" => "--version",
             t if t.starts_with("redis") => "--version",
             _ => "-version",
         };
         Command::new(tool).arg(flag).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
     });
-    assert!(ok, "`{tool}` is required by this test and was not found on PATH: run the README's test command (`bash .ci/test`), which installs it (`apt-get install ffmpeg redis-server redis-tools openssl`)");
+    assert!(ok, "`{tool}` is required by this test and was not found on PATH: run the README's test command (`bash .ci/test`), which installs it (`apt-get install ffmpeg redis-server redis-tools openssl curl`)");
     match tool {
         "ffmpeg" => "ffmpeg",
         "ffprobe" => "ffprobe",
         "redis-server" => "redis-server",
         "redis-cli" => "redis-cli",
         "openssl" => "openssl",
+        "curl" => "curl",
         other => panic!("unknown tool {other}"),
     }
 }

@@ -3,6 +3,7 @@
 mod bus_local;
 mod bus_publish;
 mod hls;
+mod hls_clients;
 mod ingest;
 mod latency;
 mod quic_fanout;
@@ -21,8 +22,18 @@ use crate::rtmp::Client;
 use crate::target::{default_gopbus, RtmpUrl, Target};
 
 /// Scenario names, in the order `all` runs them.
-pub const ALL: [&str; 9] =
-    ["bus-publish", "bus-local", "zero-copy", "rtmp-fanout", "latency", "ttff", "ingest", "quic-fanout", "hls-latency"];
+pub const ALL: [&str; 10] = [
+    "bus-publish",
+    "bus-local",
+    "zero-copy",
+    "rtmp-fanout",
+    "latency",
+    "ttff",
+    "ingest",
+    "quic-fanout",
+    "hls-latency",
+    "hls-clients",
+];
 
 /// Options shared by the scenarios.
 #[derive(Debug, Clone)]
@@ -122,6 +133,7 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "ingest" => runtime()?.block_on(ingest::run(params))?,
         "quic-fanout" => runtime()?.block_on(quic_fanout::run(params))?,
         "hls-latency" => runtime()?.block_on(hls::run(params))?,
+        "hls-clients" => runtime()?.block_on(hls_clients::run(params))?,
         other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     };
     report.emit(&params.out)?;

@@ -41,6 +41,7 @@
 //!
 //! Not yet: renditions in the multivariant playlist (see the README).
 
+mod api;
 mod mux;
 mod playlist;
 mod segmenter;
@@ -58,6 +59,7 @@ use gopbus_bus::{Announcement, Bus, BusConfig, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use api::Recording;
 pub use mux::{fragment, init_segment, Layout, MuxError, Sample, AAC_FRAME, VIDEO_TIMESCALE};
 pub use playlist::{Entry, LowLatency, Part, Playlist};
 pub use upload::{S3Config, S3Error, S3Target};

@@ -622,7 +622,7 @@ async fn write_all(path: &Path, data: &[Bytes]) -> std::io::Result<()> {
 }
 
 /// RFC 3339 with milliseconds, UTC.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i128;
     time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000)
         .ok()

@@ -78,7 +78,7 @@ fn kind_of(file: &str) -> Option<&'static str> {
 }
 
 /// A path segment that names a file or directory of ours: no separators, no dot-dot.
-fn plain(s: &str) -> bool {
+pub(crate) fn plain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
