@@ -69,10 +69,11 @@ async fn client(http: SocketAddr, name: String, until: Instant, counts: Arc<Coun
         let mut conn = BufReader::new(TcpStream::connect(http).await?);
         let (_, body) = get(&mut conn, &format!("{base}/index.m3u8")).await?;
         let mut at = last_part(&String::from_utf8_lossy(&body)).context("no parts")?;
+        // The part after the last one listed: the next of its segment, or, when
+        // that segment turns out to be complete, the first of the next one.
+        let mut want = (at.0, at.1 + 1);
         while Instant::now() < until {
-            // The part after the last one listed: the next of this segment (the
-            // server answers once it, or the next segment, exists).
-            let path = format!("{base}/index.m3u8?_HLS_msn={}&_HLS_part={}", at.0, at.1 + 1);
+            let path = format!("{base}/index.m3u8?_HLS_msn={}&_HLS_part={}", want.0, want.1);
             let (status, body) = get(&mut conn, &path).await?;
             if status != 200 {
                 counts.failed.fetch_add(1, Ordering::Relaxed);
@@ -80,7 +81,12 @@ async fn client(http: SocketAddr, name: String, until: Instant, counts: Arc<Coun
             }
             counts.playlists.fetch_add(1, Ordering::Relaxed);
             let Some(next) = last_part(&String::from_utf8_lossy(&body)) else { continue };
-            if (next.0, next.1) > (at.0, at.1) {
+            if (next.0, next.1) <= (at.0, at.1) {
+                want = (at.0 + 1, 0);
+                continue;
+            }
+            want = (next.0, next.1 + 1);
+            {
                 let (status, part) = get(&mut conn, &format!("{base}/{}", next.2)).await?;
                 if status == 200 {
                     counts.parts.fetch_add(1, Ordering::Relaxed);
