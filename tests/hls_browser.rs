@@ -3,71 +3,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-/// The directory with the browser tests' npm packages (installed by `.ci/setup`).
-fn web_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web");
-    assert!(
-        dir.join("node_modules/playwright-core").exists() && dir.join("node_modules/hls.js").exists(),
-        "tests/web/node_modules is missing: run the README's test command (`bash .ci/test`), whose setup runs `npm ci` there"
-    );
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium is required (`apt-get install chromium`; `bash .ci/test` installs it)"
-    );
-    dir
-}
-
-/// Serves the player page and hls.js on 127.0.0.1 (another origin than gopbus's).
-fn page_server(stream_url: String, hls_js: Vec<u8>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let page = format!(
-        r#"<!doctype html><meta charset="utf-8"><video muted autoplay playsinline></video>
-<script src="/hls.js"></script>
-<script>
-window.hlsErrors = [];
-const v = document.querySelector('video');
-const hls = new Hls({{ lowLatencyMode: true }});
-window.hls = hls;
-hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) window.hlsErrors.push(d.type + ':' + d.details); }});
-hls.loadSource({stream_url:?});
-hls.attachMedia(v);
-v.play().catch(() => {{}});
-</script>"#
-    );
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut buf = [0u8; 2048];
-            let n = conn.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let (kind, body): (&str, &[u8]) = if req.starts_with("GET /hls.js") {
-                ("application/javascript", &hls_js)
-            } else {
-                ("text/html", page.as_bytes())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(body);
-        }
-    });
-    format!("http://{addr}/")
-}
-
 #[test]
 fn hls_js_in_chromium_plays_the_live_stream_from_another_origin() {
-    let web = web_dir();
+    let web = bench::web::web_dir().unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start("hls-browser");
     let key = server.create_stream("cam");
     let fixture = Fixture::av(48000, 30);
@@ -76,7 +19,8 @@ fn hls_js_in_chromium_plays_the_live_stream_from_another_origin() {
     std::thread::sleep(Duration::from_secs(5));
     let stream = format!("http://{}/hls/cam/index.m3u8", server.http);
     let hls_js = std::fs::read(web.join("node_modules/hls.js/dist/hls.min.js")).unwrap();
-    let page = page_server(stream.clone(), hls_js);
+    // hls.js as configured by default (it does not speed up to catch up).
+    let page = bench::web::page_server(&stream, hls_js, 1.0).unwrap();
     let out = Command::new("node").arg("play_hls.mjs").arg(&page).arg("12").current_dir(&web).output().expect("node");
     assert!(out.status.success(), "player failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the player's JSON");

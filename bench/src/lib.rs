@@ -13,6 +13,7 @@
 //! - [`alloc`]: the counting allocator of the bench binary.
 //! - [`report`]: tables and JSON.
 //! - [`scenarios`]: the scenarios.
+//! - [`web`]: hls.js in Chromium: the npm packages and a player page.
 #![warn(missing_docs)]
 
 pub mod alloc;
@@ -23,3 +24,4 @@ pub mod report;
 pub mod rtmp;
 pub mod scenarios;
 pub mod target;
+pub mod web;

@@ -11,8 +11,8 @@
 //! publisher → screen.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,21 +22,10 @@ use anyhow::{bail, Context};
 use super::{connect_publish, Params};
 use crate::report::{quantile, Report, Row, Spread};
 use crate::target::{default_gopbus, Target};
+use crate::web::{page_server, web_dir};
 
 fn wall_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0
-}
-
-/// The npm packages of the browser tests (`bash .ci/setup` installs them).
-fn web_dir() -> anyhow::Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/web");
-    if !dir.join("node_modules/hls.js").exists() || !dir.join("node_modules/playwright-core").exists() {
-        bail!("{}/node_modules is missing: run `bash .ci/setup` (npm ci there)", dir.display());
-    }
-    if !Path::new("/usr/bin/chromium").exists() {
-        bail!("Debian's chromium is required (apt-get install chromium; `bash .ci/setup` does)");
-    }
-    Ok(dir)
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -46,46 +35,6 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
     Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_owned()))
-}
-
-/// Serves the page (hls.js in low-latency mode) on another loopback origin.
-fn page_server(stream: String, hls_js: Vec<u8>, catch_up: bool) -> anyhow::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let rate = if catch_up { 1.5 } else { 1.0 };
-    let page = format!(
-        r#"<!doctype html><meta charset="utf-8"><video muted autoplay playsinline></video>
-<script src="/hls.js"></script>
-<script>
-window.hlsErrors = [];
-const v = document.querySelector('video');
-const hls = new Hls({{ lowLatencyMode: true, maxLiveSyncPlaybackRate: {rate} }});
-window.hls = hls;
-hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) window.hlsErrors.push(d.type + ':' + d.details); }});
-hls.loadSource({stream:?});
-hls.attachMedia(v);
-v.play().catch(() => {{}});
-</script>"#
-    );
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut buf = [0u8; 2048];
-            let n = conn.read(&mut buf).unwrap_or(0);
-            let (kind, body): (&str, &[u8]) = if buf[..n].starts_with(b"GET /hls.js") {
-                ("application/javascript", &hls_js)
-            } else {
-                ("text/html", page.as_bytes())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(body);
-        }
-    });
-    Ok(format!("http://{addr}/"))
 }
 
 /// What one playback measured.
@@ -153,7 +102,8 @@ async fn once(p: &Params, gop: u32, part: f64, catch_up: bool, watch: Duration) 
     };
     let stamp_error = first_stamp - *zero.lock().unwrap_or_else(|e| e.into_inner());
     let hls_js = std::fs::read(web.join("node_modules/hls.js/dist/hls.min.js"))?;
-    let page = page_server(format!("http://{http}/hls/{name}/index.m3u8"), hls_js, catch_up)?;
+    let rate = if catch_up { 1.5 } else { 1.0 };
+    let page = page_server(&format!("http://{http}/hls/{name}/index.m3u8"), hls_js, rate)?;
     let seconds = (warmup + watch).as_secs_f64().ceil().to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node").arg("play_hls.mjs").arg(&page).arg(seconds).current_dir(&web).output()
