@@ -11,25 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gopbus_bus::{Bus, BusConfig};
 use gopbus_hls::{Hls, HlsConfig};
-use gopbus_proto::{EndReason, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, TrackInfo, VideoConfig};
+mod common;
+
+use common::header;
+use gopbus_proto::{EndReason, Frame, FrameFlags, FrameHeader, Payload, TrackId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-fn header(start: i64) -> GopHeader {
-    GopHeader {
-        seq: 0,
-        start_dts: start,
-        // An avcC with no parameter sets is enough for the boxes; nothing decodes it here.
-        tracks: vec![TrackInfo::video(VideoConfig {
-            avcc: vec![1, 0x64, 0, 0x1f, 0xff, 0xe0, 0],
-            width: 64,
-            height: 64,
-            profile: 100,
-            level: 31,
-        })],
-        metadata: None,
-    }
-}
 
 /// Publishes at real pace: 25 fps, a keyframe every 3 s (longer than the 1 s segment target).
 async fn publish(bus: Bus, stop: CancellationToken) {

@@ -7,24 +7,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use gopbus_bus::{Bus, BusConfig};
 use gopbus_hls::{Hls, HlsConfig};
-use gopbus_proto::{EndReason, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, TrackInfo, VideoConfig};
-use tokio_util::sync::CancellationToken;
+mod common;
 
-fn header(start: i64) -> GopHeader {
-    GopHeader {
-        seq: 0,
-        start_dts: start,
-        // An avcC with no parameter sets is enough for the boxes; nothing decodes it here.
-        tracks: vec![TrackInfo::video(VideoConfig {
-            avcc: vec![1, 0x64, 0, 0x1f, 0xff, 0xe0, 0],
-            width: 64,
-            height: 64,
-            profile: 100,
-            level: 31,
-        })],
-        metadata: None,
-    }
-}
+use common::header;
+use gopbus_proto::{EndReason, Frame, FrameFlags, FrameHeader, Payload, TrackId};
+use tokio_util::sync::CancellationToken;
 
 /// A GoP from `start` lasting `ms`, a frame every 40 ms.
 fn gop(p: &mut gopbus_bus::Publisher, start: i64, ms: i64) {
