@@ -128,7 +128,8 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Cancel
                 refuse(&conn, &mut writer, &message).await;
                 return Err(QuicError::Refused(message));
             }
-            if token != shared.token {
+            // Constant time: the comparison must not tell a guesser how much of it was right.
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), shared.token.as_bytes())) {
                 refuse(&conn, &mut writer, "invalid bus token").await;
                 tracing::warn!("bus connection refused: invalid bus token");
                 return Err(QuicError::Refused("invalid bus token".into()));
