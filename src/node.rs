@@ -15,9 +15,14 @@ pub(crate) fn bus_token(given: Option<String>, data: &Path) -> anyhow::Result<(S
 }
 
 /// The admin token of the HTTP API: given, or made once and kept in
-/// `DATA/admin-token`. The flag says whether it was just made.
-pub(crate) fn admin_token(given: Option<String>, data: &Path) -> anyhow::Result<(String, bool)> {
-    secret(given, &data.join("admin-token"))
+/// `DATA/admin-token` (then printed, the only time it is shown).
+pub(crate) fn admin_token(given: Option<String>, data: &Path) -> anyhow::Result<String> {
+    let path = data.join("admin-token");
+    let (token, made) = secret(given, &path)?;
+    if made {
+        println!("HTTP API: admin token {token} (kept in {})", path.display());
+    }
+    Ok(token)
 }
 
 /// A token: given, read from `path`, or made (128 random bits) and written

@@ -28,10 +28,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let remote = a.client.remote(&file)?;
     let http_addr = a.http.resolve(&file);
     let hls = Hls::new(a.hls.resolve(&file, &data)?);
-    let (admin, new_admin) = admin_token(a.admin.resolve(&file), &data)?;
-    if new_admin {
-        println!("HTTP API: admin token {admin} (kept in {})", data.join("admin-token").display());
-    }
+    let admin = admin_token(a.admin.resolve(&file), &data)?;
     let http =
         tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
     tracing::info!(http = %http.local_addr()?, bus = %remote.url, recordings = %hls.config().recordings.display(), "gopbus hls serving");

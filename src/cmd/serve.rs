@@ -62,10 +62,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
             cert.display()
         );
     }
-    let (admin, new_admin) = admin_token(a.admin.resolve(&file), &data)?;
-    if new_admin {
-        println!("HTTP API: admin token {admin} (kept in {})", data.join("admin-token").display());
-    }
+    let admin = admin_token(a.admin.resolve(&file), &data)?;
     let http =
         tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
     tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
