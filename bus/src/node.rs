@@ -86,6 +86,37 @@ impl Backoff {
     pub const fn reset(&mut self) {
         self.delay = Self::FIRST;
     }
+
+    /// Runs `attempt` until it succeeds (then the delay starts over), logging
+    /// each failure as "`what` failed" for `url` and waiting between them;
+    /// `None` once `stop` fires.
+    pub async fn retry<T, F, Fut>(
+        &mut self,
+        stop: &CancellationToken,
+        url: &str,
+        what: &str,
+        mut attempt: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, QuicError>>,
+    {
+        while !stop.is_cancelled() {
+            match attempt().await {
+                Ok(v) => {
+                    self.reset();
+                    return Some(v);
+                }
+                Err(e) => {
+                    tracing::warn!(bus = %url, error = %e, retry_in = ?self.delay, "{what} failed");
+                    if !self.wait(stop).await {
+                        break;
+                    }
+                }
+            }
+        }
+        None
+    }
 }
 
 /// How to reach a bus node.
@@ -217,21 +248,9 @@ impl EventSource for Resubscriber {
 pub async fn forward(bus: Bus, remote: Remote, max_backoff: Duration, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(max_backoff);
     'connect: loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let client = match remote.connect(None).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(bus = %remote.url, error = %e, retry_in = ?backoff.delay(), "bus connection failed");
-                if !backoff.wait(&shutdown).await {
-                    return;
-                }
-                continue;
-            }
-        };
+        let connect = || remote.connect(None);
+        let Some(client) = backoff.retry(&shutdown, &remote.url, "bus connection", connect).await else { return };
         tracing::info!(bus = %remote.url, "connected to the bus");
-        backoff.reset();
         // Announcements start with everything live now, so a reconnection republishes it all.
         let mut announcements = bus.announcements();
         let mut published: HashMap<String, RemotePublication> = HashMap::new();

@@ -84,14 +84,7 @@ impl Hls {
 
     /// Every recorded session (of `name`, if given), newest first.
     pub fn recordings(&self, name: Option<&str>) -> Vec<Recording> {
-        // (An ended session's live state lingers a little for players; it is not recording.)
-        let live: std::collections::HashSet<(String, String)> = self
-            .inner
-            .live
-            .iter()
-            .filter(|e| !e.value().edge().ended)
-            .map(|e| (e.key().clone(), e.value().session.clone()))
-            .collect();
+        let live = self.recording_now();
         let uploading = self.inner.uploader.is_some();
         let mut out: Vec<Recording> = crate::recordings(&self.inner.config.recordings)
             .into_iter()
@@ -138,7 +131,7 @@ async fn remove(State(api): State<Api>, Path((name, session)): Path<(String, Str
     if !crate::server::plain(&name) || !crate::server::plain(&session) {
         return error(StatusCode::NOT_FOUND, "no such recording");
     }
-    if api.hls.inner.live.get(&name).is_some_and(|l| l.session == session && !l.edge().ended) {
+    if api.hls.recording_now().contains(&(name.clone(), session.clone())) {
         return error(
             StatusCode::CONFLICT,
             "this session is being recorded; it can be deleted once the broadcast ends",

@@ -201,23 +201,16 @@ impl Hls {
         let upload = self.start_upload();
         let mut backoff = Backoff::new(Duration::from_secs(5));
         let mut retention = tokio::time::interval(RETENTION_EVERY);
-        'connect: while !shutdown.is_cancelled() {
-            let watch = async {
+        'connect: loop {
+            let watch = || async {
                 let client = remote.connect(None).await?;
                 let watch = client.watch().await?;
-                Ok::<_, gopbus_bus::quic::QuicError>((client, watch))
+                Ok((client, watch))
             };
-            let (_client, mut watch) = match watch.await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(bus = %remote.url, error = %e, retry_in = ?backoff.delay(), "watching the bus failed");
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
+            let Some((_client, mut watch)) = backoff.retry(&shutdown, &remote.url, "watching the bus", watch).await
+            else {
+                break;
             };
-            backoff.reset();
             tracing::info!(bus = %remote.url, "HLS watching the bus");
             loop {
                 let a = tokio::select! {
@@ -296,12 +289,22 @@ impl Hls {
         let _ = tokio::task::spawn_blocking(move || work(&me)).await;
     }
 
+    /// The sessions being recorded now, as (name, session). An ended session's
+    /// live state lingers a little for players; it is not recording.
+    pub(crate) fn recording_now(&self) -> HashSet<(String, String)> {
+        self.inner
+            .live
+            .iter()
+            .filter(|e| !e.value().edge().ended)
+            .map(|e| (e.key().clone(), e.value().session.clone()))
+            .collect()
+    }
+
     /// Closes recordings that a previous process left open (killed mid-broadcast):
     /// their playlist becomes `VOD` with `#EXT-X-ENDLIST`, so players treat them
     /// as the finished recordings they are. Returns the sessions closed.
     pub fn close_unfinished(&self) -> Vec<PathBuf> {
-        let live: HashSet<(String, String)> =
-            self.inner.live.iter().map(|e| (e.key().clone(), e.value().session.clone())).collect();
+        let live = self.recording_now();
         let mut closed = Vec::new();
         for s in recordings(&self.inner.config.recordings) {
             if live.contains(&(s.name.clone(), s.session.clone())) {
@@ -333,8 +336,7 @@ impl Hls {
     pub fn enforce_limits(&self) -> Vec<PathBuf> {
         let c = &self.inner.config;
         let mut sessions = recordings(&c.recordings);
-        let recording: HashSet<(String, String)> =
-            self.inner.live.iter().map(|e| (e.key().clone(), e.value().session.clone())).collect();
+        let recording = self.recording_now();
         // Oldest first: session names are their start time in milliseconds.
         sessions.sort_by_key(|s| s.started);
         let mut count = sessions.len();

@@ -114,9 +114,9 @@ impl Uploader {
     /// Uploads until `stop`, then makes one last pass (bounded by 10 s).
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         // What a previous process did not finish.
-        for dir in sessions(&self.root) {
-            if !dir.join(UPLOADED).exists() {
-                self.mark(&dir);
+        for s in crate::recordings(&self.root) {
+            if !s.dir.join(UPLOADED).exists() {
+                self.mark(&s.dir);
             }
         }
         tracing::info!(bucket = %self.target.describe, "HLS recordings upload to S3");
@@ -268,15 +268,4 @@ fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-/// Every session directory under the recordings root.
-fn sessions(root: &Path) -> Vec<PathBuf> {
-    let Ok(names) = std::fs::read_dir(root) else { return Vec::new() };
-    names
-        .flatten()
-        .filter_map(|n| std::fs::read_dir(n.path()).ok())
-        .flat_map(|s| s.flatten().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect()
 }
