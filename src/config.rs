@@ -32,6 +32,10 @@ pub(crate) mod defaults {
     pub(crate) const HLS_MAX_SEGMENT_SECS: f64 = 30.0;
     pub(crate) const HLS_PART_SECS: f64 = 0.5;
     pub(crate) const HLS_MAX_WAITING: usize = 10_000;
+    pub(crate) const WEBRTC_BIND: &str = "0.0.0.0";
+    pub(crate) const OPUS_BITRATE: i32 = 128_000;
+    pub(crate) const WEBRTC_MAX_VIEWERS: usize = 1000;
+    pub(crate) const WEBRTC_MAX_VIEWERS_PER_BROADCAST: usize = 500;
 }
 
 /// The TOML file: the keys of every block, named as the flags with `_` for `-`.
@@ -70,6 +74,13 @@ pub(crate) struct File {
     pub(crate) s3_access_key: Option<String>,
     pub(crate) s3_secret_key: Option<String>,
     pub(crate) admin_token: Option<String>,
+    pub(crate) webrtc_bind: Option<std::net::IpAddr>,
+    pub(crate) webrtc_ports: Option<String>,
+    pub(crate) webrtc_public_ip: Option<Vec<String>>,
+    pub(crate) ice_server: Option<Vec<String>>,
+    pub(crate) opus_bitrate: Option<i32>,
+    pub(crate) webrtc_max_viewers: Option<usize>,
+    pub(crate) webrtc_max_viewers_per_broadcast: Option<usize>,
 }
 
 fn parse(text: &str, default: &str) -> SocketAddr {
@@ -398,6 +409,102 @@ impl HlsArgs {
             max_waiting: self.hls_max_waiting.or(f.hls_max_waiting).unwrap_or(defaults::HLS_MAX_WAITING).max(1),
             ..gopbus_hls::HlsConfig::default()
         })
+    }
+}
+
+/// WebRTC viewers: ICE addresses and ports, the Opus encoder, limits.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct WebRtcArgs {
+    /// Address WebRTC peer connections bind; 0.0.0.0 means every interface but loopback [default: 0.0.0.0].
+    #[arg(long, env = "GOPBUS_WEBRTC_BIND")]
+    pub(crate) webrtc_bind: Option<std::net::IpAddr>,
+    /// UDP ports for WebRTC, FIRST-LAST; each viewer takes one [default: any free port].
+    #[arg(long, env = "GOPBUS_WEBRTC_PORTS")]
+    pub(crate) webrtc_ports: Option<String>,
+    /// Public address announced to browsers instead of the bound one (a server behind 1:1 NAT); repeatable [default: none].
+    #[arg(long, env = "GOPBUS_WEBRTC_PUBLIC_IP", value_delimiter = ',')]
+    pub(crate) webrtc_public_ip: Vec<String>,
+    /// STUN/TURN server handed to browsers: `stun:HOST:PORT` or `turn:USER:PASSWORD@HOST:PORT`; repeatable [default: none].
+    #[arg(long, env = "GOPBUS_ICE_SERVER", value_delimiter = ',')]
+    pub(crate) ice_server: Vec<String>,
+    /// Opus bitrate of the AAC→Opus encoder, bits per second [default: 128000].
+    #[arg(long, env = "GOPBUS_OPUS_BITRATE")]
+    pub(crate) opus_bitrate: Option<i32>,
+    /// Most WebRTC viewers on this node [default: 1000].
+    #[arg(long, env = "GOPBUS_WEBRTC_MAX_VIEWERS")]
+    pub(crate) webrtc_max_viewers: Option<usize>,
+    /// Most WebRTC viewers of one broadcast [default: 500].
+    #[arg(long, env = "GOPBUS_WEBRTC_MAX_VIEWERS_PER_BROADCAST")]
+    pub(crate) webrtc_max_viewers_per_broadcast: Option<usize>,
+}
+
+impl WebRtcArgs {
+    pub(crate) fn resolve(&self, f: &File) -> anyhow::Result<gopbus_webrtc::WebRtcConfig> {
+        let ports = match self.webrtc_ports.clone().or_else(|| f.webrtc_ports.clone()) {
+            None => gopbus_webrtc::PortRange::any(),
+            Some(text) => {
+                let (a, b) =
+                    text.split_once('-').with_context(|| format!("--webrtc-ports {text:?}: expected FIRST-LAST"))?;
+                let (a, b) = (a.trim().parse::<u16>(), b.trim().parse::<u16>());
+                let (Ok(a), Ok(b)) = (a, b) else { anyhow::bail!("--webrtc-ports {text:?}: expected FIRST-LAST") };
+                gopbus_webrtc::PortRange::new(a, b).map_err(|e| anyhow::anyhow!("--webrtc-ports: {e}"))?
+            }
+        };
+        let list = |flag: &Vec<String>, file: &Option<Vec<String>>| {
+            if flag.is_empty() {
+                file.clone().unwrap_or_default()
+            } else {
+                flag.clone()
+            }
+        };
+        let ice_servers = list(&self.ice_server, &f.ice_server)
+            .iter()
+            .map(|s| parse_ice_server(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let defaults = gopbus_webrtc::WebRtcConfig::default();
+        Ok(gopbus_webrtc::WebRtcConfig {
+            ice: gopbus_webrtc::IceConfig {
+                bind: self
+                    .webrtc_bind
+                    .or(f.webrtc_bind)
+                    .unwrap_or_else(|| defaults::WEBRTC_BIND.parse().expect("the default parses")),
+                ports: std::sync::Arc::new(ports),
+                public_ips: list(&self.webrtc_public_ip, &f.webrtc_public_ip),
+                ice_servers,
+            },
+            opus: gopbus_webrtc::OpusSettings {
+                bitrate: self.opus_bitrate.or(f.opus_bitrate).unwrap_or(defaults::OPUS_BITRATE).clamp(6_000, 510_000),
+            },
+            max_viewers: self.webrtc_max_viewers.or(f.webrtc_max_viewers).unwrap_or(defaults::WEBRTC_MAX_VIEWERS),
+            max_viewers_per_broadcast: self
+                .webrtc_max_viewers_per_broadcast
+                .or(f.webrtc_max_viewers_per_broadcast)
+                .unwrap_or(defaults::WEBRTC_MAX_VIEWERS_PER_BROADCAST),
+            ..defaults
+        })
+    }
+}
+
+/// `stun:HOST:PORT`, or `turn(s):USER:PASSWORD@HOST:PORT[?transport=…]`.
+fn parse_ice_server(text: &str) -> anyhow::Result<gopbus_webrtc::IceServer> {
+    let (scheme, rest) =
+        text.split_once(':').with_context(|| format!("ICE server {text:?}: expected stun:… or turn:…"))?;
+    match scheme {
+        "stun" | "stuns" => Ok(gopbus_webrtc::IceServer { urls: text.to_owned(), username: None, credential: None }),
+        "turn" | "turns" => match rest.rsplit_once('@') {
+            Some((auth, host)) => {
+                let (user, pass) = auth
+                    .split_once(':')
+                    .with_context(|| format!("TURN server {text:?}: expected USER:PASSWORD@HOST"))?;
+                Ok(gopbus_webrtc::IceServer {
+                    urls: format!("{scheme}:{host}"),
+                    username: Some(user.to_owned()),
+                    credential: Some(pass.to_owned()),
+                })
+            }
+            None => Ok(gopbus_webrtc::IceServer { urls: text.to_owned(), username: None, credential: None }),
+        },
+        _ => anyhow::bail!("ICE server {text:?}: expected stun:… or turn:…"),
     }
 }
 

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process: RTMP ingest and play, HTTP, the bus.
-    Serve(cmd::serve::Args),
+    Serve(Box<cmd::serve::Args>),
     /// Subscribe to a broadcast on a bus node and write it as FLV.
     Dump(cmd::dump::Args),
     /// Run a QUIC bus relay: an origin for ingest nodes, or an edge of an origin.
@@ -42,7 +42,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // webrtc-rs logs expected ICE/DTLS events (a STUN answer from a
+                // candidate already given up) as warnings; gopbus logs what matters.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rtc=error,rtc_ice=error,rtc_dtls=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -53,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(a) => cmd::serve::run(a, until_signal()).await,
+            Command::Serve(a) => cmd::serve::run(*a, until_signal()).await,
             Command::Relay(a) => cmd::relay::run(a, until_signal()).await,
             Command::Ingest(a) => cmd::ingest::run(a, until_signal()).await,
             Command::Dump(a) => cmd::dump::run(a, until_signal()).await,

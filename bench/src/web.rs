@@ -45,15 +45,26 @@ hls.attachMedia(v);
 v.play().catch(() => {{}});
 </script>"#
     );
+    serve_files(
+        listener,
+        vec![("/hls.js".into(), "application/javascript", hls_js), ("/".into(), "text/html", page.into_bytes())],
+    )?;
+    Ok(format!("http://{addr}/"))
+}
+
+/// Serves `files` on `listener` from a thread: a request is answered with
+/// the first file whose path its path starts with, so `/` is the fallback.
+pub fn serve_files(listener: TcpListener, files: Vec<(String, &'static str, Vec<u8>)>) -> anyhow::Result<()> {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
-            let mut buf = [0u8; 2048];
+            let mut buf = [0u8; 4096];
             let n = conn.read(&mut buf).unwrap_or(0);
-            let (kind, body): (&str, &[u8]) = if buf[..n].starts_with(b"GET /hls.js") {
-                ("application/javascript", &hls_js)
-            } else {
-                ("text/html", page.as_bytes())
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let Some((_, kind, body)) = files.iter().find(|(p, _, _)| path.starts_with(p.as_str())) else {
+                let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
             };
             let _ = write!(
                 conn,
@@ -63,5 +74,15 @@ v.play().catch(() => {{}});
             let _ = conn.write_all(body);
         }
     });
-    Ok(format!("http://{addr}/"))
+    Ok(())
+}
+
+/// Serves `page` (HTML) on a loopback port of its own, for every path: a
+/// page on another origin than the server it talks to. Returns its origin
+/// (`http://127.0.0.1:PORT`).
+pub fn html_server(page: Vec<u8>) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    serve_files(listener, vec![("/".into(), "text/html", page)])?;
+    Ok(format!("http://{addr}"))
 }

@@ -8,7 +8,9 @@ use gopbus_ingest::Ingest;
 use tokio_util::sync::CancellationToken;
 
 use super::streams::{print_created, Urls};
-use crate::config::{AdminArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs};
+use crate::config::{
+    AdminArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs, WebRtcArgs,
+};
 use crate::node::{admin_token, bind_server, bus_token};
 
 #[derive(clap::Args)]
@@ -29,6 +31,8 @@ pub(crate) struct Args {
     bus: BusArgs,
     #[command(flatten)]
     hls: HlsArgs,
+    #[command(flatten)]
+    webrtc: WebRtcArgs,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -68,11 +72,13 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
 
     let hls = gopbus_hls::Hls::new(a.hls.resolve(&file, &data)?);
-    let routers = vec![hls.router(), hls.api(&admin)];
+    let webrtc = gopbus_webrtc::WebRtc::new(a.webrtc.resolve(&file)?, bus.clone());
+    let routers = vec![hls.router(), hls.api(&admin), webrtc.router()];
     let http_task = tokio::spawn(crate::http::serve(http, routers, shutdown.clone()));
     // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
     let hls_stop = CancellationToken::new();
     let hls_task = tokio::spawn(hls.run(bus.clone(), hls_stop.clone()));
+    let webrtc_task = tokio::spawn(webrtc.run(shutdown.clone()));
     let keys_task = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
     let rtmp_task = tokio::spawn(ingest.clone().run(rtmp_listener, shutdown.clone()));
     let quic_task = tokio::spawn(quic_server.run(shutdown.clone()));
@@ -82,6 +88,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let _ = rtmp_task.await;
     hls_stop.cancel();
     let _ = hls_task.await;
+    let _ = webrtc_task.await;
     let _ = keys_task.await;
     let _ = quic_task.await;
     if let Ok(Err(e)) = http_task.await {

@@ -1,0 +1,452 @@
+//! The WebRTC subscriber: browsers watch a broadcast with sub-second latency.
+//!
+//! # Role
+//!
+//! - **Opus, once per broadcast.** [`WebRtc::run`] follows the bus's
+//!   announcements and, for every broadcast with AAC audio, adds the derived
+//!   track `audio/opus` (fdk-aac → rubato → libopus, [`opus`]). A second
+//!   node that finds the track taken uses the first one's.
+//! - **H.264 passthrough, packetized once.** A [`room::Room`] per watched
+//!   broadcast turns each frame into RTP payloads once and shares them with
+//!   every viewer; per viewer only the RTP header differs ([`viewer`]).
+//! - **Signaling**: WHEP (`POST /whep/NAME`, `DELETE /whep/NAME/ID`, CORS
+//!   open) and a WebSocket (`/ws/NAME`, JSON offer/answer/candidates), plus
+//!   the watch page `/watch/NAME` and the list of live broadcasts `/`.
+//!
+//! # Contract
+//!
+//! - A viewer never slows the publisher or another viewer: each has its own
+//!   task and its own cursor on the room's bus, and one that falls a GoP
+//!   behind skips to the newest keyframe (logged, counted).
+//! - A source with B-frames is not sent as video (browsers do not reorder
+//!   frames); its viewers get the audio, and the page, the stats and the log
+//!   say why.
+//! - Bounded: viewers per node and per broadcast, negotiations in progress,
+//!   and the size of an offer each have a limit; past it the request gets a
+//!   clear HTTP error.
+
+pub mod opus;
+mod room;
+pub mod rtp;
+mod server;
+mod viewer;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use gopbus_bus::{Announcement, Bus, BusError, SubscribeOptions};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use opus::{AacToOpus, OpusSettings};
+pub use room::VideoState;
+
+/// Why a viewer could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum WebRtcError {
+    /// Nothing is published under that name.
+    #[error("broadcast {0:?} is not live")]
+    NotLive(String),
+    /// The SDP offer was refused.
+    #[error("bad SDP offer: {0}")]
+    BadOffer(String),
+    /// A limit was reached.
+    #[error("{0}")]
+    Full(String),
+    /// Something failed on our side.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A STUN or TURN server handed to browsers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IceServer {
+    /// `stun:host:port` or `turn:host:port?transport=udp`.
+    pub urls: String,
+    /// TURN user name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The UDP ports peer connections bind: each viewer needs one (webrtc-rs
+/// has no single-port mux), taken in turn from the range.
+#[derive(Debug)]
+pub struct PortRange {
+    first: u16,
+    last: u16,
+    next: AtomicU32,
+}
+
+impl PortRange {
+    /// Any free port, chosen by the OS.
+    pub const fn any() -> Self {
+        Self { first: 0, last: 0, next: AtomicU32::new(0) }
+    }
+
+    /// The ports `first..=last`.
+    pub fn new(first: u16, last: u16) -> Result<Self, String> {
+        if first == 0 || last < first {
+            return Err(format!("bad UDP port range {first}-{last}"));
+        }
+        Ok(Self { first, last, next: AtomicU32::new(0) })
+    }
+
+    /// How many ports the range holds (0: any).
+    pub const fn len(&self) -> usize {
+        if self.first == 0 {
+            0
+        } else {
+            (self.last - self.first) as usize + 1
+        }
+    }
+
+    /// Whether the OS chooses the ports.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next port of the range that can be bound on `ip` now (0 when the
+    /// OS chooses).
+    fn next_free(&self, ip: IpAddr) -> Result<u16, WebRtcError> {
+        let n = self.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % n;
+            let port = self.first + i as u16;
+            if std::net::UdpSocket::bind((ip, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+        tracing::warn!(first = self.first, last = self.last, "WebRTC: every UDP port of the range is in use");
+        Err(WebRtcError::Full(format!("every UDP port in {}-{} is in use", self.first, self.last)))
+    }
+}
+
+/// Addresses and servers for ICE.
+#[derive(Debug, Clone)]
+pub struct IceConfig {
+    /// The address peer connections bind (`0.0.0.0`: every interface but loopback).
+    pub bind: IpAddr,
+    /// Their UDP ports.
+    pub ports: Arc<PortRange>,
+    /// Addresses announced instead of the bound ones (1:1 NAT, `--webrtc-public-ip`).
+    pub public_ips: Vec<String>,
+    /// Servers handed to browsers (WHEP `Link` headers, the WebSocket hello).
+    pub ice_servers: Vec<IceServer>,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ports: Arc::new(PortRange::any()),
+            public_ips: Vec::new(),
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+/// Settings of the WebRTC subscriber.
+#[derive(Debug, Clone)]
+pub struct WebRtcConfig {
+    /// ICE.
+    pub ice: IceConfig,
+    /// The Opus encoder.
+    pub opus: OpusSettings,
+    /// Make the Opus track here (else only use one another node makes).
+    pub transcode: bool,
+    /// Viewers on this node.
+    pub max_viewers: usize,
+    /// Viewers of one broadcast.
+    pub max_viewers_per_broadcast: usize,
+    /// Negotiations in progress at once.
+    pub max_signaling: usize,
+    /// Largest SDP offer accepted, bytes.
+    pub max_offer_bytes: usize,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            ice: IceConfig::default(),
+            opus: OpusSettings::default(),
+            transcode: true,
+            max_viewers: 1000,
+            max_viewers_per_broadcast: 500,
+            max_signaling: 32,
+            max_offer_bytes: 32 * 1024,
+        }
+    }
+}
+
+struct Session {
+    name: String,
+    stop: CancellationToken,
+}
+
+struct Inner {
+    config: WebRtcConfig,
+    bus: Bus,
+    rooms: DashMap<String, Arc<room::Room>>,
+    sessions: DashMap<String, Session>,
+    viewers: AtomicUsize,
+    signaling: Semaphore,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The WebRTC subscriber of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct WebRtc {
+    inner: Arc<Inner>,
+}
+
+/// What the stats endpoint says about one broadcast.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BroadcastStatus {
+    /// Its name.
+    pub name: String,
+    /// Whether it is live.
+    pub live: bool,
+    /// What WebRTC viewers get of its video.
+    pub video: VideoState,
+    /// Source resolution.
+    pub width: Option<u32>,
+    /// Source resolution.
+    pub height: Option<u32>,
+    /// Whether an Opus track exists.
+    pub opus: bool,
+    /// WebRTC viewers now.
+    pub viewers: usize,
+    /// GoPs skipped by viewers that fell behind.
+    pub skipped_gops: u64,
+    /// What the watch page shows the viewer.
+    pub message: Option<String>,
+}
+
+impl WebRtc {
+    /// The WebRTC subscriber of the in-process `bus`.
+    pub fn new(config: WebRtcConfig, bus: Bus) -> Self {
+        let signaling = Semaphore::new(config.max_signaling.max(1));
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                bus,
+                rooms: DashMap::new(),
+                sessions: DashMap::new(),
+                viewers: AtomicUsize::new(0),
+                signaling,
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &WebRtcConfig {
+        &self.inner.config
+    }
+
+    /// The HTTP routes: WHEP, WebSocket signaling, the watch page, the list.
+    pub fn router(&self) -> axum::Router {
+        server::router(self.clone())
+    }
+
+    /// Runs the Opus encoders (one per broadcast with AAC) until `shutdown`,
+    /// then closes every viewer.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let mut announcements = inner.bus.announcements();
+        loop {
+            let a = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = announcements.next() => a,
+            };
+            if !inner.config.transcode {
+                continue;
+            }
+            let started = match a {
+                Announcement::Started(c) => vec![c],
+                Announcement::Live(list) => list,
+                Announcement::Changed(_) | Announcement::Ended(_) => Vec::new(),
+            };
+            for c in started {
+                if c.track("audio").is_some_and(|t| t.codec.name() == "aac") && c.track(opus::TRACK).is_none() {
+                    self.start_encoder(&c.name);
+                }
+            }
+        }
+        inner.shutdown.cancel();
+        inner.tasks.close();
+        inner.tasks.wait().await;
+    }
+
+    fn start_encoder(&self, name: &str) {
+        let bus = &self.inner.bus;
+        match bus.add_track(name, opus::TRACK) {
+            Ok(publisher) => {
+                let source = bus.subscribe_tracks(name, &["audio"], SubscribeOptions::default());
+                let settings = self.inner.config.opus;
+                tracing::info!(broadcast = %name, bitrate = settings.bitrate, "Opus encoder started (AAC → Opus for WebRTC)");
+                self.inner.tasks.spawn(opus::encode(source, publisher, settings, self.inner.shutdown.clone()));
+            }
+            Err(BusError::TrackTaken(_)) => tracing::debug!(broadcast = %name, "Opus track made elsewhere"),
+            Err(e) => tracing::debug!(broadcast = %name, error = %e, "no Opus track"),
+        }
+    }
+
+    /// The room of `name`, started if need be.
+    fn room(&self, name: &str) -> Result<Arc<room::Room>, WebRtcError> {
+        let inner = &self.inner;
+        let catalog = inner.bus.catalog(name).ok_or_else(|| WebRtcError::NotLive(name.to_owned()))?;
+        let entry = inner.rooms.entry(name.to_owned());
+        let room = match entry {
+            dashmap::Entry::Occupied(e) if !e.get().is_closed() => return Ok(e.get().clone()),
+            dashmap::Entry::Occupied(mut e) => {
+                let r = room::Room::new(name);
+                e.insert(r.clone());
+                r
+            }
+            dashmap::Entry::Vacant(e) => e.insert(room::Room::new(name)).clone(),
+        };
+        let tracks: Vec<&str> =
+            ["video", opus::TRACK].into_iter().filter(|t| *t == opus::TRACK || catalog.track(t).is_some()).collect();
+        let source = inner.bus.subscribe_tracks(name, &tracks, SubscribeOptions::default());
+        let this = self.clone();
+        let r = room.clone();
+        inner.tasks.spawn(async move {
+            room::run(r.clone(), source, this.inner.shutdown.clone()).await;
+            this.inner.rooms.remove_if(r.name(), |_, v| Arc::ptr_eq(v, &r));
+        });
+        Ok(room)
+    }
+
+    /// The status of `name` (for the stats endpoint and the watch page).
+    pub fn status(&self, name: &str) -> BroadcastStatus {
+        let inner = &self.inner;
+        let catalog = inner.bus.catalog(name);
+        let room = inner.rooms.get(name).map(|r| r.clone()).filter(|r| !r.is_closed());
+        let video_cfg = catalog.as_ref().and_then(|c| {
+            c.tracks.iter().find_map(|t| match &t.codec {
+                gopbus_proto::Codec::H264(v) => Some(v.clone()),
+                _ => None,
+            })
+        });
+        let video = match (&room, &video_cfg) {
+            (Some(r), _) => r.video_state(),
+            (None, Some(_)) => VideoState::Unknown,
+            (None, None) => VideoState::None,
+        };
+        let message = match (catalog.is_some(), video) {
+            (false, _) => Some("Waiting for the publisher…".to_owned()),
+            (true, VideoState::BFrames) => Some(
+                "This stream's video uses B-frames, which browsers cannot play smoothly over WebRTC: you hear the \
+                 audio only. The publisher can turn B-frames off (x264 bframes=0), or watch it over HLS."
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+        BroadcastStatus {
+            name: name.to_owned(),
+            live: catalog.is_some(),
+            video,
+            width: video_cfg.as_ref().map(|v| v.width),
+            height: video_cfg.as_ref().map(|v| v.height),
+            opus: catalog.as_ref().is_some_and(|c| c.track(opus::TRACK).is_some()),
+            viewers: room.as_ref().map_or(0, |r| r.viewers()),
+            skipped_gops: room.as_ref().map_or(0, |r| r.skips.load(Ordering::Relaxed)),
+            message,
+        }
+    }
+
+    /// Every live broadcast's status.
+    pub fn statuses(&self) -> Vec<BroadcastStatus> {
+        self.inner.bus.catalogs().iter().map(|c| self.status(&c.name)).collect()
+    }
+
+    /// Negotiates a viewer of `name` for `offer` and starts sending once it
+    /// connects. Returns the session id and the SDP answer.
+    async fn add_viewer(
+        &self,
+        name: &str,
+        offer: String,
+        candidates: Option<tokio::sync::mpsc::Sender<webrtc::peer_connection::RTCIceCandidateInit>>,
+    ) -> Result<(String, String, Arc<dyn webrtc::peer_connection::PeerConnection>), WebRtcError> {
+        let inner = &self.inner;
+        let cfg = &inner.config;
+        if offer.len() > cfg.max_offer_bytes {
+            return Err(WebRtcError::BadOffer(format!(
+                "offer of {} bytes; the limit is {}",
+                offer.len(),
+                cfg.max_offer_bytes
+            )));
+        }
+        let Ok(_permit) = inner.signaling.try_acquire() else {
+            tracing::warn!(limit = cfg.max_signaling, "WebRTC: too many negotiations at once; offer refused");
+            return Err(WebRtcError::Full(format!("more than {} negotiations in progress; retry", cfg.max_signaling)));
+        };
+        let room = self.room(name)?;
+        if room.viewers() >= cfg.max_viewers_per_broadcast {
+            tracing::warn!(broadcast = %name, limit = cfg.max_viewers_per_broadcast, "WebRTC: viewer limit of the broadcast reached");
+            return Err(WebRtcError::Full(format!(
+                "{name:?} has its maximum of {} viewers",
+                cfg.max_viewers_per_broadcast
+            )));
+        }
+        if inner.viewers.fetch_add(1, Ordering::AcqRel) >= cfg.max_viewers {
+            inner.viewers.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(limit = cfg.max_viewers, "WebRTC: viewer limit of the node reached");
+            return Err(WebRtcError::Full(format!("this node has its maximum of {} viewers", cfg.max_viewers)));
+        }
+        let negotiated = viewer::negotiate(&room, offer, &cfg.ice, candidates).await;
+        let v = match negotiated {
+            Ok(v) => v,
+            Err(e) => {
+                inner.viewers.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
+        let id = format!("{:08x}{:08x}", viewer::rand_u32(), viewer::rand_u32());
+        let stop = inner.shutdown.child_token();
+        inner.sessions.insert(id.clone(), Session { name: name.to_owned(), stop: stop.clone() });
+        let answer = v.answer.clone();
+        let pc = v.pc.clone();
+        let (sub, slot) = room.join();
+        let this = self.clone();
+        let sid = id.clone();
+        tracing::info!(broadcast = %name, session = %id, video = ?room.video_state(), "WebRTC viewer joined");
+        inner.tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            let (left, skipped) = viewer::run(v, room.clone(), sub, slot, stop).await;
+            this.inner.viewers.fetch_sub(1, Ordering::AcqRel);
+            this.inner.sessions.remove(&sid);
+            tracing::info!(broadcast = %room.name(), session = %sid, reason = %left, skipped_gops = skipped,
+                seconds = started.elapsed().as_secs(), "WebRTC viewer left");
+        });
+        Ok((id, answer, pc))
+    }
+
+    /// Ends the session `id` of broadcast `name`; false when there is none.
+    fn end_session(&self, name: &str, id: &str) -> bool {
+        match self.inner.sessions.get(id) {
+            Some(s) if s.name == name => {
+                s.stop.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Viewers on this node now.
+    pub fn viewers(&self) -> usize {
+        self.inner.viewers.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,288 @@
+//! One broadcast's WebRTC fan-out: its frames packetized into RTP payloads
+//! once, on a private bus that every viewer of the broadcast reads.
+//!
+//! The room reads the source's `video` and `audio/opus` tracks (merged, GoP
+//! by GoP) and republishes each GoP on a bus of its own whose frames are
+//! lists of RTP payloads: a video frame as its H.264 packets (SPS/PPS before
+//! each keyframe), an Opus frame as its one packet. Viewers are subscribers
+//! of that bus, so they get the bus's guarantees for free: instant start at
+//! the current GoP's keyframe, their own cursor, and a skip to the newest
+//! keyframe when one falls behind — nobody waits for anybody.
+//!
+//! B-frames: browsers' WebRTC stacks do not reorder frames, so a source
+//! whose frames are presented out of decode order (OBS's default) is not
+//! sent as video. The room decides from the stream's own timestamps within
+//! its first [`ReorderDetector::DECIDE_AFTER`] video frames, holding the
+//! frames until it knows; viewers of such a source get the audio and a
+//! message.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gopbus_bus::{Bus, BusConfig, Event, EventSource, Publisher, SubscribeOptions, Subscriber};
+use gopbus_proto::{EndReason, Frame, GopHeader, Payload, TrackId, VideoConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::rtp::{H264Packetizer, Reorder, ReorderDetector, MAX_PAYLOAD};
+
+/// What a room knows about its source's video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VideoState {
+    /// Not decided yet (fewer than 30 video frames seen).
+    Unknown,
+    /// H.264 without B-frames: passed through.
+    Passthrough,
+    /// H.264 with B-frames: not sent (the browser would play it with judder).
+    BFrames,
+    /// The source has no video.
+    None,
+}
+
+impl VideoState {
+    const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Passthrough,
+            2 => Self::BFrames,
+            3 => Self::None,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// One broadcast's fan-out, shared by its viewers.
+pub(crate) struct Room {
+    name: String,
+    bus: Bus,
+    video: AtomicU8,
+    /// Newest source dts packetized, ms.
+    live_dts: AtomicI64,
+    viewers: AtomicUsize,
+    config: Mutex<Option<VideoConfig>>,
+    /// Viewers that fell a GoP behind and skipped.
+    pub(crate) skips: AtomicU64,
+    stop: CancellationToken,
+}
+
+impl Room {
+    pub(crate) fn new(name: &str) -> Arc<Self> {
+        // One past GoP is enough: viewers start at the current one.
+        let bus = Bus::new(BusConfig { window: 1, max_lag: 1 });
+        Arc::new(Self {
+            name: name.to_owned(),
+            bus,
+            video: AtomicU8::new(0),
+            live_dts: AtomicI64::new(i64::MIN),
+            viewers: AtomicUsize::new(0),
+            config: Mutex::new(None),
+            skips: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// The broadcast's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What happens to the source's video.
+    pub(crate) fn video_state(&self) -> VideoState {
+        VideoState::from_u8(self.video.load(Ordering::Acquire))
+    }
+
+    /// The source's H.264 configuration, once known.
+    pub(crate) fn video_config(&self) -> Option<VideoConfig> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The newest packetized timestamp (ms): the live edge viewers catch up to.
+    pub(crate) fn live_dts(&self) -> i64 {
+        self.live_dts.load(Ordering::Acquire)
+    }
+
+    /// Viewers now.
+    pub(crate) fn viewers(&self) -> usize {
+        self.viewers.load(Ordering::Relaxed)
+    }
+
+    /// Whether the room's task has stopped (the broadcast ended).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// A viewer's cursor: it starts at the current GoP's keyframe.
+    pub(crate) fn join(self: &Arc<Self>) -> (Subscriber, ViewerSlot) {
+        self.viewers.fetch_add(1, Ordering::Relaxed);
+        let sub = self.bus.subscribe(&self.name, SubscribeOptions::default());
+        (sub, ViewerSlot(self.clone()))
+    }
+
+    fn set_video(&self, state: VideoState) {
+        let old = VideoState::from_u8(self.video.swap(state as u8, Ordering::AcqRel));
+        if old == state {
+            return;
+        }
+        match state {
+            VideoState::BFrames => tracing::warn!(
+                broadcast = %self.name,
+                "the source's H.264 has B-frames (frames presented out of decode order), which browsers' WebRTC \
+                 plays with judder: WebRTC viewers get audio only; set the encoder to no B-frames \
+                 (x264 `bframes=0`, OBS: Profile baseline) or watch over HLS"
+            ),
+            VideoState::Passthrough => tracing::info!(broadcast = %self.name, "WebRTC: H.264 passed through"),
+            VideoState::None | VideoState::Unknown => {}
+        }
+    }
+}
+
+/// Counts a viewer while held.
+pub(crate) struct ViewerSlot(Arc<Room>);
+
+impl Drop for ViewerSlot {
+    fn drop(&mut self) {
+        self.0.viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a room with no viewers lives on (a reload is instant).
+const LINGER: Duration = Duration::from_secs(30);
+/// Most events held while deciding about B-frames (a few seconds of media).
+const MAX_HELD: usize = 1024;
+
+/// Runs the room: reads `source` until it ends, nobody watches for
+/// [`LINGER`], or `shutdown` fires.
+pub(crate) async fn run(room: Arc<Room>, mut source: impl EventSource, shutdown: CancellationToken) {
+    let mut publisher = room.bus.publish(&room.name);
+    let mut packer = Packer::new(room.clone());
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let reason = loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break EndReason::Shutdown,
+            _ = check.tick() => {
+                if room.viewers() > 0 {
+                    idle_since = None;
+                } else if idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= LINGER {
+                    break EndReason::PublisherLeft;
+                }
+                continue;
+            }
+            e = source.next_event() => e,
+        };
+        if let Event::End(reason) = event {
+            break reason;
+        }
+        if packer.handle(event, &mut publisher).is_err() {
+            break EndReason::Error("room publisher closed".into());
+        }
+    };
+    tracing::debug!(broadcast = %room.name, %reason, "WebRTC room closed");
+    room.stop.cancel();
+    publisher.end(reason);
+}
+
+/// Packetizes events onto the room's bus, holding them until the B-frame
+/// question is answered.
+struct Packer {
+    room: Arc<Room>,
+    packetizer: Option<(Vec<u8>, H264Packetizer)>,
+    detector: ReorderDetector,
+    video_id: Option<TrackId>,
+    held: Vec<Event>,
+    out: Vec<bytes::Bytes>,
+}
+
+impl Packer {
+    fn new(room: Arc<Room>) -> Self {
+        Self {
+            room,
+            packetizer: None,
+            detector: ReorderDetector::default(),
+            video_id: None,
+            held: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn handle(&mut self, event: Event, publisher: &mut Publisher) -> Result<(), gopbus_bus::BusError> {
+        match &event {
+            Event::Gop(h) => self.on_header(h),
+            Event::Frame(f) if Some(f.header.track) == self.video_id => {
+                let state = self.detector.push(f.header.pts(), f.header.is_keyframe());
+                match (state, self.room.video_state()) {
+                    (Reorder::BFrames, _) => self.room.set_video(VideoState::BFrames),
+                    (Reorder::None, VideoState::Unknown) => self.room.set_video(VideoState::Passthrough),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        if self.room.video_state() == VideoState::Unknown && self.held.len() < MAX_HELD {
+            self.held.push(event);
+            return Ok(());
+        }
+        for e in std::mem::take(&mut self.held).into_iter().chain(std::iter::once(event)) {
+            self.publish(e, publisher)?;
+        }
+        Ok(())
+    }
+
+    fn on_header(&mut self, h: &GopHeader) {
+        let video = h.tracks.iter().find(|t| matches!(t.codec, gopbus_proto::Codec::H264(_)));
+        self.video_id = video.map(|t| t.id);
+        match h.video() {
+            None => {
+                if self.room.video_state() == VideoState::Unknown {
+                    self.room.set_video(VideoState::None);
+                }
+            }
+            Some(v) => {
+                *self.room.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+                if self.room.video_state() == VideoState::None {
+                    self.room.video.store(VideoState::Unknown as u8, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, event: Event, publisher: &mut Publisher) -> Result<(), gopbus_bus::BusError> {
+        match event {
+            Event::Gop(h) => {
+                if let Some(v) = h.video() {
+                    if self.packetizer.as_ref().is_none_or(|(avcc, _)| *avcc != v.avcc) {
+                        self.packetizer = match H264Packetizer::new(&v.avcc, MAX_PAYLOAD) {
+                            Ok(p) => Some((v.avcc.clone(), p)),
+                            Err(e) => {
+                                tracing::warn!(broadcast = %self.room.name, error = %e, "unusable avcC: no video");
+                                None
+                            }
+                        };
+                    }
+                }
+                publisher.open_gop((*h).clone())?;
+            }
+            Event::Frame(f) => {
+                let payload = if Some(f.header.track) == self.video_id {
+                    if self.room.video_state() != VideoState::Passthrough {
+                        return Ok(());
+                    }
+                    let Some((_, p)) = self.packetizer.as_ref() else { return Ok(()) };
+                    self.out.clear();
+                    if let Err(e) = p.packetize(&f.payload, f.header.is_keyframe(), &mut self.out) {
+                        tracing::warn!(broadcast = %self.room.name, dts = f.header.dts, error = %e, "malformed H.264 frame dropped");
+                        return Ok(());
+                    }
+                    Payload::from_parts(std::mem::take(&mut self.out))
+                } else {
+                    // Opus: one packet per frame.
+                    Payload::from_bytes(crate::rtp::contiguous(&f.payload))
+                };
+                self.room.live_dts.fetch_max(f.header.dts, Ordering::AcqRel);
+                publisher.push(Frame { header: f.header, payload })?;
+            }
+            Event::CutShort { .. } | Event::Skipped { .. } | Event::End(_) => {}
+        }
+        Ok(())
+    }
+}
