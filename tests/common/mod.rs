@@ -215,7 +215,22 @@ pub struct Fixture;
 impl Fixture {
     /// H.264 High profile with B-frames (GoP 1 s at 30 fps) and AAC at `rate` Hz stereo, `secs` long.
     pub fn av(rate: u32, secs: u32) -> PathBuf {
-        Self::make(&format!("av-{rate}-{secs}.flv"), |out| {
+        Self::av_with(rate, secs, 2, 30)
+    }
+
+    /// H.264 High profile without B-frames (what WebRTC viewers are sent as
+    /// it is), keyframes 6 s apart as OBS sends them, AAC at `rate` Hz stereo.
+    pub fn av_no_bframes(rate: u32, secs: u32) -> PathBuf {
+        Self::av_with(rate, secs, 0, 180)
+    }
+
+    fn av_with(rate: u32, secs: u32, bframes: u32, gop: u32) -> PathBuf {
+        let name = if (bframes, gop) == (2, 30) {
+            format!("av-{rate}-{secs}.flv")
+        } else {
+            format!("av-{rate}-{secs}-bf{bframes}-g{gop}.flv")
+        };
+        Self::make(&name, |out| {
             vec![
                 "-f".into(),
                 "lavfi".into(),
@@ -232,11 +247,11 @@ impl Fixture {
                 "-profile:v".into(),
                 "high".into(),
                 "-bf".into(),
-                "2".into(),
+                bframes.to_string(),
                 "-g".into(),
-                "30".into(),
+                gop.to_string(),
                 "-keyint_min".into(),
-                "30".into(),
+                gop.to_string(),
                 "-sc_threshold".into(),
                 "0".into(),
                 "-pix_fmt".into(),

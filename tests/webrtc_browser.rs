@@ -1,0 +1,124 @@
+//! WebRTC in headless Chromium: ffmpeg publishes over RTMP, the browser
+//! watches over WHEP (from a page on another origin) or the WebSocket, and
+//! what it decoded and heard is read from `RTCPeerConnection.getStats()`.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// One browser at a time: on two cores, parallel Chromiums decoding video
+/// would measure the machine, not gopbus.
+static BROWSER: Mutex<()> = Mutex::new(());
+
+/// Runs the watch page at `url` for `seconds` and returns its samples.
+fn watch(url: &str, seconds: u32) -> Vec<Value> {
+    let web = bench::web::web_dir().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new("node")
+        .arg("watch_webrtc.mjs")
+        .arg(url)
+        .arg(seconds.to_string())
+        .current_dir(&web)
+        .output()
+        .expect("node");
+    assert!(out.status.success(), "the browser failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("the page's JSON");
+    assert!(v["errors"].as_array().unwrap().is_empty(), "page errors: {}", v["errors"]);
+    v["samples"].as_array().unwrap().clone()
+}
+
+/// The watch page served from another origin, pointed at `server`.
+fn foreign_page(server: &Server, name: &str, query: &str) -> String {
+    let page = http_get(server.http, "/watch/x").expect("the watch page");
+    let origin = bench::web::html_server(page.into_bytes()).unwrap();
+    format!("{origin}/watch/{name}?server=http://{}{query}", server.http)
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+fn num(s: &Value, key: &str) -> f64 {
+    s[key].as_f64().unwrap_or(0.0)
+}
+
+/// What a good viewer of the 640×360 30 fps fixture sees: the picture at
+/// the source size, H.264 and Opus, audible audio, frames decoded at the
+/// source's rate without a freeze after the first second.
+fn assert_plays_well(samples: &[Value]) {
+    let last = samples.last().unwrap();
+    assert_eq!(last["state"], "live", "{last}");
+    assert_eq!((last["width"].as_u64(), last["height"].as_u64()), (Some(640), Some(360)), "{last}");
+    assert_eq!(last["videoCodec"], "video/H264", "{last}");
+    assert_eq!(last["audioCodec"], "audio/opus", "{last}");
+    assert!(num(last, "audioLevel") > 0.02, "silent: {last}");
+    assert!(num(last, "audioEnergy") > 0.0, "{last}");
+    // Frames over the last 4 s (samples are 0.5 s apart).
+    let before = &samples[samples.len() - 9];
+    let fps =
+        (num(last, "framesDecoded") - num(before, "framesDecoded")) / ((num(last, "t") - num(before, "t")) / 1000.0);
+    assert!(fps >= 24.0, "{fps:.1} frames/s decoded at the end; samples: {samples:?}");
+    let first_live = samples.iter().position(|s| num(s, "framesDecoded") > 0.0).expect("a frame was decoded");
+    let settled = samples.get(first_live + 2).unwrap_or(last);
+    assert_eq!(num(last, "freezeCount"), num(settled, "freezeCount"), "froze after the first second: {samples:?}");
+    // It caught up with the live edge: little waits in the jitter buffer.
+    let delay = (num(last, "jitterBufferDelay") - num(before, "jitterBufferDelay"))
+        / (num(last, "jitterBufferEmitted") - num(before, "jitterBufferEmitted")).max(1.0);
+    assert!(delay < 0.3, "{delay:.3} s in the jitter buffer");
+}
+
+#[test]
+fn chromium_plays_h264_and_opus_over_whep_from_another_origin() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with("webrtc-whep", &["--webrtc-bind", "127.0.0.1"]);
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av_no_bframes(48000, 60), &server.url(&key));
+    // Join mid-GoP (keyframes are 6 s apart): the viewer starts at the keyframe and catches up.
+    std::thread::sleep(Duration::from_secs(4));
+    let samples = watch(&foreign_page(&server, "cam", ""), 12);
+    assert_plays_well(&samples);
+    let log = server.log_text();
+    assert!(log.contains("Opus encoder started"), "{log}");
+    assert!(log.contains("WebRTC viewer joined"), "{log}");
+}
+
+#[test]
+fn chromium_plays_over_websocket_signaling() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with("webrtc-ws", &["--webrtc-bind", "127.0.0.1"]);
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av_no_bframes(48000, 60), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(2));
+    let samples = watch(&foreign_page(&server, "cam", "&signal=ws"), 10);
+    assert_plays_well(&samples);
+}
+
+#[test]
+fn a_b_frame_source_is_heard_not_stuttered_and_the_viewer_is_told_why() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with("webrtc-bframes", &["--webrtc-bind", "127.0.0.1"]);
+    let key = server.create_stream("obs");
+    // Fixture::av is H.264 High with 2 B-frames, as OBS sends by default.
+    let _publisher = ffmpeg_publish(&Fixture::av(48000, 60), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(2));
+    let samples = watch(&format!("http://{}/watch/obs", server.http), 8);
+    let last = samples.last().unwrap();
+    assert_eq!(last["state"], "live", "{last}");
+    assert!(last["message"].as_str().unwrap_or("").contains("B-frames"), "no message for the viewer: {last}");
+    assert_eq!(num(last, "framesDecoded"), 0.0, "B-frame video was sent: {last}");
+    assert_eq!(last["audioCodec"], "audio/opus", "{last}");
+    assert!(num(last, "audioLevel") > 0.02, "silent: {last}");
+    let status: Value = serde_json::from_str(&http_get(server.http, "/webrtc/obs").unwrap()).unwrap();
+    assert_eq!(status["video"], "b-frames", "{status}");
+    let log = server.log_text();
+    assert!(log.contains("has B-frames"), "{log}");
+}
