@@ -81,6 +81,7 @@ pub(crate) struct File {
     pub(crate) opus_bitrate: Option<i32>,
     pub(crate) webrtc_max_viewers: Option<usize>,
     pub(crate) webrtc_max_viewers_per_broadcast: Option<usize>,
+    pub(crate) no_opus_encoder: Option<bool>,
 }
 
 fn parse(text: &str, default: &str) -> SocketAddr {
@@ -436,6 +437,9 @@ pub(crate) struct WebRtcArgs {
     /// Most WebRTC viewers of one broadcast [default: 500].
     #[arg(long, env = "GOPBUS_WEBRTC_MAX_VIEWERS_PER_BROADCAST")]
     pub(crate) webrtc_max_viewers_per_broadcast: Option<usize>,
+    /// Do not make the Opus track on this node; use the one another node makes.
+    #[arg(long, env = "GOPBUS_NO_OPUS_ENCODER")]
+    pub(crate) no_opus_encoder: bool,
 }
 
 impl WebRtcArgs {
@@ -480,6 +484,7 @@ impl WebRtcArgs {
                 .webrtc_max_viewers_per_broadcast
                 .or(f.webrtc_max_viewers_per_broadcast)
                 .unwrap_or(defaults::WEBRTC_MAX_VIEWERS_PER_BROADCAST),
+            transcode: !(self.no_opus_encoder || f.no_opus_encoder.unwrap_or(false)),
             ..defaults
         })
     }

@@ -31,6 +31,8 @@ enum Command {
     Ingest(cmd::ingest::Args),
     /// Run the HLS segmenter on its own, fed by a bus node: live HLS and recordings over HTTP.
     Hls(cmd::hls::Args),
+    /// Run the WebRTC subscriber on its own, fed by a bus node: WHEP, WebSocket and the watch page over HTTP.
+    Webrtc(Box<cmd::webrtc::Args>),
     /// Manage streams and their secret keys.
     Streams(cmd::streams::Args),
 }
@@ -60,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ingest(a) => cmd::ingest::run(a, until_signal()).await,
             Command::Dump(a) => cmd::dump::run(a, until_signal()).await,
             Command::Hls(a) => cmd::hls::run(a, until_signal()).await,
+            Command::Webrtc(a) => cmd::webrtc::run(*a, until_signal()).await,
             Command::Streams(a) => cmd::streams::run(a).await,
         }
     })

@@ -122,3 +122,48 @@ fn a_b_frame_source_is_heard_not_stuttered_and_the_viewer_is_told_why() {
     let log = server.log_text();
     assert!(log.contains("has B-frames"), "{log}");
 }
+
+/// `gopbus webrtc` fed over QUIC by `node`, on loopback; its log file.
+fn webrtc_node(node: &Server, tag: &str) -> (Proc, std::net::SocketAddr, std::path::PathBuf) {
+    let (bus, token, ca) = node.bus();
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = node.data.join(format!("webrtc-{tag}.log"));
+    let child = gopbus()
+        .args(["webrtc", "--bus", &bus, "--bus-token", &token, "--bus-ca"])
+        .arg(&ca)
+        .args(["--http", &http.to_string(), "--webrtc-bind", "127.0.0.1"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawning gopbus webrtc");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(http).is_err() {
+        assert!(std::time::Instant::now() < deadline, "gopbus webrtc did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Proc::new(child), http, log)
+}
+
+#[test]
+fn two_webrtc_nodes_fed_over_quic_serve_browsers_with_one_opus_encoder_between_them() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    // The origin makes no Opus itself: one of the two WebRTC nodes must, and only one.
+    let server = Server::start_with("webrtc-nodes", &["--webrtc-bind", "127.0.0.1", "--no-opus-encoder"]);
+    let (_a, http_a, log_a) = webrtc_node(&server, "a");
+    let (_b, http_b, log_b) = webrtc_node(&server, "b");
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av_no_bframes(48000, 60), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(4));
+    for http in [http_a, http_b] {
+        let page = http_get(http, "/watch/x").expect("the watch page");
+        let origin = bench::web::html_server(page.into_bytes()).unwrap();
+        let samples = watch(&format!("{origin}/watch/cam?server=http://{http}"), 10);
+        assert_plays_well(&samples);
+    }
+    let (a, b) = (std::fs::read_to_string(&log_a).unwrap(), std::fs::read_to_string(&log_b).unwrap());
+    let encoders = [&a, &b].iter().filter(|l| l.contains("Opus encoder started")).count();
+    assert_eq!(encoders, 1, "node a:\n{a}\nnode b:\n{b}");
+    assert!(a.contains("Opus track made by another node") || b.contains("Opus track made by another node"));
+    assert!(!server.log_text().contains("Opus encoder started"), "{}", server.log_text());
+}

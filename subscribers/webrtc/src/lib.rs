@@ -36,7 +36,9 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use gopbus_bus::{Announcement, Bus, BusError, SubscribeOptions};
+use gopbus_bus::node::{Backoff, Remote};
+use gopbus_bus::quic::{BusClient, QuicError};
+use gopbus_bus::{Announcement, Bus, BusConfig, BusError, StartAt, SubscribeOptions};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -233,6 +235,12 @@ pub struct BroadcastStatus {
 }
 
 impl WebRtc {
+    /// A WebRTC node of its own (`gopbus webrtc`): its bus is filled from a
+    /// remote node by [`run_remote`](Self::run_remote).
+    pub fn new_remote(config: WebRtcConfig) -> Self {
+        Self::new(config, Bus::new(BusConfig { window: 2, max_lag: 2 }))
+    }
+
     /// The WebRTC subscriber of the in-process `bus`.
     pub fn new(config: WebRtcConfig, bus: Bus) -> Self {
         let signaling = Semaphore::new(config.max_signaling.max(1));
@@ -289,6 +297,101 @@ impl WebRtc {
         inner.tasks.wait().await;
     }
 
+    /// Like [`run`](Self::run) for the broadcasts of a remote bus node
+    /// (`gopbus webrtc --bus`): every broadcast the node announces is fetched
+    /// into this node's bus (its own bus is what rooms and the status read).
+    /// The Opus track is taken from the node when it has one; otherwise this
+    /// node adds it there and encodes it, unless another node won that race,
+    /// whose track it then uses: one encoder per broadcast, however many
+    /// WebRTC nodes. A lost connection is re-established with backoff.
+    pub async fn run_remote(self, remote: Remote, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(std::time::Duration::from_secs(5));
+        let mirrors: Arc<DashMap<String, ()>> = Arc::new(DashMap::new());
+        'connect: loop {
+            let watch = || async {
+                let client = remote.connect(None).await?;
+                let watch = client.watch().await?;
+                Ok((client, watch))
+            };
+            let Some((client, mut watch)) = backoff.retry(&shutdown, &remote.url, "watching the bus", watch).await
+            else {
+                break;
+            };
+            let client = Arc::new(client);
+            tracing::info!(bus = %remote.url, "WebRTC watching the bus");
+            loop {
+                let a = tokio::select! {
+                    _ = shutdown.cancelled() => break 'connect,
+                    a = watch.next() => a,
+                };
+                let Some(a) = a else {
+                    tracing::warn!(bus = %remote.url, "bus watch lost; watching again");
+                    continue 'connect;
+                };
+                let started = match a {
+                    Announcement::Started(c) => vec![c],
+                    Announcement::Live(list) => list,
+                    Announcement::Changed(_) | Announcement::Ended(_) => Vec::new(),
+                };
+                for c in started {
+                    if mirrors.insert(c.name.clone(), ()).is_some() {
+                        continue;
+                    }
+                    let (me, client, mirrors) = (self.clone(), client.clone(), mirrors.clone());
+                    self.inner.tasks.spawn(async move {
+                        if let Err(e) = me.mirror(&client, &c).await {
+                            tracing::warn!(broadcast = %c.name, error = %e, "WebRTC could not fetch the broadcast");
+                        }
+                        mirrors.remove(&c.name);
+                    });
+                }
+            }
+        }
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Fetches the broadcast of `catalog` (and its Opus track, made here if
+    /// nobody makes it) into this node's bus until it ends.
+    async fn mirror(&self, client: &BusClient, catalog: &gopbus_bus::Catalog) -> Result<(), QuicError> {
+        let name = &catalog.name;
+        let bus = &self.inner.bus;
+        let mut source = client.subscribe_into(name, StartAt::CurrentGop, bus).await?;
+        let track_name = format!("{name}/{}", opus::TRACK);
+        let mut _opus_in = None;
+        let mut _opus_out = None;
+        if catalog.track(opus::TRACK).is_some() {
+            _opus_in = Some(client.subscribe_into(&track_name, StartAt::CurrentGop, bus).await?);
+        } else if self.inner.config.transcode && catalog.track("audio").is_some_and(|t| t.codec.name() == "aac") {
+            // Claim the track upstream first; publish it here once claimed.
+            let outgoing = bus.subscribe(&track_name, SubscribeOptions::default());
+            match client.add_track(name, opus::TRACK, outgoing).await {
+                Ok(publication) => {
+                    _opus_out = Some(publication);
+                    // The source's first GoP arrives shortly after subscribing.
+                    for _ in 0..50 {
+                        if bus.is_live(name) {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    self.start_encoder(name);
+                }
+                Err(QuicError::Taken(_)) => {
+                    tracing::info!(broadcast = %name, "Opus track made by another node; using it");
+                    _opus_in = Some(client.subscribe_into(&track_name, StartAt::CurrentGop, bus).await?);
+                }
+                Err(e) => tracing::warn!(broadcast = %name, error = %e, "could not add the Opus track upstream"),
+            }
+        }
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => {}
+            _ = source.finished() => {}
+        }
+        Ok(())
+    }
+
     fn start_encoder(&self, name: &str) {
         let bus = &self.inner.bus;
         match bus.add_track(name, opus::TRACK) {
@@ -298,7 +401,7 @@ impl WebRtc {
                 tracing::info!(broadcast = %name, bitrate = settings.bitrate, "Opus encoder started (AAC → Opus for WebRTC)");
                 self.inner.tasks.spawn(opus::encode(source, publisher, settings, self.inner.shutdown.clone()));
             }
-            Err(BusError::TrackTaken(_)) => tracing::debug!(broadcast = %name, "Opus track made elsewhere"),
+            Err(BusError::TrackTaken(_)) => tracing::info!(broadcast = %name, "Opus track made elsewhere; using it"),
             Err(e) => tracing::debug!(broadcast = %name, error = %e, "no Opus track"),
         }
     }
