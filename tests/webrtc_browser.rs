@@ -167,3 +167,38 @@ fn two_webrtc_nodes_fed_over_quic_serve_browsers_with_one_opus_encoder_between_t
     assert!(a.contains("Opus track made by another node") || b.contains("Opus track made by another node"));
     assert!(!server.log_text().contains("Opus encoder started"), "{}", server.log_text());
 }
+
+#[test]
+fn a_viewer_that_stops_reading_is_dropped_and_nobody_else_notices() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with("webrtc-stall", &["--webrtc-bind", "127.0.0.1"]);
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av_no_bframes(48000, 60), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(2));
+    // A webrtc-rs viewer whose whole runtime freezes once it receives media:
+    // it reads nothing and answers nothing from then on, like a hung client.
+    let http = server.http;
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let until = std::time::Instant::now() + Duration::from_secs(120);
+            let (counts, _task) = bench::whep::viewers(http, "cam", 1, Duration::ZERO, until);
+            while counts.connected.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = connected_tx.send(counts.video_packets.load(std::sync::atomic::Ordering::Relaxed));
+            // Freeze: blocks this runtime's only thread.
+            std::thread::sleep(Duration::from_secs(120));
+        });
+    });
+    let packets = connected_rx.recv_timeout(Duration::from_secs(20)).expect("the stalled viewer connected");
+    assert!(packets > 0, "it received video before it stalled");
+    let samples = watch(&format!("http://{}/watch/cam", server.http), 12);
+    assert_plays_well(&samples);
+    let log = server.log_text();
+    let dropped =
+        log.lines().filter(|l| l.contains("WebRTC viewer left") && l.contains("connection failed or lost")).count();
+    assert_eq!(dropped, 1, "the stalled viewer was not dropped:\n{log}");
+}

@@ -14,6 +14,7 @@
 //! - [`report`]: tables and JSON.
 //! - [`scenarios`]: the scenarios.
 //! - [`web`]: hls.js in Chromium: the npm packages and a player page.
+//! - [`whep`]: a light WHEP (WebRTC) viewer on webrtc-rs.
 #![warn(missing_docs)]
 
 pub mod alloc;
@@ -25,3 +26,4 @@ pub mod rtmp;
 pub mod scenarios;
 pub mod target;
 pub mod web;
+pub mod whep;

@@ -84,7 +84,27 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
     Ok((list, p))
 }
 
+/// `whep-viewers HTTP NAME N SECONDS`: N WHEP viewers in this process (a
+/// load generator for tests), their counts as JSON on stdout at the end.
+fn whep_viewers(args: &[String]) -> anyhow::Result<()> {
+    let [http, name, n, secs] = args else { bail!("usage: whep-viewers HTTP_ADDR NAME N SECONDS") };
+    let (http, n, secs): (std::net::SocketAddr, usize, f64) = (http.parse()?, n.parse()?, secs.parse()?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let counts = rt.block_on(async {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+        let (counts, task) = bench::whep::viewers(http, name, n, std::time::Duration::from_millis(20), until);
+        let _ = task.await;
+        counts
+    });
+    println!("{}", counts.json());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("whep-viewers") {
+        return whep_viewers(&args[1..]);
+    }
     let (list, params) = parse()?;
     for name in list {
         eprintln!("running {name} …");

@@ -21,22 +21,25 @@ pub struct StreamSpec {
     pub seconds: u32,
     /// Seconds between keyframes.
     pub gop: u32,
+    /// B-frames (as OBS and x264 by default); WebRTC viewers need none.
+    pub bframes: bool,
 }
 
 impl Default for StreamSpec {
     fn default() -> Self {
-        Self { width: 640, height: 360, kbps: 1000, seconds: 10, gop: 1 }
+        Self { width: 640, height: 360, kbps: 1000, seconds: 10, gop: 1, bframes: true }
     }
 }
 
 impl StreamSpec {
     /// Makes (once) and reads the stream: H.264 High, 30 fps, a keyframe every
-    /// `gop` seconds, B-frames, AAC 48 kHz stereo 128 kb/s.
+    /// `gop` seconds, B-frames unless told not to, AAC 48 kHz stereo 128 kb/s.
     pub fn tags(&self) -> anyhow::Result<Vec<Tag>> {
         let dir = std::env::temp_dir().join("gopbus-bench-media");
         std::fs::create_dir_all(&dir)?;
         let (w, h, kbps, secs, gop) = (self.width, self.height, self.kbps, self.seconds, self.gop.max(1));
-        let path: PathBuf = dir.join(format!("{w}x{h}-{kbps}k-{secs}s-g{gop}.flv"));
+        let bf = if self.bframes { 2 } else { 0 };
+        let path: PathBuf = dir.join(format!("{w}x{h}-{kbps}k-{secs}s-g{gop}-bf{bf}.flv"));
         if !path.exists() {
             let tmp = path.with_extension("tmp.flv");
             let out = Command::new("ffmpeg")
@@ -44,7 +47,7 @@ impl StreamSpec {
                 .arg(format!("testsrc2=size={}x{}:rate=30", self.width, self.height))
                 .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t"])
                 .arg(self.seconds.to_string())
-                .args(["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-bf", "2", "-g"])
+                .args(["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-bf", &bf.to_string(), "-g"])
                 .arg((30 * gop).to_string())
                 .args(["-keyint_min", &(30 * gop).to_string(), "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-b:v"])
                 .arg(format!("{}k", self.kbps))

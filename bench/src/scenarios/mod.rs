@@ -84,7 +84,7 @@ impl Params {
             runs: 1,
             sizes: Some(vec![2]),
             seconds: 1.5,
-            spec: StreamSpec { width: 320, height: 240, kbps: 300, seconds: 2, gop: 1 },
+            spec: StreamSpec { width: 320, height: 240, kbps: 300, seconds: 2, gop: 1, bframes: true },
             gopbus: Some(gopbus),
             joins: 2,
             load_players: 2,

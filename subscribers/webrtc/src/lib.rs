@@ -230,6 +230,10 @@ pub struct BroadcastStatus {
     pub viewers: usize,
     /// GoPs skipped by viewers that fell behind.
     pub skipped_gops: u64,
+    /// Room bus → RTP handed to the viewers' connections, median of live video frames, ms.
+    pub send_latency_p50_ms: Option<f64>,
+    /// The same, 99th percentile.
+    pub send_latency_p99_ms: Option<f64>,
     /// What the watch page shows the viewer.
     pub message: Option<String>,
 }
@@ -466,6 +470,8 @@ impl WebRtc {
             opus: catalog.as_ref().is_some_and(|c| c.track(opus::TRACK).is_some()),
             viewers: room.as_ref().map_or(0, |r| r.viewers()),
             skipped_gops: room.as_ref().map_or(0, |r| r.skips.load(Ordering::Relaxed)),
+            send_latency_p50_ms: room.as_ref().and_then(|r| r.latency.quantile_ms(0.5)),
+            send_latency_p99_ms: room.as_ref().and_then(|r| r.latency.quantile_ms(0.99)),
             message,
         }
     }

@@ -62,7 +62,51 @@ pub(crate) struct Room {
     config: Mutex<Option<VideoConfig>>,
     /// Viewers that fell a GoP behind and skipped.
     pub(crate) skips: AtomicU64,
+    /// When recent video frames were put on the room's bus: (dts, µs since `epoch`).
+    stamps: Box<[(AtomicI64, AtomicU64)]>,
+    epoch: std::time::Instant,
+    /// Room bus → RTP handed to the viewer's connection, per live video frame.
+    pub(crate) latency: LatencyHistogram,
     stop: CancellationToken,
+}
+
+const STAMPS: usize = 1024;
+
+/// A histogram of durations in 100 µs buckets up to 200 ms (and one beyond).
+pub(crate) struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl LatencyHistogram {
+    const STEP_US: u64 = 100;
+    const BUCKETS: usize = 2001;
+
+    fn new() -> Self {
+        Self { buckets: (0..Self::BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    pub(crate) fn record(&self, d: Duration) {
+        let i = ((d.as_micros() as u64) / Self::STEP_US).min(Self::BUCKETS as u64 - 1) as usize;
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `q` quantile in milliseconds (the bucket's upper edge), or `None` when empty.
+    pub(crate) fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(((i as u64 + 1) * Self::STEP_US) as f64 / 1000.0);
+            }
+        }
+        None
+    }
 }
 
 impl Room {
@@ -77,6 +121,9 @@ impl Room {
             viewers: AtomicUsize::new(0),
             config: Mutex::new(None),
             skips: AtomicU64::new(0),
+            stamps: (0..STAMPS).map(|_| (AtomicI64::new(i64::MIN), AtomicU64::new(0))).collect(),
+            epoch: std::time::Instant::now(),
+            latency: LatencyHistogram::new(),
             stop: CancellationToken::new(),
         })
     }
@@ -99,6 +146,20 @@ impl Room {
     /// The newest packetized timestamp (ms): the live edge viewers catch up to.
     pub(crate) fn live_dts(&self) -> i64 {
         self.live_dts.load(Ordering::Acquire)
+    }
+
+    fn stamp(&self, dts: i64) {
+        let slot = &self.stamps[dts.rem_euclid(STAMPS as i64) as usize];
+        slot.0.store(i64::MIN, Ordering::Release);
+        slot.1.store(self.epoch.elapsed().as_micros() as u64, Ordering::Release);
+        slot.0.store(dts, Ordering::Release);
+    }
+
+    /// How long ago the video frame `dts` was put on the room's bus, if known.
+    pub(crate) fn since_pushed(&self, dts: i64) -> Option<Duration> {
+        let slot = &self.stamps[dts.rem_euclid(STAMPS as i64) as usize];
+        let at = slot.1.load(Ordering::Acquire);
+        (slot.0.load(Ordering::Acquire) == dts).then(|| self.epoch.elapsed().saturating_sub(Duration::from_micros(at)))
     }
 
     /// Viewers now.
@@ -279,7 +340,11 @@ impl Packer {
                     Payload::from_bytes(crate::rtp::contiguous(&f.payload))
                 };
                 self.room.live_dts.fetch_max(f.header.dts, Ordering::AcqRel);
+                let video = Some(f.header.track) == self.video_id;
                 publisher.push(Frame { header: f.header, payload })?;
+                if video {
+                    self.room.stamp(f.header.dts);
+                }
             }
             Event::CutShort { .. } | Event::Skipped { .. } | Event::End(_) => {}
         }

@@ -317,6 +317,11 @@ pub(crate) async fn run(
                             break;
                         }
                     }
+                    if !behind && !parts.is_empty() {
+                        if let Some(d) = room.since_pushed(f.header.dts) {
+                            room.latency.record(d);
+                        }
+                    }
                 } else if !behind {
                     let Some(ts) = clock.audio(f.header.dts) else { continue };
                     if let Some(p) = f.payload.parts().first() {
