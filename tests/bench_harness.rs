@@ -74,6 +74,17 @@ fn every_scenario_runs_at_a_tiny_size() {
                 assert!(num(&report, 1, "blocking reloads/s") > 0.0);
                 assert_eq!(num(&report, 1, "failed requests"), 0.0);
             }
+            "webrtc-viewers" => {
+                assert_eq!(num(&report, 0, "viewers"), 0.0, "the baseline row comes first");
+                assert_eq!(num(&report, 1, "viewers"), 2.0);
+                assert_eq!(num(&report, 1, "connected"), 2.0, "the WHEP viewers did not connect");
+                assert!(num(&report, 1, "packets received") > 0.0, "no RTP reached the viewers");
+                assert!(num(&report, 1, "send latency p50 ms") > 0.0);
+            }
+            "opus-transcode" => {
+                assert!(num(&report, 0, "Opus packets") >= 90.0, "too few Opus packets for 2 s");
+                assert!(num(&report, 1, "streams per core") > 0.0);
+            }
             other => panic!("scenario {other} has no check here"),
         }
     }

@@ -13,12 +13,14 @@ const HELP: &str = "\
 usage: cargo run -p bench --release -- SCENARIO|all [options]
 
 scenarios: bus-publish bus-local zero-copy rtmp-fanout latency ttff ingest quic-fanout hls-latency hls-clients
+           webrtc-viewers opus-transcode
 
 options:
   --runs N              repetitions of each measurement (default 3)
   --sizes A,B,C         the N list: players (rtmp-fanout), subscribers (bus-*, zero-copy), publishers (ingest),
                         keyframe intervals in s (hls-latency; default 2,8 with 0.5 s parts and 8 with 0.25 s),
-                        LL-HLS clients (hls-clients; default 0,100,500)
+                        LL-HLS clients (hls-clients; default 0,100,500), WebRTC viewers (webrtc-viewers;
+                        default 0,1,10,50,100,200)
   --seconds S           length of each publishing measurement (default 10)
   --joins N             joins per run for ttff (default 30)
   --load-players N      extra players for latency's loaded half (default 100)

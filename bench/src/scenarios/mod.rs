@@ -9,6 +9,7 @@ mod latency;
 mod quic_fanout;
 mod rtmp_fanout;
 mod ttff;
+mod webrtc;
 mod zero_copy;
 
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use crate::rtmp::Client;
 use crate::target::{default_gopbus, RtmpUrl, Target};
 
 /// Scenario names, in the order `all` runs them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 12] = [
     "bus-publish",
     "bus-local",
     "zero-copy",
@@ -33,6 +34,8 @@ pub const ALL: [&str; 10] = [
     "quic-fanout",
     "hls-latency",
     "hls-clients",
+    "webrtc-viewers",
+    "opus-transcode",
 ];
 
 /// Options shared by the scenarios.
@@ -134,6 +137,8 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "quic-fanout" => runtime()?.block_on(quic_fanout::run(params))?,
         "hls-latency" => runtime()?.block_on(hls::run(params))?,
         "hls-clients" => runtime()?.block_on(hls_clients::run(params))?,
+        "webrtc-viewers" => runtime()?.block_on(webrtc::viewers(params))?,
+        "opus-transcode" => webrtc::opus(params)?,
         other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     };
     report.emit(&params.out)?;

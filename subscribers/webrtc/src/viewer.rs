@@ -283,6 +283,7 @@ pub(crate) async fn run(
     let mut clock = Clock::default();
     let mut video_id: Option<TrackId> = None;
     let mut skipped = 0u64;
+    let mut live_frames = 0u32;
     let left = loop {
         let event = tokio::select! {
             _ = stop.cancelled() => break Left::Shutdown,
@@ -317,7 +318,9 @@ pub(crate) async fn run(
                             break;
                         }
                     }
-                    if !behind && !parts.is_empty() {
+                    // Steady state only: not while catching up after a join or a skip.
+                    live_frames = if behind { 0 } else { live_frames + 1 };
+                    if live_frames > 30 && !parts.is_empty() {
                         if let Some(d) = room.since_pushed(f.header.dts) {
                             room.latency.record(d);
                         }

@@ -1,0 +1,246 @@
+//! `webrtc-viewers`: what WebRTC viewers cost gopbus. One 720p 3 Mb/s
+//! broadcast without B-frames is published; N light WHEP viewers
+//! (webrtc-rs, in the bench process) watch it; the server's CPU and memory
+//! are measured against the same broadcast with no viewer (RTMP ingest and
+//! the Opus encoder alone) in the same run. Packets lost are counted from
+//! sequence-number gaps at the viewers; the send latency (room bus → RTP
+//! handed to the viewer's connection) is gopbus's own histogram.
+//!
+//! `opus-transcode`: AAC → Opus as gopbus does it once per broadcast
+//! (fdk-aac, rubato, libopus), in this process: streams per core at 48 kHz
+//! and at 44.1 kHz (resampled).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::{connect_publish, Params};
+use crate::media::StreamSpec;
+use crate::procstat;
+use crate::report::{Report, Row, Spread};
+use crate::target::{default_gopbus, Target};
+
+struct Measured {
+    cpu: f64,
+    rss_mib: f64,
+    connected: u64,
+    failed: u64,
+    lost: u64,
+    packets: u64,
+    mbps: f64,
+    p50: Option<f64>,
+    p99: Option<f64>,
+}
+
+fn spec(p: &Params) -> StreamSpec {
+    // The issue's stream: 720p at 3 Mb/s, unless --video says otherwise; never B-frames.
+    let s = if p.spec.width == StreamSpec::default().width && p.spec.kbps == StreamSpec::default().kbps {
+        StreamSpec { width: 1280, height: 720, kbps: 3000, ..p.spec }
+    } else {
+        p.spec
+    };
+    StreamSpec { bframes: false, gop: 2, ..s }
+}
+
+async fn status(http: std::net::SocketAddr, name: &str) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(http).await?;
+    c.write_all(format!("GET /webrtc/{name} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut text = String::new();
+    c.read_to_string(&mut text).await?;
+    let body = text.split_once("\r\n\r\n").context("no response")?.1;
+    Ok(serde_json::from_str(body)?)
+}
+
+async fn once(p: &Params, viewers: usize) -> anyhow::Result<Measured> {
+    let bin = match &p.gopbus {
+        Some(b) => b.clone(),
+        None => default_gopbus()?,
+    };
+    let flags: Vec<String> = ["--webrtc-bind", "127.0.0.1", "--webrtc-max-viewers-per-broadcast", "10000"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let target = Target::start_gopbus_with(&bin, 1, &flags)?;
+    let http = target.http.context("gopbus's HTTP address")?;
+    let pid = target.pid.context("gopbus's pid")?;
+    let tags = spec(p).tags()?;
+    let measure = Duration::from_secs_f64(p.seconds);
+    let join_spacing = Duration::from_millis(20);
+    let warmup = Duration::from_secs(4) + join_spacing * viewers as u32;
+    let publish = target.publish[0].clone();
+    let total = warmup + measure + Duration::from_secs(6);
+    let publisher = tokio::spawn(async move {
+        let mut c = connect_publish(&publish).await?;
+        c.publish_loop(&tags, total, 1.0, |_, _| {}).await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let name = target.play[0].name.clone();
+    let until = Instant::now() + warmup + measure;
+    let (counts, task) = crate::whep::viewers(http, &name, viewers, join_spacing, until);
+    tokio::time::sleep(warmup).await;
+    let (l0, k0, b0) = (
+        counts.lost.load(Ordering::Relaxed),
+        counts.video_packets.load(Ordering::Relaxed) + counts.audio_packets.load(Ordering::Relaxed),
+        counts.bytes.load(Ordering::Relaxed),
+    );
+    let c0 = procstat::cpu(pid).context("server CPU")?;
+    tokio::time::sleep(measure).await;
+    let c1 = procstat::cpu(pid).context("server CPU")?;
+    let rss = procstat::rss_kib(pid).unwrap_or(0);
+    let st = status(http, &name).await?;
+    let secs = measure.as_secs_f64();
+    let m = Measured {
+        cpu: procstat::cpu_percent(c0, c1),
+        rss_mib: rss as f64 / 1024.0,
+        connected: counts.connected.load(Ordering::Relaxed),
+        failed: counts.failed.load(Ordering::Relaxed),
+        lost: counts.lost.load(Ordering::Relaxed) - l0,
+        packets: counts.video_packets.load(Ordering::Relaxed) + counts.audio_packets.load(Ordering::Relaxed) - k0,
+        mbps: (counts.bytes.load(Ordering::Relaxed) - b0) as f64 * 8.0 / secs / 1e6,
+        p50: st["send_latency_p50_ms"].as_f64(),
+        p99: st["send_latency_p99_ms"].as_f64(),
+    };
+    let _ = task.await;
+    publisher.abort();
+    Ok(m)
+}
+
+pub(super) async fn viewers(p: &Params) -> anyhow::Result<Report> {
+    if p.external.is_some() {
+        bail!("webrtc-viewers loads gopbus's own WebRTC; it cannot run against --target");
+    }
+    let s = spec(p);
+    let mut report = Report::new("webrtc-viewers", p.describe());
+    report.notes.push(format!(
+        "Stream: H.264 High {}x{} 30 fps {} kb/s, keyframe every {} s, no B-frames; AAC 48 kHz → Opus 128 kb/s made once by gopbus.",
+        s.width, s.height, s.kbps, s.gop
+    ));
+    let sizes = p.sizes_or(&[0, 1, 10, 50, 100, 200]);
+    let sizes: Vec<usize> = if sizes.contains(&0) { sizes } else { [0].into_iter().chain(sizes).collect() };
+    let (mut base_cpu, mut base_rss) = (0.0, 0.0);
+    for n in sizes {
+        let mut runs = Vec::new();
+        for _ in 0..p.runs {
+            runs.push(once(p, n).await?);
+        }
+        let k = runs.len() as f64;
+        let cpus: Vec<f64> = runs.iter().map(|m| m.cpu).collect();
+        let cpu = cpus.iter().sum::<f64>() / k;
+        let rss = runs.iter().map(|m| m.rss_mib).sum::<f64>() / k;
+        if n == 0 {
+            (base_cpu, base_rss) = (cpu, rss);
+        }
+        let per = |v: f64| if n == 0 { 0.0 } else { v / n as f64 };
+        let lat = |f: fn(&Measured) -> Option<f64>| {
+            let v: Vec<f64> = runs.iter().filter_map(f).collect();
+            if v.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!(v.iter().sum::<f64>() / v.len() as f64)
+            }
+        };
+        report.rows.push(
+            Row::new()
+                .col("viewers", n as u64)
+                .col("server CPU % of a core", cpu)
+                .col("CPU spread across runs", Spread::of(&cpus).range())
+                .col("CPU % per viewer above none", per(cpu - base_cpu))
+                .col("server RSS MiB", rss)
+                .col("RSS KiB per viewer above none", per((rss - base_rss) * 1024.0))
+                .col("connected", runs.iter().map(|m| m.connected).sum::<u64>() as f64 / k)
+                .col("failed", runs.iter().map(|m| m.failed).sum::<u64>())
+                .col("packets lost", runs.iter().map(|m| m.lost).sum::<u64>())
+                .col("packets received", runs.iter().map(|m| m.packets).sum::<u64>())
+                .col("delivered Mb/s", runs.iter().map(|m| m.mbps).sum::<f64>() / k)
+                .col("send latency p50 ms", lat(|m| m.p50))
+                .col("send latency p99 ms", lat(|m| m.p99)),
+        );
+    }
+    report.notes.push(
+        "The viewers are webrtc-rs clients in the bench process, on the same two cores as the server (they decrypt \
+         SRTP and count packets; they do not decode). Send latency is from the frame's arrival on the broadcast's \
+         room bus to the last RTP packet of it handed to the viewer's connection, video frames sent at the live edge \
+         (from the 31st after a viewer caught up), over the whole run (gopbus's histogram in /webrtc/NAME, 0.1 ms buckets)."
+            .into(),
+    );
+    Ok(report)
+}
+
+/// Raw AAC frames (with their AudioSpecificConfig) of a tone at `rate`, made once by ffmpeg.
+fn aac_frames(rate: u32, seconds: u32) -> anyhow::Result<(Vec<u8>, Vec<(i64, bytes::Bytes)>)> {
+    let dir = std::env::temp_dir().join("gopbus-bench-media");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("aac-{rate}-{seconds}s.flv"));
+    if !path.exists() {
+        let tmp = path.with_extension("tmp.flv");
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("sine=frequency=440:sample_rate={rate}"))
+            .args(["-t", &seconds.to_string(), "-c:a", "aac", "-ac", "2", "-b:a", "128k", "-f", "flv"])
+            .arg(&tmp)
+            .output()
+            .context("running ffmpeg")?;
+        if !out.status.success() {
+            bail!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::rename(&tmp, &path)?;
+    }
+    let mut asc = Vec::new();
+    let mut frames = Vec::new();
+    for t in crate::flv::read(&path)? {
+        if t.kind != crate::flv::TAG_AUDIO || t.data.len() < 2 {
+            continue;
+        }
+        if t.data[1] == 0 {
+            asc = t.data[2..].to_vec();
+        } else {
+            frames.push((i64::from(t.timestamp), t.data.slice(2..)));
+        }
+    }
+    if asc.is_empty() {
+        bail!("no AAC sequence header in {}", path.display());
+    }
+    Ok((asc, frames))
+}
+
+pub(super) fn opus(p: &Params) -> anyhow::Result<Report> {
+    let mut report = Report::new("opus-transcode", p.describe());
+    let seconds = if p.seconds < 5.0 { 2 } else { 20u32 };
+    for rate in [48_000u32, 44_100] {
+        let (asc, frames) = aac_frames(rate, seconds)?;
+        let mut cpus = Vec::new();
+        let mut packets = 0;
+        for _ in 0..p.runs {
+            let mut t = gopbus_webrtc::AacToOpus::new(&asc, gopbus_webrtc::OpusSettings::default())?;
+            let mut out = Vec::new();
+            let c0 = procstat::cpu(std::process::id()).context("own CPU")?;
+            for (dts, f) in &frames {
+                t.push(*dts, f, &mut out)?;
+            }
+            let c1 = procstat::cpu(std::process::id()).context("own CPU")?;
+            packets = out.len();
+            cpus.push(procstat::cpu_seconds(c0, c1).as_secs_f64());
+        }
+        let cpu = cpus.iter().sum::<f64>() / cpus.len() as f64;
+        let audio = f64::from(seconds);
+        report.rows.push(
+            Row::new()
+                .col("AAC input", format!("{} kHz stereo 128 kb/s", f64::from(rate) / 1000.0))
+                .col("audio seconds", audio)
+                .col("CPU seconds", cpu)
+                .col("CPU spread across runs", Spread::of(&cpus).range())
+                .col("% of a core per stream", cpu / audio * 100.0)
+                .col("streams per core", audio / cpu.max(1e-9))
+                .col("Opus packets", packets as u64),
+        );
+    }
+    report.notes.push(
+        "One AacToOpus per stream, as gopbus runs it once per broadcast: fdk-aac decode to stereo, rubato FFT \
+         resampling when the input is not 48 kHz, libopus 20 ms frames at 128 kb/s (complexity 10, its default). \
+         Single-threaded; CPU time of this process."
+            .into(),
+    );
+    Ok(report)
+}
