@@ -168,8 +168,11 @@ pub(super) async fn viewers(p: &Params) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// An AudioSpecificConfig and raw AAC frames with their timestamps.
+type AacStream = (Vec<u8>, Vec<(i64, bytes::Bytes)>);
+
 /// Raw AAC frames (with their AudioSpecificConfig) of a tone at `rate`, made once by ffmpeg.
-fn aac_frames(rate: u32, seconds: u32) -> anyhow::Result<(Vec<u8>, Vec<(i64, bytes::Bytes)>)> {
+fn aac_frames(rate: u32, seconds: u32) -> anyhow::Result<AacStream> {
     let dir = std::env::temp_dir().join("gopbus-bench-media");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("aac-{rate}-{seconds}s.flv"));
