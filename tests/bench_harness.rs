@@ -85,6 +85,10 @@ fn every_scenario_runs_at_a_tiny_size() {
                 assert!(num(&report, 0, "Opus packets") >= 90.0, "too few Opus packets for 2 s");
                 assert!(num(&report, 1, "streams per core") > 0.0);
             }
+            "webrtc-g2g" => {
+                assert!(num(&report, 0, "frames read") > 30.0, "the page read too few stamped frames");
+                assert!(num(&report, 0, "p50 ms") > 0.0);
+            }
             other => panic!("scenario {other} has no check here"),
         }
     }

@@ -23,7 +23,7 @@ use crate::rtmp::Client;
 use crate::target::{default_gopbus, RtmpUrl, Target};
 
 /// Scenario names, in the order `all` runs them.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     "bus-publish",
     "bus-local",
     "zero-copy",
@@ -36,6 +36,7 @@ pub const ALL: [&str; 12] = [
     "hls-clients",
     "webrtc-viewers",
     "opus-transcode",
+    "webrtc-g2g",
 ];
 
 /// Options shared by the scenarios.
@@ -139,6 +140,7 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "hls-clients" => runtime()?.block_on(hls_clients::run(params))?,
         "webrtc-viewers" => runtime()?.block_on(webrtc::viewers(params))?,
         "opus-transcode" => webrtc::opus(params)?,
+        "webrtc-g2g" => webrtc::g2g(params)?,
         other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     };
     report.emit(&params.out)?;

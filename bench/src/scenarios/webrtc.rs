@@ -247,3 +247,127 @@ pub(super) fn opus(p: &Params) -> anyhow::Result<Report> {
     );
     Ok(report)
 }
+
+/// Paints `stamp` as 32 blocks (MSB first, 20×40 px, white = 1) at the top of a gray 640×360 frame.
+fn stamped_frame(frame: &mut [u8], stamp: u32, n: u64) {
+    const W: usize = 640;
+    // A moving bar below the blocks, so the encoder has something to code.
+    for (y, row) in frame.chunks_mut(W).enumerate() {
+        for (x, px) in row.iter_mut().enumerate() {
+            *px = if y < 40 {
+                let bit = 31 - (x / 20);
+                if stamp >> bit & 1 == 1 {
+                    235
+                } else {
+                    16
+                }
+            } else if (x + n as usize * 4) % 160 < 20 {
+                200
+            } else {
+                90
+            };
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// `webrtc-g2g`: glass-to-glass latency in Chromium. The bench paints the
+/// wall clock into each frame it hands ffmpeg (x264 ultrafast, zerolatency,
+/// no B-frames, a keyframe every 2 s), which publishes over RTMP; the watch
+/// page's video frames are read back in Chromium (`tests/web/g2g_webrtc.mjs`).
+pub(super) fn g2g(p: &Params) -> anyhow::Result<Report> {
+    use std::io::Write;
+    if p.external.is_some() {
+        bail!("webrtc-g2g measures gopbus's own WebRTC; it cannot run against --target");
+    }
+    let web = crate::web::web_dir()?;
+    let bin = match &p.gopbus {
+        Some(b) => b.clone(),
+        None => default_gopbus()?,
+    };
+    let mut report = Report::new("webrtc-g2g", p.describe());
+    let seconds = p.seconds.max(5.0) * 2.0;
+    let mut all = Vec::new();
+    let mut unreadable = 0u64;
+    for _ in 0..p.runs {
+        let target = Target::start_gopbus_with(&bin, 1, &["--webrtc-bind".to_owned(), "127.0.0.1".to_owned()])?;
+        let http = target.http.context("gopbus's HTTP address")?;
+        let publish = &target.publish[0];
+        let url = format!("rtmp://{}/{}/{}", publish.addr, publish.app, publish.name);
+        let mut ffmpeg = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-f", "rawvideo", "-pix_fmt", "gray", "-s", "640x360", "-r", "30", "-i", "-"])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-bf", "0", "-g", "60"])
+            .args(["-pix_fmt", "yuv420p", "-f", "flv", &url])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("running ffmpeg")?;
+        let mut stdin = ffmpeg.stdin.take().context("ffmpeg's stdin")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let painter = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut frame = vec![0u8; 640 * 360];
+                let start = Instant::now();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let due = start + Duration::from_micros(n * 33_333);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    stamped_frame(&mut frame, wall_ms() as u32, n);
+                    if stdin.write_all(&frame).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_secs(3));
+        let page = format!("http://{http}/watch/{}", target.play[0].name);
+        let out = std::process::Command::new("node")
+            .arg("g2g_webrtc.mjs")
+            .arg(&page)
+            .arg(seconds.to_string())
+            .current_dir(&web)
+            .output()
+            .context("node")?;
+        stop.store(true, Ordering::Relaxed);
+        let _ = painter.join();
+        let _ = ffmpeg.kill();
+        let _ = ffmpeg.wait();
+        if !out.status.success() {
+            bail!("the page failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let samples = v["latencies"].as_array().context("latencies")?;
+        let first = samples.first().and_then(|s| s[0].as_f64()).unwrap_or(0.0);
+        // The first 3 s are the join (the catch-up fast-forward); the rest is steady state.
+        all.extend(
+            samples.iter().filter(|s| s[0].as_f64().unwrap_or(0.0) >= first + 3000.0).filter_map(|s| s[1].as_f64()),
+        );
+        unreadable += v["unreadable"].as_u64().unwrap_or(0);
+    }
+    all.sort_by(f64::total_cmp);
+    let q = |x| if all.is_empty() { 0.0 } else { crate::report::quantile(&all, x) };
+    report.rows.push(
+        Row::new()
+            .col("frames read", all.len() as u64)
+            .col("unreadable frames", unreadable)
+            .col("p50 ms", q(0.5))
+            .col("p90 ms", q(0.9))
+            .col("p99 ms", q(0.99))
+            .col("min ms", all.first().copied().unwrap_or(0.0))
+            .col("max ms", all.last().copied().unwrap_or(0.0)),
+    );
+    report.notes.push(format!(
+        "Publisher → screen in headless Chromium over loopback, per presented frame, {seconds} s per run after a 3 s \
+         join: the bench paints the wall clock into each raw frame it hands ffmpeg (x264 ultrafast, zerolatency, \
+         640x360 30 fps, no B-frames), which publishes over RTMP to gopbus; the watch page (WHEP) reads the stamp \
+         of every frame the video element presents. Includes x264's encode, RTMP, gopbus, RTP over loopback, \
+         Chromium's jitter buffer, decode and compositing (no display: headless)."
+    ));
+    Ok(report)
+}
