@@ -89,6 +89,9 @@ fn every_scenario_runs_at_a_tiny_size() {
                 assert!(num(&report, 0, "frames read") > 30.0, "the page read too few stamped frames");
                 assert!(num(&report, 0, "p50 ms") > 0.0);
             }
+            "webrtc-av-sync" => {
+                assert!(num(&report, 0, "flash/beep pairs") >= 3.0, "too few flashes paired with beeps");
+            }
             other => panic!("scenario {other} has no check here"),
         }
     }

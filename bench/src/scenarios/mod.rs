@@ -23,7 +23,7 @@ use crate::rtmp::Client;
 use crate::target::{default_gopbus, RtmpUrl, Target};
 
 /// Scenario names, in the order `all` runs them.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     "bus-publish",
     "bus-local",
     "zero-copy",
@@ -37,6 +37,7 @@ pub const ALL: [&str; 13] = [
     "webrtc-viewers",
     "opus-transcode",
     "webrtc-g2g",
+    "webrtc-av-sync",
 ];
 
 /// Options shared by the scenarios.
@@ -141,6 +142,7 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "webrtc-viewers" => runtime()?.block_on(webrtc::viewers(params))?,
         "opus-transcode" => webrtc::opus(params)?,
         "webrtc-g2g" => webrtc::g2g(params)?,
+        "webrtc-av-sync" => webrtc::av_sync(params)?,
         other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     };
     report.emit(&params.out)?;

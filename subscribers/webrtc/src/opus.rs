@@ -24,6 +24,8 @@ const RATE: u32 = 48_000;
 const CHANNELS: usize = 2;
 /// 20 ms at 48 kHz.
 const FRAME: usize = 960;
+/// Samples of silence AAC encoders put first (the decoder outputs them).
+const ENCODER_PRIMING: f64 = 1024.0;
 /// A gap in the source's timestamps larger than this restarts the clock.
 const MAX_DRIFT_MS: f64 = 200.0;
 
@@ -73,6 +75,8 @@ pub struct AacToOpus {
     anchor: Option<(i64, u64, u64)>,
     packet: Vec<u8>,
     lookahead: u16,
+    /// What the codecs delay the sound by, taken off the Opus timestamps (ms).
+    delay_ms: i64,
 }
 
 impl AacToOpus {
@@ -101,6 +105,7 @@ impl AacToOpus {
             anchor: None,
             packet: vec![0; 4000],
             lookahead,
+            delay_ms: 0,
         })
     }
 
@@ -122,6 +127,12 @@ impl AacToOpus {
         }
         if rate != self.in_rate || self.resampler.as_ref().is_some_and(|r| r.input_frames_next() != frames) {
             self.in_rate = rate;
+            // The sound comes out of the decoder after the AAC encoder's priming
+            // (1024 samples: ffmpeg, fdk-aac and OBS's encoders) and out of
+            // libopus after its lookahead; timestamps say when it was heard.
+            self.delay_ms = ((ENCODER_PRIMING * 1000.0 / f64::from(rate))
+                + f64::from(self.lookahead) * 1000.0 / f64::from(RATE))
+            .round() as i64;
             self.restart_resampler(frames)?;
             self.anchor = None;
         }
@@ -158,7 +169,7 @@ impl AacToOpus {
         let mut used = 0;
         while self.fifo.len() - used >= FRAME * CHANNELS {
             let n = self.encoder.encode_float(&self.fifo[used..used + FRAME * CHANNELS], &mut self.packet)?;
-            let at = *start + (*encoded * 1000 / u64::from(RATE)) as i64;
+            let at = *start + (*encoded * 1000 / u64::from(RATE)) as i64 - self.delay_ms;
             out.push((at, Bytes::copy_from_slice(&self.packet[..n])));
             *encoded += FRAME as u64;
             used += FRAME * CHANNELS;
@@ -340,7 +351,8 @@ mod tests {
     fn aac_at_48k_becomes_20ms_opus_frames_on_the_source_clock_and_keeps_its_level() {
         let (out, rms) = transcode(48_000);
         assert!(out.len() >= 90, "{} packets for ~2 s", out.len());
-        assert_eq!(out[0].0, 5000, "starts at the first AAC frame's dts");
+        // The first AAC frame's dts, less AAC priming (21.3 ms) and Opus lookahead (6.5 ms).
+        assert_eq!(out[0].0, 5000 - 28, "starts at the first AAC frame's dts, less the codec delays");
         assert!(out.windows(2).all(|w| w[1].0 - w[0].0 == 20), "20 ms apart");
         // A sine of amplitude 12000/32768 has an RMS of about 0.26.
         assert!(rms > 0.15 && rms < 0.4, "level {rms}");
@@ -364,7 +376,7 @@ mod tests {
             t.push(base + i as i64 * 21, f, &mut out).unwrap();
         }
         let after: Vec<i64> = out.iter().map(|(d, _)| *d).filter(|d| *d >= 60_000).collect();
-        assert_eq!(after.first(), Some(&(60_000 + 20 * 21)), "re-anchored at the frame after the jump");
+        assert_eq!(after.first(), Some(&(60_000 + 20 * 21 - 28)), "re-anchored at the frame after the jump");
     }
 
     #[test]

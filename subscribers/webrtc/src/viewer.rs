@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gopbus_bus::{Event, Subscriber};
 use gopbus_proto::{Codec, TrackId};
+use rtc::interceptor::{ReceiverReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    configure_nack, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionState,
     RTCSessionDescription, Registry, SettingEngineBuilder,
 };
@@ -143,7 +144,12 @@ pub(crate) async fn negotiate(
             RtpCodecKind::Audio,
         )
         .map_err(internal)?;
-    let registry = register_default_interceptors(Registry::new(), &mut media).map_err(internal)?;
+    // NACK and receiver reports as webrtc-rs sets them up by default; the
+    // sender reports are ours (see `Clock::sender_report`): webrtc-rs's map
+    // each packet's RTP time to when it was sent, and the Opus audio is sent
+    // later than the video it goes with (it is encoded from the AAC first).
+    let registry =
+        configure_nack(Registry::new(), &mut media).with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
     let mut settings = SettingEngineBuilder::new();
     if !ice.public_ips.is_empty() {
         settings = settings.with_nat_1to1_ips(ice.public_ips.clone(), RTCIceCandidateType::Host);
@@ -228,6 +234,8 @@ struct Out {
     pt: u8,
     seq: u16,
     base: u32,
+    packets: u32,
+    octets: u32,
 }
 
 impl Out {
@@ -242,8 +250,29 @@ impl Out {
             ..Default::default()
         };
         self.seq = self.seq.wrapping_add(1);
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload.len() as u32);
         rtp::Packet { header, payload }
     }
+
+    /// A sender report saying that media time `media_ms` (shifted) is now.
+    fn report(&self, media_ms: i64, rate: i64) -> Box<dyn rtc::rtcp::Packet> {
+        Box::new(rtc::rtcp::sender_report::SenderReport {
+            ssrc: self.ssrc,
+            ntp_time: ntp_now(),
+            rtp_time: self.base.wrapping_add((media_ms * rate) as u32),
+            packet_count: self.packets,
+            octet_count: self.octets,
+            ..Default::default()
+        })
+    }
+}
+
+/// The wall clock as a 64-bit NTP timestamp (seconds since 1900, 32.32).
+fn ntp_now() -> u64 {
+    const UNIX_TO_NTP: u64 = 2_208_988_800;
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    ((d.as_secs() + UNIX_TO_NTP) << 32) | ((u64::from(d.subsec_nanos()) << 32) / 1_000_000_000)
 }
 
 /// Sends the room to the viewer until it leaves, the broadcast ends or
@@ -276,10 +305,10 @@ pub(crate) async fn run(
         let _ = pc.close().await;
         return (if stop.is_cancelled() { Left::Shutdown } else { Left::NeverConnected }, 0);
     }
-    let mut v =
-        Out { ssrc: video.2, pt: payload_type(&video.1, VIDEO_PT).await, seq: rand_u32() as u16, base: rand_u32() };
-    let mut a =
-        Out { ssrc: audio.2, pt: payload_type(&audio.1, AUDIO_PT).await, seq: rand_u32() as u16, base: rand_u32() };
+    let out = |ssrc, pt| Out { ssrc, pt, seq: rand_u32() as u16, base: rand_u32(), packets: 0, octets: 0 };
+    let mut v = out(video.2, payload_type(&video.1, VIDEO_PT).await);
+    let mut a = out(audio.2, payload_type(&audio.1, AUDIO_PT).await);
+    let mut reports = tokio::time::interval(Duration::from_secs(1));
     let mut clock = Clock::default();
     let mut video_id: Option<TrackId> = None;
     let mut skipped = 0u64;
@@ -294,6 +323,19 @@ pub(crate) async fn run(
                     (_, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Disconnected) => break Left::Failed,
                     _ => continue,
                 }
+            }
+            _ = reports.tick() => {
+                // Audio and video map the same media time to the same wall
+                // clock, so the browser lines them up by their timestamps.
+                if let Some(media) = clock.media_now() {
+                    if v.packets > 0 {
+                        let _ = video.0.write_rtcp(vec![v.report(media, 90)]).await;
+                    }
+                    if a.packets > 0 {
+                        let _ = audio.0.write_rtcp(vec![a.report(media, 48)]).await;
+                    }
+                }
+                continue;
             }
             e = sub.next() => e,
         };
@@ -326,6 +368,9 @@ pub(crate) async fn run(
                         }
                     }
                 } else if !behind {
+                    if video_id.is_none() {
+                        clock.anchor(f.header.dts);
+                    }
                     let Some(ts) = clock.audio(f.header.dts) else { continue };
                     if let Some(p) = f.payload.parts().first() {
                         let _ = audio.0.write_rtp(a.packet(p.clone(), ts, false)).await;
@@ -355,6 +400,9 @@ struct Clock {
     last_pts: Option<i64>,
     /// Wall clock and shifted pts of the first video frame, for pacing.
     start: Option<(tokio::time::Instant, i64)>,
+    /// Which shifted media time was live when (for sender reports); set
+    /// once live, again after each catch-up.
+    anchor: Option<(tokio::time::Instant, i64)>,
 }
 
 impl Clock {
@@ -379,11 +427,24 @@ impl Clock {
                 None
             }
         };
-        if !behind {
+        if behind {
+            self.anchor = None;
+        } else {
             // Live: re-anchor the pacing so a later catch-up starts from now.
             self.start = Some((now, shifted));
+            self.anchor.get_or_insert((now, shifted));
         }
         ((shifted * 90) as u32, wait)
+    }
+
+    /// Anchors the media clock at a live frame (audio-only broadcasts).
+    fn anchor(&mut self, dts: i64) {
+        self.anchor.get_or_insert((tokio::time::Instant::now(), dts - self.shift));
+    }
+
+    /// The shifted media time that is live now, once anchored.
+    fn media_now(&self) -> Option<i64> {
+        self.anchor.map(|(at, media)| media + at.elapsed().as_millis() as i64)
     }
 
     /// The RTP timestamp (48 kHz) of an audio frame, once video (if any) set the clock.
