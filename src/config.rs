@@ -36,6 +36,7 @@ pub(crate) mod defaults {
     pub(crate) const OPUS_BITRATE: i32 = 128_000;
     pub(crate) const WEBRTC_MAX_VIEWERS: usize = 1000;
     pub(crate) const WEBRTC_MAX_VIEWERS_PER_BROADCAST: usize = 500;
+    pub(crate) const WEBRTC_OFFERS_PER_MINUTE: u32 = 60;
 }
 
 /// The TOML file: the keys of every block, named as the flags with `_` for `-`.
@@ -82,6 +83,7 @@ pub(crate) struct File {
     pub(crate) webrtc_max_viewers: Option<usize>,
     pub(crate) webrtc_max_viewers_per_broadcast: Option<usize>,
     pub(crate) no_opus_encoder: Option<bool>,
+    pub(crate) webrtc_offers_per_minute: Option<u32>,
 }
 
 fn parse(text: &str, default: &str) -> SocketAddr {
@@ -437,6 +439,9 @@ pub(crate) struct WebRtcArgs {
     /// Most WebRTC viewers of one broadcast [default: 500].
     #[arg(long, env = "GOPBUS_WEBRTC_MAX_VIEWERS_PER_BROADCAST")]
     pub(crate) webrtc_max_viewers_per_broadcast: Option<usize>,
+    /// WebRTC offers (WHEP posts, WebSocket connections) one client address may make per minute; more get 429 [default: 60].
+    #[arg(long, env = "GOPBUS_WEBRTC_OFFERS_PER_MINUTE")]
+    pub(crate) webrtc_offers_per_minute: Option<u32>,
     /// Do not make the Opus track on this node; use the one another node makes.
     #[arg(long, env = "GOPBUS_NO_OPUS_ENCODER")]
     pub(crate) no_opus_encoder: bool,
@@ -485,6 +490,11 @@ impl WebRtcArgs {
                 .or(f.webrtc_max_viewers_per_broadcast)
                 .unwrap_or(defaults::WEBRTC_MAX_VIEWERS_PER_BROADCAST),
             transcode: !(self.no_opus_encoder || f.no_opus_encoder.unwrap_or(false)),
+            offers_per_minute: self
+                .webrtc_offers_per_minute
+                .or(f.webrtc_offers_per_minute)
+                .unwrap_or(defaults::WEBRTC_OFFERS_PER_MINUTE)
+                .max(1),
             ..defaults
         })
     }

@@ -11,5 +11,8 @@ pub(crate) async fn serve(
     let app = routers
         .into_iter()
         .fold(axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })), axum::Router::merge);
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    // The peer's address is there for handlers that limit per client (WebRTC signaling).
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

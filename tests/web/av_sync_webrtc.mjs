@@ -6,15 +6,10 @@
 //
 //   node av_sync_webrtc.mjs PAGE_URL SECONDS
 // prints {"flashes":[ms…], "beeps":[ms…], "outputLatency": s, "errors":[…]}
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
 const [pageUrl, seconds] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required', '--disable-gpu', '--disable-quic',
-         '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         '--disable-features=WebRtcHideLocalIpsWithMdns'],
-});
+const browser = await launch();
 const result = { errors: [] };
 try {
   const page = await browser.newPage();

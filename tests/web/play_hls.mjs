@@ -5,15 +5,10 @@
 //   node play_hls.mjs PAGE_URL SECONDS
 //
 // The page (served by the test) loads hls.js and plays the stream it names.
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
 const [pageUrl, seconds] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  // No background traffic: nothing may leave loopback.
-  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required', '--disable-gpu', '--disable-quic',
-         '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const result = { requests: [], errors: [], samples: [] };
 try {
   const page = await browser.newPage();

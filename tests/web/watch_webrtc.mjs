@@ -4,17 +4,10 @@
 // level (from RTCPeerConnection.getStats()).
 //
 //   node watch_webrtc.mjs PAGE_URL SECONDS
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
 const [pageUrl, seconds] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  // No background traffic: nothing may leave loopback. No mDNS host
-  // candidates: the server sees the browser's loopback address.
-  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required', '--disable-gpu', '--disable-quic',
-         '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         '--disable-features=WebRtcHideLocalIpsWithMdns'],
-});
+const browser = await launch();
 const result = { errors: [], samples: [] };
 try {
   const page = await browser.newPage();

@@ -58,10 +58,17 @@ async fn once(p: &Params, viewers: usize) -> anyhow::Result<Measured> {
         Some(b) => b.clone(),
         None => default_gopbus()?,
     };
-    let flags: Vec<String> = ["--webrtc-bind", "127.0.0.1", "--webrtc-max-viewers-per-broadcast", "10000"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let flags: Vec<String> = [
+        "--webrtc-bind",
+        "127.0.0.1",
+        "--webrtc-max-viewers-per-broadcast",
+        "10000",
+        "--webrtc-offers-per-minute",
+        "100000",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     let target = Target::start_gopbus_with(&bin, 1, &flags)?;
     let http = target.http.context("gopbus's HTTP address")?;
     let pid = target.pid.context("gopbus's pid")?;
@@ -270,6 +277,42 @@ fn stamped_frame(frame: &mut [u8], stamp: u32, n: u64) {
     }
 }
 
+/// For the browser scenarios: refuses `--target`; the npm packages and the gopbus binary.
+fn browser_setup(p: &Params, scenario: &str) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    if p.external.is_some() {
+        bail!("{scenario} measures gopbus's own WebRTC; it cannot run against --target");
+    }
+    let bin = match &p.gopbus {
+        Some(b) => b.clone(),
+        None => default_gopbus()?,
+    };
+    Ok((crate::web::web_dir()?, bin))
+}
+
+/// A `gopbus serve` whose WebRTC binds loopback: it, its HTTP address and the publish URL.
+fn webrtc_target(bin: &std::path::Path) -> anyhow::Result<(Target, std::net::SocketAddr, String)> {
+    let target = Target::start_gopbus_with(bin, 1, &["--webrtc-bind".to_owned(), "127.0.0.1".to_owned()])?;
+    let http = target.http.context("gopbus's HTTP address")?;
+    let publish = &target.publish[0];
+    let url = format!("rtmp://{}/{}/{}", publish.addr, publish.app, publish.name);
+    Ok((target, http, url))
+}
+
+/// Runs `tests/web/SCRIPT PAGE SECONDS` and parses what it prints.
+fn run_page(web: &std::path::Path, script: &str, page: &str, seconds: f64) -> anyhow::Result<serde_json::Value> {
+    let out = std::process::Command::new("node")
+        .arg(script)
+        .arg(page)
+        .arg(seconds.to_string())
+        .current_dir(web)
+        .output()
+        .context("node")?;
+    if !out.status.success() {
+        bail!("the page failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
@@ -280,23 +323,13 @@ fn wall_ms() -> u64 {
 /// page's video frames are read back in Chromium (`tests/web/g2g_webrtc.mjs`).
 pub(super) fn g2g(p: &Params) -> anyhow::Result<Report> {
     use std::io::Write;
-    if p.external.is_some() {
-        bail!("webrtc-g2g measures gopbus's own WebRTC; it cannot run against --target");
-    }
-    let web = crate::web::web_dir()?;
-    let bin = match &p.gopbus {
-        Some(b) => b.clone(),
-        None => default_gopbus()?,
-    };
+    let (web, bin) = browser_setup(p, "webrtc-g2g")?;
     let mut report = Report::new("webrtc-g2g", p.describe());
     let seconds = p.seconds.max(5.0) * 2.0;
     let mut all = Vec::new();
     let mut unreadable = 0u64;
     for _ in 0..p.runs {
-        let target = Target::start_gopbus_with(&bin, 1, &["--webrtc-bind".to_owned(), "127.0.0.1".to_owned()])?;
-        let http = target.http.context("gopbus's HTTP address")?;
-        let publish = &target.publish[0];
-        let url = format!("rtmp://{}/{}/{}", publish.addr, publish.app, publish.name);
+        let (target, http, url) = webrtc_target(&bin)?;
         let mut ffmpeg = std::process::Command::new("ffmpeg")
             .args(["-v", "error", "-f", "rawvideo", "-pix_fmt", "gray", "-s", "640x360", "-r", "30", "-i", "-"])
             .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-bf", "0", "-g", "60"])
@@ -327,21 +360,12 @@ pub(super) fn g2g(p: &Params) -> anyhow::Result<Report> {
         };
         std::thread::sleep(Duration::from_secs(3));
         let page = format!("http://{http}/watch/{}", target.play[0].name);
-        let out = std::process::Command::new("node")
-            .arg("g2g_webrtc.mjs")
-            .arg(&page)
-            .arg(seconds.to_string())
-            .current_dir(&web)
-            .output()
-            .context("node")?;
+        let v = run_page(&web, "g2g_webrtc.mjs", &page, seconds);
         stop.store(true, Ordering::Relaxed);
         let _ = painter.join();
         let _ = ffmpeg.kill();
         let _ = ffmpeg.wait();
-        if !out.status.success() {
-            bail!("the page failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let v = v?;
         let samples = v["latencies"].as_array().context("latencies")?;
         let first = samples.first().and_then(|s| s[0].as_f64()).unwrap_or(0.0);
         // The first 3 s are the join (the catch-up fast-forward); the rest is steady state.
@@ -400,24 +424,14 @@ fn flash_beep(seconds: u32) -> anyhow::Result<std::path::PathBuf> {
 
 /// `webrtc-av-sync`: when a flash is shown and when its beep is heard, in Chromium.
 pub(super) fn av_sync(p: &Params) -> anyhow::Result<Report> {
-    if p.external.is_some() {
-        bail!("webrtc-av-sync measures gopbus's own WebRTC; it cannot run against --target");
-    }
-    let web = crate::web::web_dir()?;
-    let bin = match &p.gopbus {
-        Some(b) => b.clone(),
-        None => default_gopbus()?,
-    };
+    let (web, bin) = browser_setup(p, "webrtc-av-sync")?;
     let seconds = p.seconds.max(5.0) * 2.0;
     let fixture = flash_beep(seconds as u32 + 20)?;
     let mut offsets = Vec::new();
     let mut unpaired = 0u64;
     let mut output_latency = 0.0;
     for _ in 0..p.runs {
-        let target = Target::start_gopbus_with(&bin, 1, &["--webrtc-bind".to_owned(), "127.0.0.1".to_owned()])?;
-        let http = target.http.context("gopbus's HTTP address")?;
-        let publish = &target.publish[0];
-        let url = format!("rtmp://{}/{}/{}", publish.addr, publish.app, publish.name);
+        let (target, http, url) = webrtc_target(&bin)?;
         let mut ffmpeg = std::process::Command::new("ffmpeg")
             .args(["-v", "error", "-re", "-i"])
             .arg(&fixture)
@@ -425,19 +439,10 @@ pub(super) fn av_sync(p: &Params) -> anyhow::Result<Report> {
             .spawn()
             .context("running ffmpeg")?;
         std::thread::sleep(Duration::from_secs(3));
-        let out = std::process::Command::new("node")
-            .arg("av_sync_webrtc.mjs")
-            .arg(format!("http://{http}/watch/{}", target.play[0].name))
-            .arg(seconds.to_string())
-            .current_dir(&web)
-            .output()
-            .context("node")?;
+        let v = run_page(&web, "av_sync_webrtc.mjs", &format!("http://{http}/watch/{}", target.play[0].name), seconds);
         let _ = ffmpeg.kill();
         let _ = ffmpeg.wait();
-        if !out.status.success() {
-            bail!("the page failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let v = v?;
         let list = |k: &str| -> Vec<f64> {
             v[k].as_array().map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect()).unwrap_or_default()
         };

@@ -173,6 +173,8 @@ pub struct WebRtcConfig {
     pub max_signaling: usize,
     /// Largest SDP offer accepted, bytes.
     pub max_offer_bytes: usize,
+    /// Offers (WHEP and WebSocket) one client address may make per minute.
+    pub offers_per_minute: u32,
 }
 
 impl Default for WebRtcConfig {
@@ -185,6 +187,7 @@ impl Default for WebRtcConfig {
             max_viewers_per_broadcast: 500,
             max_signaling: 32,
             max_offer_bytes: 32 * 1024,
+            offers_per_minute: 60,
         }
     }
 }
@@ -201,6 +204,8 @@ struct Inner {
     sessions: DashMap<String, Session>,
     viewers: AtomicUsize,
     signaling: Semaphore,
+    /// Offers per client address in the current minute: (window start, count).
+    offers: DashMap<IpAddr, (std::time::Instant, u32)>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -256,6 +261,7 @@ impl WebRtc {
                 sessions: DashMap::new(),
                 viewers: AtomicUsize::new(0),
                 signaling,
+                offers: DashMap::new(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -541,6 +547,27 @@ impl WebRtc {
                 seconds = started.elapsed().as_secs(), "WebRTC viewer left");
         });
         Ok((id, answer, pc))
+    }
+
+    /// Counts an offer from `ip`; false (logged once a minute) past the limit.
+    fn allow_offer(&self, ip: IpAddr) -> bool {
+        const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+        let inner = &self.inner;
+        let now = std::time::Instant::now();
+        if inner.offers.len() > 100_000 {
+            // Bounded: forget the windows that are over.
+            inner.offers.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        }
+        let mut e = inner.offers.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        let limit = inner.config.offers_per_minute;
+        if e.1 == limit + 1 {
+            tracing::warn!(client = %ip, limit, "WebRTC: too many offers from one address; refused for the rest of the minute");
+        }
+        e.1 <= limit
     }
 
     /// Ends the session `id` of broadcast `name`; false when there is none.

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -84,7 +84,35 @@ fn links(w: &WebRtc) -> Vec<HeaderValue> {
         .collect()
 }
 
-async fn whep_post(State(w): State<WebRtc>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+/// The client's address, when the server was given it (`gopbus`'s is;
+/// `0.0.0.0` otherwise).
+struct ClientIp(std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|ConnectInfo(a)| a.ip());
+        Ok(Self(ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))))
+    }
+}
+
+fn too_many() -> Response {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, "too many offers from this address; retry in a minute".into());
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    r
+}
+
+async fn whep_post(
+    State(w): State<WebRtc>,
+    Path(name): Path<String>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !w.allow_offer(ip) {
+        return too_many();
+    }
     let sdp_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !sdp_type.starts_with("application/sdp") {
         return error(
@@ -146,7 +174,15 @@ enum ClientMessage {
     Candidate { candidate: webrtc::peer_connection::RTCIceCandidateInit },
 }
 
-async fn ws(State(w): State<WebRtc>, Path(name): Path<String>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(
+    State(w): State<WebRtc>,
+    Path(name): Path<String>,
+    ClientIp(ip): ClientIp,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !w.allow_offer(ip) {
+        return too_many();
+    }
     let limit = w.config().max_offer_bytes;
     upgrade.max_message_size(limit + 1024).on_upgrade(move |socket| ws_session(w, name, socket))
 }
