@@ -80,3 +80,28 @@ fn whep_answers_bad_offers_with_clear_errors_and_limits_offers_per_address() {
     assert!(log.contains("too many offers from one address"), "{log}");
     assert!(log.contains("WHEP offer refused"), "{log}");
 }
+
+#[test]
+fn a_keyframe_request_is_answered_from_the_gop_window_at_once() {
+    let server = Server::start_with("webrtc-pli", &["--webrtc-bind", "127.0.0.1"]);
+    let key = server.create_stream("cam");
+    // Keyframes 6 s apart, as OBS sends them: without an answer from the GoP
+    // window, the next keyframe would be seconds away.
+    let _publisher = ffmpeg_publish(&Fixture::av_no_bframes(48000, 30), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(1));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let counts = rt.block_on(async {
+        let counts = std::sync::Arc::new(bench::whep::Counts::default());
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        // The PLI goes out 2 s after the first video packet: mid-GoP, 2–3 s before the next keyframe.
+        bench::whep::viewer(server.http, "cam", until, counts.clone(), Some(Duration::from_secs(2))).await.unwrap();
+        counts
+    });
+    let c = counts.json();
+    assert_eq!(c["keyframe_requests"], 1, "{c}");
+    assert_eq!(c["keyframe_answers"], 1, "no keyframe came after the request: {c}");
+    let answer = c["keyframe_answer_us"].as_u64().unwrap();
+    assert!(answer < 700_000, "keyframe {answer} µs after the request: {c}");
+    let (_, _, body) = request(server.http, "GET", "/webrtc/cam", &[], b"");
+    assert!(body.contains("\"keyframe_requests\":1"), "{body}");
+}

@@ -34,12 +34,20 @@ pub struct Counts {
     pub connected: AtomicU64,
     /// Viewers that failed to connect.
     pub failed: AtomicU64,
+    /// Keyframe requests (PLI) sent.
+    pub keyframe_requests: AtomicU64,
+    /// Keyframe requests answered by a keyframe.
+    pub keyframe_answers: AtomicU64,
+    /// Microseconds from the keyframe request to the first keyframe after it.
+    pub keyframe_answer_us: AtomicU64,
 }
 
 struct Events {
     gathered: Arc<tokio::sync::Notify>,
     counts: Arc<Counts>,
     first: Arc<AtomicU64>,
+    /// Send a PLI this long after the first video packet.
+    pli_after: Option<Duration>,
 }
 
 #[async_trait::async_trait]
@@ -51,15 +59,39 @@ impl PeerConnectionEventHandler for Events {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let (counts, first) = (self.counts.clone(), self.first.clone());
+        let (counts, first, pli_after) = (self.counts.clone(), self.first.clone(), self.pli_after);
         tokio::spawn(async move {
             let mut last: Option<u16> = None;
+            let mut first_video: Option<Instant> = None;
+            let mut requested: Option<Instant> = None;
+            let mut answered = false;
             while let Some(event) = track.poll().await {
                 let TrackRemoteEvent::OnRtpPacket(p) = event else { continue };
                 if first.swap(1, Ordering::Relaxed) == 0 {
                     counts.connected.fetch_add(1, Ordering::Relaxed);
                 }
                 let video = p.header.payload_type != 111;
+                if video {
+                    let now = Instant::now();
+                    let since = now - *first_video.get_or_insert(now);
+                    // A keyframe starts with the parameter sets (STAP-A or SPS).
+                    let keyframe = matches!(p.payload.first().map(|b| b & 0x1f), Some(24 | 7));
+                    if let (Some(at), false, true) = (requested, answered, keyframe) {
+                        answered = true;
+                        counts.keyframe_answer_us.store(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        counts.keyframe_answers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if pli_after.is_some_and(|d| since >= d) && requested.is_none() {
+                        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                            sender_ssrc: 1,
+                            media_ssrc: p.header.ssrc,
+                        };
+                        if track.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
+                            requested = Some(Instant::now());
+                            counts.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
                 if video {
                     counts.video_packets.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -79,8 +111,16 @@ impl PeerConnectionEventHandler for Events {
     }
 }
 
-/// One viewer of `name` on the gopbus at `http`, receiving until `until`.
-pub async fn viewer(http: SocketAddr, name: &str, until: Instant, counts: Arc<Counts>) -> anyhow::Result<()> {
+/// One viewer of `name` on the gopbus at `http`, receiving until `until`;
+/// with `pli_after`, it asks for a keyframe (PLI) that long after its first
+/// video packet.
+pub async fn viewer(
+    http: SocketAddr,
+    name: &str,
+    until: Instant,
+    counts: Arc<Counts>,
+    pli_after: Option<Duration>,
+) -> anyhow::Result<()> {
     let mut media = MediaEngine::default();
     for (pt, fmtp) in [(102, "42e01f"), (108, "640c1f"), (110, "64001f")] {
         media.register_codec(
@@ -112,7 +152,8 @@ pub async fn viewer(http: SocketAddr, name: &str, until: Instant, counts: Arc<Co
     )?;
     let registry = register_default_interceptors(Registry::new(), &mut media)?;
     let gathered = Arc::new(tokio::sync::Notify::new());
-    let events = Arc::new(Events { gathered: gathered.clone(), counts: counts.clone(), first: Arc::default() });
+    let events =
+        Arc::new(Events { gathered: gathered.clone(), counts: counts.clone(), first: Arc::default(), pli_after });
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)
@@ -171,7 +212,7 @@ pub fn viewers(
         for _ in 0..n {
             let (c, name) = (c.clone(), name.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = viewer(http, &name, until, c.clone()).await {
+                if let Err(e) = viewer(http, &name, until, c.clone(), None).await {
                     c.failed.fetch_add(1, Ordering::Relaxed);
                     eprintln!("WHEP viewer failed: {e:#}");
                 }
@@ -192,6 +233,8 @@ impl Counts {
         serde_json::json!({
             "video_packets": g(&self.video_packets), "audio_packets": g(&self.audio_packets),
             "bytes": g(&self.bytes), "lost": g(&self.lost), "connected": g(&self.connected), "failed": g(&self.failed),
+            "keyframe_requests": g(&self.keyframe_requests), "keyframe_answers": g(&self.keyframe_answers),
+            "keyframe_answer_us": g(&self.keyframe_answer_us),
         })
     }
 }

@@ -26,6 +26,7 @@
 //!   clear HTTP error.
 
 pub mod opus;
+mod pli;
 mod room;
 pub mod rtp;
 mod server;
@@ -235,6 +236,8 @@ pub struct BroadcastStatus {
     pub viewers: usize,
     /// GoPs skipped by viewers that fell behind.
     pub skipped_gops: u64,
+    /// Keyframe requests (PLI, FIR) from viewers, answered from the GoP window.
+    pub keyframe_requests: u64,
     /// Room bus → RTP handed to the viewers' connections, median of live video frames, ms.
     pub send_latency_p50_ms: Option<f64>,
     /// The same, 99th percentile.
@@ -476,6 +479,7 @@ impl WebRtc {
             opus: catalog.as_ref().is_some_and(|c| c.track(opus::TRACK).is_some()),
             viewers: room.as_ref().map_or(0, |r| r.viewers()),
             skipped_gops: room.as_ref().map_or(0, |r| r.skips.load(Ordering::Relaxed)),
+            keyframe_requests: room.as_ref().map_or(0, |r| r.keyframe_requests.load(Ordering::Relaxed)),
             send_latency_p50_ms: room.as_ref().and_then(|r| r.latency.quantile_ms(0.5)),
             send_latency_p99_ms: room.as_ref().and_then(|r| r.latency.quantile_ms(0.99)),
             message,

@@ -62,6 +62,8 @@ pub(crate) struct Room {
     config: Mutex<Option<VideoConfig>>,
     /// Viewers that fell a GoP behind and skipped.
     pub(crate) skips: AtomicU64,
+    /// Keyframe requests from viewers.
+    pub(crate) keyframe_requests: AtomicU64,
     /// When recent video frames were put on the room's bus: (dts, µs since `epoch`).
     stamps: Box<[(AtomicI64, AtomicU64)]>,
     epoch: std::time::Instant,
@@ -121,6 +123,7 @@ impl Room {
             viewers: AtomicUsize::new(0),
             config: Mutex::new(None),
             skips: AtomicU64::new(0),
+            keyframe_requests: AtomicU64::new(0),
             stamps: (0..STAMPS).map(|_| (AtomicI64::new(i64::MIN), AtomicU64::new(0))).collect(),
             epoch: std::time::Instant::now(),
             latency: LatencyHistogram::new(),
@@ -177,6 +180,11 @@ impl Room {
         self.viewers.fetch_add(1, Ordering::Relaxed);
         let sub = self.bus.subscribe(&self.name, SubscribeOptions::default());
         (sub, ViewerSlot(self.clone()))
+    }
+
+    /// A new cursor at the current GoP's keyframe (a viewer's keyframe request).
+    pub(crate) fn restart(&self) -> Subscriber {
+        self.bus.subscribe(&self.name, SubscribeOptions::default())
     }
 
     fn set_video(&self, state: VideoState) {

@@ -148,8 +148,10 @@ pub(crate) async fn negotiate(
     // sender reports are ours (see `Clock::sender_report`): webrtc-rs's map
     // each packet's RTP time to when it was sent, and the Opus audio is sent
     // later than the video it goes with (it is encoded from the AAC first).
-    let registry =
-        configure_nack(Registry::new(), &mut media).with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+    // Keyframe requests are let through to the viewer's task, last in the chain.
+    let registry = configure_nack(Registry::new(), &mut media)
+        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+        .with(Slot::from(14_000), crate::pli::KeyframeRequests::default());
     let mut settings = SettingEngineBuilder::new();
     if !ice.public_ips.is_empty() {
         settings = settings.with_nat_1to1_ips(ice.public_ips.clone(), RTCIceCandidateType::Host);
@@ -313,6 +315,8 @@ pub(crate) async fn run(
     let mut video_id: Option<TrackId> = None;
     let mut skipped = 0u64;
     let mut live_frames = 0u32;
+    let mut rtcp_open = true;
+    let mut last_restart: Option<tokio::time::Instant> = None;
     let left = loop {
         let event = tokio::select! {
             _ = stop.cancelled() => break Left::Shutdown,
@@ -335,6 +339,26 @@ pub(crate) async fn run(
                         let _ = audio.0.write_rtcp(vec![a.report(media, 48)]).await;
                     }
                 }
+                continue;
+            }
+            feedback = video.0.poll(), if rtcp_open => {
+                use webrtc::media_stream::track_local::TrackLocalEvent;
+                let Some(TrackLocalEvent::OnRtcpPacket(packets)) = feedback else {
+                    rtcp_open = false;
+                    continue;
+                };
+                if !packets.iter().any(|p| crate::pli::asks_for_keyframe(p.as_ref())) {
+                    continue;
+                }
+                // Answered from the room's GoP window, at most once a second.
+                if last_restart.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                    continue;
+                }
+                last_restart = Some(tokio::time::Instant::now());
+                room.keyframe_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(broadcast = %room.name(), "keyframe requested by a viewer: restarting it at the current GoP's keyframe");
+                sub = room.restart();
+                clock.rebase();
                 continue;
             }
             e = sub.next() => e,
@@ -403,18 +427,32 @@ struct Clock {
     /// Which shifted media time was live when (for sender reports); set
     /// once live, again after each catch-up.
     anchor: Option<(tokio::time::Instant, i64)>,
+    /// The next video frame continues the RTP timeline one frame after the
+    /// last (a restart went back in source time).
+    rebase: bool,
+    last_shifted: Option<i64>,
 }
 
 impl Clock {
     /// The RTP timestamp (90 kHz) of a video frame, and how long to wait
     /// before sending it when it is caught up on.
     fn video(&mut self, pts: i64, behind: bool) -> (u32, Option<Duration>) {
+        if std::mem::take(&mut self.rebase) {
+            if let Some(last) = self.last_shifted {
+                // 33 ms after the last frame sent: timestamps never go back.
+                self.shift = pts - (last + 33);
+                self.last_pts = None;
+                self.start = None;
+                self.anchor = None;
+            }
+        }
         if let (Some(last), true) = (self.last_pts, behind) {
             let step = (pts - last).max(0);
             self.shift += step - step / CATCH_UP_SPEED;
         }
         self.last_pts = Some(pts);
         let shifted = pts - self.shift;
+        self.last_shifted = Some(shifted);
         let now = tokio::time::Instant::now();
         let wait = match self.start {
             Some((t0, p0)) if behind => {
@@ -435,6 +473,11 @@ impl Clock {
             self.anchor.get_or_insert((now, shifted));
         }
         ((shifted * 90) as u32, wait)
+    }
+
+    /// The next video frame is a restart at an earlier keyframe.
+    fn rebase(&mut self) {
+        self.rebase = true;
     }
 
     /// Anchors the media clock at a live frame (audio-only broadcasts).
