@@ -202,3 +202,35 @@ fn a_viewer_that_stops_reading_is_dropped_and_nobody_else_notices() {
         log.lines().filter(|l| l.contains("WebRTC viewer left") && l.contains("connection failed or lost")).count();
     assert_eq!(dropped, 1, "the stalled viewer was not dropped:\n{log}");
 }
+
+#[test]
+fn when_the_node_making_the_opus_track_dies_another_node_takes_it_over() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with("webrtc-failover", &["--webrtc-bind", "127.0.0.1", "--no-opus-encoder"]);
+    let mut a = webrtc_node(&server, "a");
+    let mut b = webrtc_node(&server, "b");
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av_no_bframes(48000, 60), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(4));
+    let encoding = |log: &std::path::Path| std::fs::read_to_string(log).unwrap().contains("Opus encoder started");
+    let (dead, survivor) = match (encoding(&a.2), encoding(&b.2)) {
+        (true, false) => (&mut a, &b),
+        (false, true) => (&mut b, &a),
+        other => panic!("expected exactly one encoder, got {other:?}"),
+    };
+    dead.0.child().kill().unwrap();
+    let _ = dead.0.child().wait();
+    // The survivor's viewers hear the stream again once it has taken the encoding over.
+    let http = survivor.1;
+    let page = http_get(http, "/watch/x").expect("the watch page");
+    let origin = bench::web::html_server(page.into_bytes()).unwrap();
+    let samples = watch(&format!("{origin}/watch/cam?server=http://{http}"), 14);
+    let last = samples.last().unwrap();
+    assert_eq!(last["audioCodec"], "audio/opus", "{last}");
+    assert!(num(last, "audioLevel") > 0.02, "silent after the failover: {last}");
+    // Reported, not asserted: the picture froze for seconds around the failover in our runs (see the README).
+    eprintln!("after the failover: {last}");
+    let log = std::fs::read_to_string(&survivor.2).unwrap();
+    assert!(log.contains("the Opus track upstream ended"), "{log}");
+    assert!(log.contains("Opus encoder started"), "the survivor did not take the encoding over:\n{log}");
+}

@@ -76,6 +76,8 @@ pub struct TrackSubscriber {
     /// The driving lane's allowed lag, and the other lanes'.
     lead_lag: Option<u64>,
     secondary_lag: u64,
+    /// Longest wait for a live but silent derived lane (none: a GoP).
+    max_wait: Option<std::time::Duration>,
 }
 
 impl TrackSubscriber {
@@ -117,7 +119,17 @@ impl TrackSubscriber {
             cut: false,
             lead_lag: opts.max_lag,
             secondary_lag,
+            max_wait: None,
         }
+    }
+
+    /// Waits at most `wait` for a derived lane whose worker is live but
+    /// sends nothing, instead of until the driving lane is a GoP behind; the
+    /// lane is then left out of the rest of that GoP. For players that must
+    /// not freeze (WebRTC): with OBS's 5–8 s keyframes a GoP is a long stall.
+    pub fn with_max_wait(mut self, wait: std::time::Duration) -> Self {
+        self.max_wait = Some(wait);
+        self
     }
 
     /// The bus broadcasts read (the source first, then derived tracks).
@@ -263,11 +275,16 @@ impl TrackSubscriber {
         }
         let lead = &lead[0].sub;
         let lane = &mut rest[i - 1];
+        let max_wait = self.max_wait;
         tokio::select! {
             biased; // what the lane has ready is taken first
             ev = lane.sub.next() => Some(ev),
             () = lead.until_behind(1) => {
                 tracing::debug!(track = %lane.bus_name, "derived track stalled; left out of this GoP");
+                None
+            }
+            () = tokio::time::sleep(max_wait.unwrap_or_default()), if max_wait.is_some() => {
+                tracing::debug!(track = %lane.bus_name, "derived track silent too long; left out of this GoP");
                 None
             }
         }

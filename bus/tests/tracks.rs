@@ -298,6 +298,27 @@ async fn announcements_tell_start_track_changes_and_end_once_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_max_wait_a_silent_worker_holds_the_driving_track_back_no_longer_than_that() {
+    let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut source = bus.publish("s");
+    // The worker opens GoP 0 and then goes silent while staying connected.
+    source.open_gop(source_header(0, 640)).unwrap();
+    let mut worker = bus.add_track("s", "audio/opus").unwrap();
+    worker.open_gop(derived_header(0, opus())).unwrap();
+    let mut sub = bus
+        .subscribe_tracks("s", &["video", "audio/opus"], SubscribeOptions::default())
+        .with_max_wait(Duration::from_millis(100));
+    assert!(matches!(sub.next().await, Event::Gop(_)));
+    let started = std::time::Instant::now();
+    source.push(frame(TrackId::VIDEO, 0, true)).unwrap();
+    // Without the bound this would wait for the next GoP, which never comes here.
+    let ev = tokio::time::timeout(Duration::from_secs(2), sub.next()).await.expect("held back until the next GoP");
+    assert!(matches!(ev, Event::Frame(f) if f.header.track == TrackId::VIDEO));
+    assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_does_not_hold_the_driving_track_back() {
     let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
     let mut source = bus.publish("s");

@@ -316,7 +316,9 @@ impl WebRtc {
     /// The Opus track is taken from the node when it has one; otherwise this
     /// node adds it there and encodes it, unless another node won that race,
     /// whose track it then uses: one encoder per broadcast, however many
-    /// WebRTC nodes. A lost connection is re-established with backoff.
+    /// WebRTC nodes. When the track ends upstream while the broadcast goes
+    /// on (the encoding node died), the nodes race for it again. A lost
+    /// connection is re-established with backoff.
     pub async fn run_remote(self, remote: Remote, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(std::time::Duration::from_secs(5));
         let mirrors: Arc<DashMap<String, ()>> = Arc::new(DashMap::new());
@@ -370,13 +372,32 @@ impl WebRtc {
     async fn mirror(&self, client: &BusClient, catalog: &gopbus_bus::Catalog) -> Result<(), QuicError> {
         let name = &catalog.name;
         let bus = &self.inner.bus;
+        let stop = &self.inner.shutdown;
         let mut source = client.subscribe_into(name, StartAt::CurrentGop, bus).await?;
         let track_name = format!("{name}/{}", opus::TRACK);
-        let mut _opus_in = None;
+        let aac = catalog.track("audio").is_some_and(|t| t.codec.name() == "aac");
+        let mut upstream_has = catalog.track(opus::TRACK).is_some();
         let mut _opus_out = None;
-        if catalog.track(opus::TRACK).is_some() {
-            _opus_in = Some(client.subscribe_into(&track_name, StartAt::CurrentGop, bus).await?);
-        } else if self.inner.config.transcode && catalog.track("audio").is_some_and(|t| t.codec.name() == "aac") {
+        loop {
+            if upstream_has {
+                match client.subscribe_into(&track_name, StartAt::CurrentGop, bus).await {
+                    Ok(mut opus_in) => {
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = source.finished() => return Ok(()),
+                            _ = opus_in.finished() => tracing::info!(
+                                broadcast = %name,
+                                "the Opus track upstream ended while the broadcast goes on (its encoder is gone)"
+                            ),
+                        }
+                    }
+                    Err(QuicError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !(self.inner.config.transcode && aac) {
+                break;
+            }
             // Claim the track upstream first; publish it here once claimed.
             let outgoing = bus.subscribe(&track_name, SubscribeOptions::default());
             match client.add_track(name, opus::TRACK, outgoing).await {
@@ -390,16 +411,22 @@ impl WebRtc {
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
                     self.start_encoder(name);
+                    break;
                 }
                 Err(QuicError::Taken(_)) => {
                     tracing::info!(broadcast = %name, "Opus track made by another node; using it");
-                    _opus_in = Some(client.subscribe_into(&track_name, StartAt::CurrentGop, bus).await?);
+                    upstream_has = true;
                 }
-                Err(e) => tracing::warn!(broadcast = %name, error = %e, "could not add the Opus track upstream"),
+                Err(e) => {
+                    tracing::warn!(broadcast = %name, error = %e, "could not add the Opus track upstream");
+                    break;
+                }
             }
+            // Between two nodes racing for the track, or a track that ended as it was fetched.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
         tokio::select! {
-            _ = self.inner.shutdown.cancelled() => {}
+            _ = stop.cancelled() => {}
             _ = source.finished() => {}
         }
         Ok(())
@@ -435,7 +462,12 @@ impl WebRtc {
         };
         let tracks: Vec<&str> =
             ["video", opus::TRACK].into_iter().filter(|t| *t == opus::TRACK || catalog.track(t).is_some()).collect();
-        let source = inner.bus.subscribe_tracks(name, &tracks, SubscribeOptions::default());
+        // A silent Opus worker (its node died and the track has not ended yet)
+        // may hold the picture back half a second, not a whole GoP.
+        let source = inner
+            .bus
+            .subscribe_tracks(name, &tracks, SubscribeOptions::default())
+            .with_max_wait(std::time::Duration::from_millis(500));
         let this = self.clone();
         let r = room.clone();
         inner.tasks.spawn(async move {
