@@ -276,6 +276,14 @@ impl TrackSubscriber {
         let lead = &lead[0].sub;
         let lane = &mut rest[i - 1];
         let max_wait = self.max_wait;
+        // A timer only when asked for: this is also polled without a runtime
+        // (the zero-copy bench drives it by hand), where none can be made.
+        let silent = async move {
+            match max_wait {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased; // what the lane has ready is taken first
             ev = lane.sub.next() => Some(ev),
@@ -283,7 +291,7 @@ impl TrackSubscriber {
                 tracing::debug!(track = %lane.bus_name, "derived track stalled; left out of this GoP");
                 None
             }
-            () = tokio::time::sleep(max_wait.unwrap_or_default()), if max_wait.is_some() => {
+            () = silent => {
                 tracing::debug!(track = %lane.bus_name, "derived track silent too long; left out of this GoP");
                 None
             }
