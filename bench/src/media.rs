@@ -35,15 +35,10 @@ impl StreamSpec {
     /// Makes (once) and reads the stream: H.264 High, 30 fps, a keyframe every
     /// `gop` seconds, B-frames unless told not to, AAC 48 kHz stereo 128 kb/s.
     pub fn tags(&self) -> anyhow::Result<Vec<Tag>> {
-        let dir = std::env::temp_dir().join("gopbus-bench-media");
-        std::fs::create_dir_all(&dir)?;
         let (w, h, kbps, secs, gop) = (self.width, self.height, self.kbps, self.seconds, self.gop.max(1));
         let bf = if self.bframes { 2 } else { 0 };
-        let path: PathBuf = dir.join(format!("{w}x{h}-{kbps}k-{secs}s-g{gop}-bf{bf}.flv"));
-        if !path.exists() {
-            let tmp = path.with_extension("tmp.flv");
-            let out = Command::new("ffmpeg")
-                .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        let path = made_once(&format!("{w}x{h}-{kbps}k-{secs}s-g{gop}-bf{bf}.flv"), |c| {
+            c.args(["-f", "lavfi", "-i"])
                 .arg(format!("testsrc2=size={}x{}:rate=30", self.width, self.height))
                 .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t"])
                 .arg(self.seconds.to_string())
@@ -52,17 +47,31 @@ impl StreamSpec {
                 .args(["-keyint_min", &(30 * gop).to_string(), "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-b:v"])
                 .arg(format!("{}k", self.kbps))
                 .args(["-maxrate", &format!("{}k", self.kbps), "-bufsize", &format!("{}k", self.kbps)])
-                .args(["-c:a", "aac", "-ac", "2", "-b:a", "128k", "-f", "flv"])
-                .arg(&tmp)
-                .output()
-                .context("running ffmpeg (install it: apt-get install ffmpeg)")?;
-            if !out.status.success() {
-                bail!("ffmpeg failed making the bench stream: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            std::fs::rename(&tmp, &path)?;
-        }
+                .args(["-c:a", "aac", "-ac", "2", "-b:a", "128k", "-f", "flv"]);
+        })?;
         flv::read(&path)
     }
+}
+
+/// A file made once by ffmpeg and kept in the temp directory: `args` adds
+/// the inputs, codecs and format; the output path comes last. Written to a
+/// temporary name first, so a failed run never leaves a half file behind.
+pub fn made_once(name: &str, args: impl FnOnce(&mut Command)) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join("gopbus-bench-media");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    if !path.exists() {
+        let tmp = dir.join(format!("tmp-{name}"));
+        let mut c = Command::new("ffmpeg");
+        c.args(["-v", "error", "-y"]);
+        args(&mut c);
+        let out = c.arg(&tmp).output().context("running ffmpeg (install it: apt-get install ffmpeg)")?;
+        if !out.status.success() {
+            bail!("ffmpeg failed making {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
 }
 
 /// A GoP header for synthetic bus load starting at `dts`: 1080p H.264 High and

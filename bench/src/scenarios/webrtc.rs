@@ -180,23 +180,20 @@ type AacStream = (Vec<u8>, Vec<(i64, bytes::Bytes)>);
 
 /// Raw AAC frames (with their AudioSpecificConfig) of a tone at `rate`, made once by ffmpeg.
 fn aac_frames(rate: u32, seconds: u32) -> anyhow::Result<AacStream> {
-    let dir = std::env::temp_dir().join("gopbus-bench-media");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("aac-{rate}-{seconds}s.flv"));
-    if !path.exists() {
-        let tmp = path.with_extension("tmp.flv");
-        let out = std::process::Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-            .arg(format!("sine=frequency=440:sample_rate={rate}"))
-            .args(["-t", &seconds.to_string(), "-c:a", "aac", "-ac", "2", "-b:a", "128k", "-f", "flv"])
-            .arg(&tmp)
-            .output()
-            .context("running ffmpeg")?;
-        if !out.status.success() {
-            bail!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::fs::rename(&tmp, &path)?;
-    }
+    let path = crate::media::made_once(&format!("aac-{rate}-{seconds}s.flv"), |c| {
+        c.args(["-f", "lavfi", "-i"]).arg(format!("sine=frequency=440:sample_rate={rate}")).args([
+            "-t",
+            &seconds.to_string(),
+            "-c:a",
+            "aac",
+            "-ac",
+            "2",
+            "-b:a",
+            "128k",
+            "-f",
+            "flv",
+        ]);
+    })?;
     let mut asc = Vec::new();
     let mut frames = Vec::new();
     for t in crate::flv::read(&path)? {
@@ -399,27 +396,14 @@ pub(super) fn g2g(p: &Params) -> anyhow::Result<Report> {
 /// The A/V sync test stream: white for the first 100 ms of every second,
 /// with a 1 kHz beep at the same moments; H.264 without B-frames, AAC 48 kHz.
 fn flash_beep(seconds: u32) -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join("gopbus-bench-media");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("flash-beep-{seconds}s.flv"));
-    if !path.exists() {
-        let tmp = path.with_extension("tmp.flv");
-        let out = std::process::Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+    crate::media::made_once(&format!("flash-beep-{seconds}s.flv"), |c| {
+        c.args(["-f", "lavfi", "-i"])
             .arg("color=c=black:s=640x360:r=30,geq=lum='if(lt(mod(T\\,1)\\,0.1)\\,235\\,16)':cb=128:cr=128")
             .args(["-f", "lavfi", "-i"])
             .arg("aevalsrc='if(lt(mod(t\\,1)\\,0.1)\\,0.5*sin(2*PI*1000*t)\\,0)':s=48000")
             .args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "veryfast", "-bf", "0", "-g", "60"])
-            .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-b:a", "128k", "-f", "flv"])
-            .arg(&tmp)
-            .output()
-            .context("running ffmpeg")?;
-        if !out.status.success() {
-            bail!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(path)
+            .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-b:a", "128k", "-f", "flv"]);
+    })
 }
 
 /// `webrtc-av-sync`: when a flash is shown and when its beep is heard, in Chromium.
