@@ -37,6 +37,8 @@ pub(crate) mod defaults {
     pub(crate) const WEBRTC_MAX_VIEWERS: usize = 1000;
     pub(crate) const WEBRTC_MAX_VIEWERS_PER_BROADCAST: usize = 500;
     pub(crate) const WEBRTC_OFFERS_PER_MINUTE: u32 = 60;
+    pub(crate) const BROWSER_RENDITION: &str = "720p@2500k";
+    pub(crate) const TRANSCODE_PRESET: &str = "veryfast";
 }
 
 /// The TOML file: the keys of every block, named as the flags with `_` for `-`.
@@ -84,6 +86,12 @@ pub(crate) struct File {
     pub(crate) webrtc_max_viewers_per_broadcast: Option<usize>,
     pub(crate) no_opus_encoder: Option<bool>,
     pub(crate) webrtc_offers_per_minute: Option<u32>,
+    pub(crate) ladder: Option<String>,
+    pub(crate) ladder_for: Option<std::collections::HashMap<String, String>>,
+    pub(crate) browser_rendition: Option<String>,
+    pub(crate) transcode_preset: Option<String>,
+    pub(crate) transcode_capacity: Option<f64>,
+    pub(crate) no_transcoder: Option<bool>,
 }
 
 fn parse(text: &str, default: &str) -> SocketAddr {
@@ -554,6 +562,79 @@ pub(crate) struct TargetArgs {
 impl TargetArgs {
     pub(crate) fn resolve(&self, f: &File) -> anyhow::Result<String> {
         self.bus.clone().or_else(|| f.bus.clone()).context("which bus node? give --bus quic://HOST:PORT")
+    }
+}
+
+/// Transcoding: the ladder, the browser rendition, the worker's capacity.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct TranscodeArgs {
+    /// Renditions made of every broadcast, e.g. `720p@2500k,480p@1200k,360p@700k` (HEIGHTp@KBITSk, optionally @FPSfps); rungs above the source's height are left out [default: none].
+    #[arg(long, env = "GOPBUS_LADDER")]
+    pub(crate) ladder: Option<String>,
+    /// A ladder for one broadcast, NAME=LADDER (`none` for no renditions); repeatable.
+    #[arg(long, env = "GOPBUS_LADDER_FOR", value_delimiter = ';')]
+    pub(crate) ladder_for: Vec<String>,
+    /// The rendition made for WebRTC viewers of a source with B-frames when its ladder is empty; `none` makes none [default: 720p@2500k].
+    #[arg(long, env = "GOPBUS_BROWSER_RENDITION")]
+    pub(crate) browser_rendition: Option<String>,
+    /// x264 preset of the renditions (ultrafast … veryslow) [default: veryfast].
+    #[arg(long, env = "GOPBUS_TRANSCODE_PRESET")]
+    pub(crate) transcode_preset: Option<String>,
+    /// Work this worker takes on, in megapixels per second decoded and encoded [default: 60 per core].
+    #[arg(long, env = "GOPBUS_TRANSCODE_CAPACITY")]
+    pub(crate) transcode_capacity: Option<f64>,
+    /// Run no transcoder in this process (`gopbus transcode` workers do it).
+    #[arg(long, env = "GOPBUS_NO_TRANSCODER")]
+    pub(crate) no_transcoder: bool,
+}
+
+impl TranscodeArgs {
+    /// The worker's settings; `None` when this process runs no transcoder.
+    pub(crate) fn resolve(&self, f: &File) -> anyhow::Result<Option<gopbus_transcode::TranscodeConfig>> {
+        if self.no_transcoder || f.no_transcoder.unwrap_or(false) {
+            return Ok(None);
+        }
+        let mut c = gopbus_transcode::TranscodeConfig::new();
+        if let Some(text) = self.ladder.clone().or_else(|| f.ladder.clone()) {
+            c.ladder = text.parse().map_err(|e| anyhow::anyhow!("--ladder: {e}"))?;
+        }
+        let mut per_stream: Vec<(String, String)> = f.ladder_for.clone().unwrap_or_default().into_iter().collect();
+        for item in &self.ladder_for {
+            let (name, ladder) =
+                item.split_once('=').with_context(|| format!("--ladder-for {item:?}: expected NAME=LADDER"))?;
+            per_stream.push((name.trim().to_owned(), ladder.to_owned()));
+        }
+        for (name, ladder) in per_stream {
+            let ladder = ladder.parse().map_err(|e| anyhow::anyhow!("--ladder-for {name}: {e}"))?;
+            c.per_stream.insert(name, ladder);
+        }
+        let browser = self
+            .browser_rendition
+            .clone()
+            .or_else(|| f.browser_rendition.clone())
+            .unwrap_or_else(|| defaults::BROWSER_RENDITION.to_owned());
+        c.browser = match browser.trim() {
+            "none" => None,
+            text => Some(text.parse().map_err(|e| anyhow::anyhow!("--browser-rendition: {e}"))?),
+        };
+        let preset = self
+            .transcode_preset
+            .clone()
+            .or_else(|| f.transcode_preset.clone())
+            .unwrap_or_else(|| defaults::TRANSCODE_PRESET.to_owned());
+        const PRESETS: [&str; 9] =
+            ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"];
+        anyhow::ensure!(
+            PRESETS.contains(&preset.as_str()),
+            "--transcode-preset {preset:?}: one of {}",
+            PRESETS.join(", ")
+        );
+        c.encoder.preset = preset;
+        if let Some(cap) = self.transcode_capacity.or(f.transcode_capacity) {
+            anyhow::ensure!(cap > 0.0, "--transcode-capacity must be above 0");
+            c.capacity_mpxs = cap;
+        }
+        Ok(Some(c))
     }
 }
 

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// gopbus: live video. RTMP in; a zero-copy GoP bus, in process and across
-/// machines over QUIC; RTMP out (WebRTC, HLS and transcoding subscribers come next).
+/// machines over QUIC; RTMP, WebRTC and HLS out; renditions from transcoder workers.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -33,6 +33,8 @@ enum Command {
     Hls(cmd::hls::Args),
     /// Run the WebRTC subscriber on its own, fed by a bus node: WHEP, WebSocket and the watch page over HTTP.
     Webrtc(Box<cmd::webrtc::Args>),
+    /// Run a transcoder worker fed by a bus node: renditions published back on it, jobs shared with other workers through Redis.
+    Transcode(Box<cmd::transcode::Args>),
     /// Manage streams and their secret keys.
     Streams(cmd::streams::Args),
 }
@@ -63,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Command::Dump(a) => cmd::dump::run(a, until_signal()).await,
             Command::Hls(a) => cmd::hls::run(a, until_signal()).await,
             Command::Webrtc(a) => cmd::webrtc::run(*a, until_signal()).await,
+            Command::Transcode(a) => cmd::transcode::run(*a, until_signal()).await,
             Command::Streams(a) => cmd::streams::run(a).await,
         }
     })

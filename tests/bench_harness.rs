@@ -92,6 +92,14 @@ fn every_scenario_runs_at_a_tiny_size() {
             "webrtc-av-sync" => {
                 assert!(num(&report, 0, "flash/beep pairs") >= 3.0, "too few flashes paired with beeps");
             }
+            "transcode" => {
+                assert!(num(&report, 0, "frames/s per core") > 30.0, "decoding slower than real time at 320x240");
+                let last = report.rows.len() - 1;
+                assert!(
+                    num(&report, last, "real-time factor on one core") > 1.0,
+                    "two small jobs slower than real time"
+                );
+            }
             other => panic!("scenario {other} has no check here"),
         }
     }

@@ -103,9 +103,34 @@ fn chromium_plays_over_websocket_signaling() {
 }
 
 #[test]
-fn a_b_frame_source_is_heard_not_stuttered_and_the_viewer_is_told_why() {
+fn a_b_frame_source_is_watched_as_its_b_frame_free_rendition() {
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let server = Server::start_with("webrtc-bframes", &["--webrtc-bind", "127.0.0.1"]);
+    let server = Server::start_with("webrtc-rendition", &["--webrtc-bind", "127.0.0.1"]);
+    let key = server.create_stream("obs");
+    // Fixture::av is H.264 High with 2 B-frames, as OBS sends by default; the
+    // page is open before the publisher starts.
+    let page = format!("http://{}/watch/obs", server.http);
+    let viewer = std::thread::spawn(move || watch(&page, 16));
+    std::thread::sleep(Duration::from_secs(2));
+    let _publisher = ffmpeg_publish(&Fixture::av(48000, 60), &server.url(&key));
+    let samples = viewer.join().unwrap();
+    assert_plays_well(&samples);
+    let last = samples.last().unwrap();
+    assert!(last["message"].is_null(), "{last}");
+    let status: Value = serde_json::from_str(&http_get(server.http, "/webrtc/obs").unwrap()).unwrap();
+    assert_eq!(
+        (status["video"].as_str(), status["rendition"].as_str()),
+        (Some("rendition"), Some("video/360p")),
+        "{status}"
+    );
+    let log = server.log_text();
+    assert!(log.contains("B-frame-free rendition is sent"), "{log}");
+}
+
+#[test]
+fn without_a_rendition_a_b_frame_source_is_heard_not_stuttered_and_the_viewer_is_told_why() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with("webrtc-bframes", &["--webrtc-bind", "127.0.0.1", "--browser-rendition", "none"]);
     let key = server.create_stream("obs");
     // Fixture::av is H.264 High with 2 B-frames, as OBS sends by default.
     let _publisher = ffmpeg_publish(&Fixture::av(48000, 60), &server.url(&key));
@@ -166,6 +191,23 @@ fn two_webrtc_nodes_fed_over_quic_serve_browsers_with_one_opus_encoder_between_t
     assert_eq!(encoders, 1, "node a:\n{a}\nnode b:\n{b}");
     assert!(a.contains("Opus track made by another node") || b.contains("Opus track made by another node"));
     assert!(!server.log_text().contains("Opus encoder started"), "{}", server.log_text());
+}
+
+#[test]
+fn a_webrtc_node_fed_over_quic_plays_a_b_frame_source_as_the_origins_rendition() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    // The origin's transcoder makes the rendition; the WebRTC node fetches it.
+    let server = Server::start_with("webrtc-node-rendition", &["--webrtc-bind", "127.0.0.1"]);
+    let (_node, http, log) = webrtc_node(&server, "r");
+    let key = server.create_stream("obs");
+    let _publisher = ffmpeg_publish(&Fixture::av(48000, 60), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(4));
+    let page = http_get(http, "/watch/x").expect("the watch page");
+    let origin = bench::web::html_server(page.into_bytes()).unwrap();
+    let samples = watch(&format!("{origin}/watch/obs?server=http://{http}"), 10);
+    assert_plays_well(&samples);
+    let status: Value = serde_json::from_str(&http_get(http, "/webrtc/obs").unwrap()).unwrap();
+    assert_eq!(status["rendition"], "video/360p", "{status}\n{}", std::fs::read_to_string(&log).unwrap());
 }
 
 #[test]

@@ -13,7 +13,7 @@ const HELP: &str = "\
 usage: cargo run -p bench --release -- SCENARIO|all [options]
 
 scenarios: bus-publish bus-local zero-copy rtmp-fanout latency ttff ingest quic-fanout hls-latency hls-clients
-           webrtc-viewers opus-transcode webrtc-g2g webrtc-av-sync
+           webrtc-viewers opus-transcode webrtc-g2g webrtc-av-sync transcode
 
 options:
   --runs N              repetitions of each measurement (default 3)

@@ -48,6 +48,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod directory;
 mod error;
+pub mod lease;
 pub mod node;
 pub mod publisher;
 pub mod quic;

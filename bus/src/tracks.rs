@@ -78,6 +78,11 @@ pub struct TrackSubscriber {
     secondary_lag: u64,
     /// Longest wait for a live but silent derived lane (none: a GoP).
     max_wait: Option<std::time::Duration>,
+    /// The start of the last merged GoP given out.
+    last_start: Option<i64>,
+    /// The driving (derived) lane was picked up again from a new worker: its
+    /// GoPs up to this start were given out already and are passed over.
+    resumed_after: Option<i64>,
 }
 
 impl TrackSubscriber {
@@ -120,6 +125,8 @@ impl TrackSubscriber {
             lead_lag: opts.max_lag,
             secondary_lag,
             max_wait: None,
+            last_start: None,
+            resumed_after: None,
         }
     }
 
@@ -140,6 +147,17 @@ impl TrackSubscriber {
     /// GoPs the driving lane skipped because this subscriber fell behind.
     pub fn skipped_gops(&self) -> u64 {
         self.lanes[0].sub.skipped_gops()
+    }
+
+    /// The next event if one is ready now, without waiting (as
+    /// [`Subscriber::try_next`]); relies on [`next`](Self::next) being cancel-safe.
+    pub fn try_next(&mut self) -> Option<Event> {
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(self.next()).poll(&mut cx) {
+            std::task::Poll::Ready(ev) => Some(ev),
+            std::task::Poll::Pending => None,
+        }
     }
 
     /// Waits for the next event. Cancel-safe: events read ahead are kept.
@@ -176,7 +194,9 @@ impl TrackSubscriber {
                 Event::Skipped { from, to } => return Some(Event::Skipped { from, to }),
                 Event::End(_) if lane.bus_name != self.name && self.bus.is_live(&self.name) => {
                     // A derived track's worker went away while its source goes on:
-                    // wait for the worker that takes the track over.
+                    // wait for the worker that takes the track over. It may
+                    // start at the GoP given out last: that one is passed over.
+                    self.resumed_after = self.last_start;
                     let opts =
                         SubscribeOptions { start: gopbus_proto::wire::StartAt::CurrentGop, max_lag: self.lead_lag };
                     lane.sub = self.bus.subscribe(&lane.bus_name, opts);
@@ -189,6 +209,14 @@ impl TrackSubscriber {
             }
         };
         let target = lead.start_dts;
+        if let Some(after) = self.resumed_after {
+            if target <= after {
+                // Its frames are passed over as this goes round again.
+                return None;
+            }
+            self.resumed_after = None;
+        }
+        self.last_start = Some(target);
         let mut tracks: Vec<TrackInfo> = Vec::new();
         let mut present = vec![true];
         for i in 1..self.lanes.len() {

@@ -348,3 +348,51 @@ async fn a_stalled_worker_does_not_hold_the_driving_track_back() {
     let _source = feeder.await.unwrap();
     drop(worker);
 }
+
+#[tokio::test]
+async fn a_worker_taking_a_rendition_over_at_a_gop_already_given_out_is_picked_up_after_it() {
+    let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut source = bus.publish("cam");
+    push_source_gop(&mut source, 0);
+    let mut sub = bus.subscribe_tracks("cam", &["video/480p", "audio"], SubscribeOptions::default());
+    let mut worker = bus.add_track("cam", "video/480p").unwrap();
+    for g in 1..3 {
+        push_source_gop(&mut source, g);
+        push_480p_gop(&mut worker, g - 1);
+    }
+    let (got, _) = gops(&mut sub).await;
+    assert_eq!(got.iter().map(|(h, _)| h.start_dts).collect::<Vec<_>>(), [0, 1000]);
+    // The worker dies during GoP 1; the next one starts at the source's
+    // current GoP, which is GoP 1 again, then renders GoP 2.
+    drop(worker);
+    let mut second = bus.add_track("cam", "video/480p").unwrap();
+    push_480p_gop(&mut second, 1);
+    let mut got: Vec<Gop> = Vec::new();
+    drain(&mut sub, &mut got).await;
+    push_source_gop(&mut source, 3);
+    push_480p_gop(&mut second, 2);
+    push_source_gop(&mut source, 4);
+    drain(&mut sub, &mut got).await;
+    let starts: Vec<i64> = got.iter().map(|(h, _)| h.start_dts).collect();
+    assert_eq!(starts, [2000], "GoP 1 is not given twice; the subscriber goes on at GoP 2");
+    let video: Vec<i64> = got[0].1.iter().filter(|f| f.header.track == TrackId(16)).map(|f| f.header.dts).collect();
+    assert_eq!(video.len(), 25);
+    assert_eq!(video[0], 2000);
+}
+
+/// Adds what `sub` has until it goes quiet to `got`; frames before the first
+/// header (the rest of a GoP given out earlier) and cuts are left out.
+async fn drain(sub: &mut TrackSubscriber, got: &mut Vec<Gop>) {
+    while let Ok(ev) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+        match ev {
+            Event::Gop(h) => got.push((h, Vec::new())),
+            Event::Frame(f) => {
+                if let Some(g) = got.last_mut() {
+                    g.1.push(f);
+                }
+            }
+            Event::CutShort { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

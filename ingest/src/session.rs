@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use gopbus_bus::{Event, SubscribeOptions, Subscriber};
+use gopbus_bus::{Event, SubscribeOptions, Subscriber, TrackSubscriber};
 use gopbus_proto::EndReason;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::messages::{MessagePayload, PeerBandwidthLimitType, RtmpMessage, UserControlEventType};
@@ -53,8 +53,50 @@ enum Stop {
 }
 
 struct Playing {
-    sub: Subscriber,
+    sub: PlaySource,
     egress: Egress,
+}
+
+/// What a player reads: a broadcast as published, or a rendition of it (its
+/// derived video track with the source's audio).
+enum PlaySource {
+    Published(Subscriber),
+    Rendition(TrackSubscriber),
+}
+
+impl PlaySource {
+    async fn next(&mut self) -> Event {
+        match self {
+            Self::Published(s) => s.next().await,
+            Self::Rendition(s) => s.next().await,
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Event> {
+        match self {
+            Self::Published(s) => s.try_next(),
+            Self::Rendition(s) => s.try_next(),
+        }
+    }
+}
+
+/// `alice/480p` → (`alice`, `Some("video/480p")`); `alice` → (`alice`, `None`).
+/// `None` when the name is neither a valid broadcast name nor one with a
+/// rendition (`HEIGHTp`) after a slash.
+fn play_target(name: &str) -> Option<(&str, Option<String>)> {
+    let (broadcast, rendition) = match name.split_once('/') {
+        Some((b, r)) => (b, Some(r)),
+        None => (name, None),
+    };
+    validate_name(broadcast).ok()?;
+    match rendition {
+        None => Some((broadcast, None)),
+        Some(r) => {
+            let height = r.strip_suffix('p')?;
+            let ok = !height.is_empty() && height.len() <= 5 && height.bytes().all(|b| b.is_ascii_digit());
+            ok.then(|| (broadcast, Some(format!("video/{r}"))))
+        }
+    }
 }
 
 struct Conn {
@@ -67,6 +109,8 @@ struct Conn {
     acked: u64,
     peer_window: u64,
     connected: bool,
+    /// The part of the application after `live/` (see `on_connect`).
+    app_prefix: Option<String>,
     publishing: Option<Publishing>,
     playing: Option<Playing>,
     /// Set when the connection should close once `out` is flushed.
@@ -97,6 +141,7 @@ pub(crate) async fn run(
         acked: 0,
         peer_window: 0,
         connected: false,
+        app_prefix: None,
         publishing: None,
         playing: None,
         close: None,
@@ -375,6 +420,13 @@ impl Conn {
             _ => String::new(),
         };
         let app = app.split('?').next().unwrap_or_default().trim_end_matches('/');
+        // ffmpeg and others take everything up to the last slash as the
+        // application, so `rtmp://HOST/live/alice/480p` (a rendition) arrives
+        // as application `live/alice`, stream `480p`.
+        let (app, prefix) = match app.split_once('/') {
+            Some((a, p)) if validate_name(p).is_ok() => (a, Some(p.to_owned())),
+            _ => (app, None),
+        };
         if app != self.ingest.config.app {
             let why = format!("unknown application {app:?}; use rtmp://HOST/{}/...", self.ingest.config.app);
             self.command(
@@ -401,6 +453,7 @@ impl Conn {
         info.insert("objectEncoding".to_owned(), Amf0Value::Number(0.0));
         self.result(txn, vec![Amf0Value::Object(props), Amf0Value::Object(info)]);
         self.connected = true;
+        self.app_prefix = prefix;
         Ok(())
     }
 
@@ -446,18 +499,29 @@ impl Conn {
 
     fn on_play(&mut self, args: &[Amf0Value]) -> Result<(), SessionError> {
         self.require_connected()?;
-        let name = stream_arg(args);
-        if validate_name(&name).is_err() {
+        let name = match &self.app_prefix {
+            Some(prefix) => format!("{prefix}/{}", stream_arg(args)),
+            None => stream_arg(args),
+        };
+        let Some((broadcast, rendition)) = play_target(&name) else {
             self.send_status("error", "NetStream.Play.StreamNotFound", &format!("no stream named {name:?}"));
             self.close = Some(Err(SessionError::Refused(format!("play of invalid name {name:?}"))));
             return Ok(());
-        }
+        };
         if self.publishing.is_some() || self.playing.is_some() {
             return Err(SessionError::Refused("play on a connection that already publishes or plays".into()));
         }
         tracing::Span::current().record("broadcast", name.as_str());
-        tracing::info!(live = self.ingest.bus.is_live(&name), "playing");
-        let sub = self.ingest.bus.subscribe(&name, SubscribeOptions::default());
+        let bus = &self.ingest.bus;
+        tracing::info!(live = bus.is_live(broadcast), rendition = rendition.as_deref(), "playing");
+        let sub = match &rendition {
+            None => PlaySource::Published(bus.subscribe(broadcast, SubscribeOptions::default())),
+            Some(track) => PlaySource::Rendition(bus.subscribe_tracks(
+                broadcast,
+                &[track, gopbus_proto::TrackInfo::AUDIO],
+                SubscribeOptions::default(),
+            )),
+        };
         self.stream_begin();
         self.send_status("status", "NetStream.Play.Reset", "resetting");
         self.send_status("status", "NetStream.Play.Start", &format!("playing {name}"));
@@ -567,4 +631,18 @@ fn status_props(level: &str, code: &str, description: &str) -> HashMap<String, A
 
 fn status_object(level: &str, code: &str, description: &str) -> Amf0Value {
     Amf0Value::Object(status_props(level, code, description))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::play_target;
+
+    #[test]
+    fn play_names() {
+        assert_eq!(play_target("alice"), Some(("alice", None)));
+        assert_eq!(play_target("alice/480p"), Some(("alice", Some("video/480p".to_owned()))));
+        for bad in ["alice/480", "alice/p", "alice/audio/opus", "Alice/480p", "../480p", "alice/4800000p"] {
+            assert_eq!(play_target(bad), None, "{bad}");
+        }
+    }
 }

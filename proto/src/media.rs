@@ -143,6 +143,17 @@ impl Payload {
         }
     }
 
+    /// The payload as one `Bytes`: the one slice itself when it is one
+    /// (no copy), else a copy of the slices joined (decoders that need
+    /// contiguous input).
+    pub fn contiguous(&self) -> Bytes {
+        match self.parts() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            _ => Bytes::from(self.to_vec()),
+        }
+    }
+
     /// Copies the payload into one contiguous buffer. For small configuration
     /// records and tests; the media path never calls this.
     pub fn to_vec(&self) -> Vec<u8> {

@@ -7,6 +7,7 @@ pub(crate) mod ingest;
 pub(crate) mod relay;
 pub(crate) mod serve;
 pub(crate) mod streams;
+pub(crate) mod transcode;
 pub(crate) mod webrtc;
 
 use std::path::Path;

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::streams::{print_created, Urls};
 use crate::config::{
-    AdminArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs, WebRtcArgs,
+    AdminArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs, TranscodeArgs,
+    WebRtcArgs,
 };
 use crate::node::{admin_token, bind_server, bus_token};
 
@@ -33,6 +34,8 @@ pub(crate) struct Args {
     hls: HlsArgs,
     #[command(flatten)]
     webrtc: WebRtcArgs,
+    #[command(flatten)]
+    transcode: TranscodeArgs,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -73,12 +76,18 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
 
     let hls = gopbus_hls::Hls::new(a.hls.resolve(&file, &data)?);
     let webrtc = gopbus_webrtc::WebRtc::new(a.webrtc.resolve(&file)?, bus.clone());
-    let routers = vec![hls.router(), hls.api(&admin), webrtc.router()];
+    let transcoder = a.transcode.resolve(&file)?.map(|config| {
+        let leases = std::sync::Arc::new(gopbus_bus::lease::LocalLeases::default());
+        gopbus_transcode::Transcoder::new(config, "serve", leases)
+    });
+    let mut routers = vec![hls.router(), hls.api(&admin), webrtc.router()];
+    routers.extend(transcoder.as_ref().map(gopbus_transcode::Transcoder::router));
     let http_task = tokio::spawn(crate::http::serve(http, routers, shutdown.clone()));
     // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
     let hls_stop = CancellationToken::new();
     let hls_task = tokio::spawn(hls.run(bus.clone(), hls_stop.clone()));
     let webrtc_task = tokio::spawn(webrtc.run(shutdown.clone()));
+    let transcode_task = transcoder.map(|t| tokio::spawn(t.run(bus.clone(), shutdown.clone())));
     let keys_task = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
     let rtmp_task = tokio::spawn(ingest.clone().run(rtmp_listener, shutdown.clone()));
     let quic_task = tokio::spawn(quic_server.run(shutdown.clone()));
@@ -89,6 +98,9 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     hls_stop.cancel();
     let _ = hls_task.await;
     let _ = webrtc_task.await;
+    if let Some(t) = transcode_task {
+        let _ = t.await;
+    }
     let _ = keys_task.await;
     let _ = quic_task.await;
     if let Ok(Err(e)) = http_task.await {

@@ -315,6 +315,58 @@ impl Fixture {
         })
     }
 
+    /// What OBS sends with its default settings, at 720p: H.264 High with
+    /// B-frames (3, pyramid), keyframes at irregular times 2–3.5 s apart
+    /// (shortened from OBS's 5–8 s to keep tests short; the alignment logic is
+    /// the same), AAC 48 kHz stereo. `KEYFRAMES_720P` lists the keyframe times.
+    pub fn obs_720p(secs: u32) -> PathBuf {
+        let keys: Vec<String> = KEYFRAMES_720P.iter().map(|ms| format!("{:.3}", *ms as f64 / 1000.0)).collect();
+        Self::make(&format!("obs-720p-{secs}.flv"), |out| {
+            [
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1280x720:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                &secs.to_string(),
+                "-c:v",
+                "libx264",
+                "-profile:v",
+                "high",
+                "-bf",
+                "3",
+                "-g",
+                "600",
+                "-sc_threshold",
+                "0",
+                "-force_key_frames",
+                &keys.join(","),
+                "-b:v",
+                "2500k",
+                "-pix_fmt",
+                "yuv420p",
+                "-preset",
+                "veryfast",
+                "-c:a",
+                "aac",
+                "-ac",
+                "2",
+                "-b:a",
+                "128k",
+                "-f",
+                "flv",
+                &out.to_string_lossy(),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+        })
+    }
+
     fn make(name: &str, args: impl FnOnce(&Path) -> Vec<String>) -> PathBuf {
         static DIR: OnceLock<PathBuf> = OnceLock::new();
         static LOCK: Mutex<()> = Mutex::new(());
@@ -328,6 +380,10 @@ impl Fixture {
         path
     }
 }
+
+/// Keyframe times of [`Fixture::obs_720p`], ms (every one a multiple of 1000/30 ms, rounded).
+pub const KEYFRAMES_720P: [i64; 16] =
+    [0, 2500, 4767, 8000, 10200, 12967, 15000, 18167, 20400, 22833, 25500, 28000, 30333, 33500, 36000, 38667];
 
 /// One packet as ffprobe reports it.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,7 @@ mod ingest;
 mod latency;
 mod quic_fanout;
 mod rtmp_fanout;
+mod transcode;
 mod ttff;
 mod webrtc;
 mod zero_copy;
@@ -23,7 +24,7 @@ use crate::rtmp::Client;
 use crate::target::{default_gopbus, RtmpUrl, Target};
 
 /// Scenario names, in the order `all` runs them.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     "bus-publish",
     "bus-local",
     "zero-copy",
@@ -38,6 +39,7 @@ pub const ALL: [&str; 14] = [
     "opus-transcode",
     "webrtc-g2g",
     "webrtc-av-sync",
+    "transcode",
 ];
 
 /// Options shared by the scenarios.
@@ -143,6 +145,7 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "opus-transcode" => webrtc::opus(params)?,
         "webrtc-g2g" => webrtc::g2g(params)?,
         "webrtc-av-sync" => webrtc::av_sync(params)?,
+        "transcode" => transcode::run(params)?,
         other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     };
     report.emit(&params.out)?;

@@ -19,6 +19,6 @@ pub mod cluster;
 mod error;
 pub mod keys;
 
-pub use cluster::{connect_redis, RedisDirectory};
+pub use cluster::{connect_redis, RedisDirectory, RedisLeases};
 pub use error::StoreError;
 pub use keys::{KeyStore, Keys, RedisKeys, StreamRecord};

@@ -3,10 +3,12 @@
 
 mod annexb;
 mod record;
+mod reorder;
 mod sps;
 
 pub use annexb::{annexb_nalus, annexb_to_avcc, avcc_nalus, avcc_to_annexb, AvccNalus};
 pub use record::DecoderConfigurationRecord;
+pub use reorder::{reorders, Reorder, ReorderDetector};
 pub use sps::Sps;
 
 /// NAL unit types used by gopbus (H.264 Table 7-1).

@@ -207,6 +207,8 @@ struct Inner {
     signaling: Semaphore,
     /// Offers per client address in the current minute: (window start, count).
     offers: DashMap<IpAddr, (std::time::Instant, u32)>,
+    /// Renditions fetched from the remote node (`gopbus webrtc`), by bus name.
+    rendition_mirrors: DashMap<String, ()>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -226,10 +228,12 @@ pub struct BroadcastStatus {
     pub live: bool,
     /// What WebRTC viewers get of its video.
     pub video: VideoState,
-    /// Source resolution.
+    /// Resolution sent (the source's, or the rendition's).
     pub width: Option<u32>,
-    /// Source resolution.
+    /// Resolution sent (the source's, or the rendition's).
     pub height: Option<u32>,
+    /// The rendition sent in place of a source with B-frames (`video/720p`).
+    pub rendition: Option<String>,
     /// Whether an Opus track exists.
     pub opus: bool,
     /// WebRTC viewers now.
@@ -265,6 +269,7 @@ impl WebRtc {
                 viewers: AtomicUsize::new(0),
                 signaling,
                 offers: DashMap::new(),
+                rendition_mirrors: DashMap::new(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -346,9 +351,14 @@ impl WebRtc {
                 let started = match a {
                     Announcement::Started(c) => vec![c],
                     Announcement::Live(list) => list,
-                    Announcement::Changed(_) | Announcement::Ended(_) => Vec::new(),
+                    Announcement::Changed(c) => {
+                        self.mirror_rendition(&client, &c);
+                        Vec::new()
+                    }
+                    Announcement::Ended(_) => Vec::new(),
                 };
                 for c in started {
+                    self.mirror_rendition(&client, &c);
                     if mirrors.insert(c.name.clone(), ()).is_some() {
                         continue;
                     }
@@ -432,6 +442,30 @@ impl WebRtc {
         Ok(())
     }
 
+    /// Fetches the highest rendition of `catalog`'s broadcast into this node's
+    /// bus (what its room sends in place of a B-frame source), once per track,
+    /// until it ends upstream.
+    fn mirror_rendition(&self, client: &Arc<BusClient>, catalog: &gopbus_bus::Catalog) {
+        let Some(track) = room::best_rendition(catalog) else { return };
+        let bus_name = format!("{}/{track}", catalog.name);
+        if self.inner.rendition_mirrors.insert(bus_name.clone(), ()).is_some() {
+            return;
+        }
+        let (me, client) = (self.clone(), client.clone());
+        self.inner.tasks.spawn(async move {
+            match client.subscribe_into(&bus_name, StartAt::CurrentGop, &me.inner.bus).await {
+                Ok(mut sub) => {
+                    tokio::select! {
+                        _ = me.inner.shutdown.cancelled() => {}
+                        _ = sub.finished() => {}
+                    }
+                }
+                Err(e) => tracing::debug!(track = %bus_name, error = %e, "rendition not fetched"),
+            }
+            me.inner.rendition_mirrors.remove(&bus_name);
+        });
+    }
+
     fn start_encoder(&self, name: &str) {
         let bus = &self.inner.bus;
         match bus.add_track(name, opus::TRACK) {
@@ -449,7 +483,7 @@ impl WebRtc {
     /// The room of `name`, started if need be.
     fn room(&self, name: &str) -> Result<Arc<room::Room>, WebRtcError> {
         let inner = &self.inner;
-        let catalog = inner.bus.catalog(name).ok_or_else(|| WebRtcError::NotLive(name.to_owned()))?;
+        inner.bus.catalog(name).ok_or_else(|| WebRtcError::NotLive(name.to_owned()))?;
         let entry = inner.rooms.entry(name.to_owned());
         let room = match entry {
             dashmap::Entry::Occupied(e) if !e.get().is_closed() => return Ok(e.get().clone()),
@@ -460,18 +494,10 @@ impl WebRtc {
             }
             dashmap::Entry::Vacant(e) => e.insert(room::Room::new(name)).clone(),
         };
-        let tracks: Vec<&str> =
-            ["video", opus::TRACK].into_iter().filter(|t| *t == opus::TRACK || catalog.track(t).is_some()).collect();
-        // A silent Opus worker (its node died and the track has not ended yet)
-        // may hold the picture back half a second, not a whole GoP.
-        let source = inner
-            .bus
-            .subscribe_tracks(name, &tracks, SubscribeOptions::default())
-            .with_max_wait(std::time::Duration::from_millis(500));
         let this = self.clone();
         let r = room.clone();
         inner.tasks.spawn(async move {
-            room::run(r.clone(), source, this.inner.shutdown.clone()).await;
+            room::run(r.clone(), this.inner.bus.clone(), this.inner.shutdown.clone()).await;
             this.inner.rooms.remove_if(r.name(), |_, v| Arc::ptr_eq(v, &r));
         });
         Ok(room)
@@ -482,8 +508,10 @@ impl WebRtc {
         let inner = &self.inner;
         let catalog = inner.bus.catalog(name);
         let room = inner.rooms.get(name).map(|r| r.clone()).filter(|r| !r.is_closed());
+        let rendition = room.as_ref().and_then(|r| r.rendition());
         let video_cfg = catalog.as_ref().and_then(|c| {
-            c.tracks.iter().find_map(|t| match &t.codec {
+            let sent = rendition.as_deref().unwrap_or(gopbus_proto::TrackInfo::VIDEO);
+            c.tracks.iter().filter(|t| t.name == sent).find_map(|t| match &t.codec {
                 gopbus_proto::Codec::H264(v) => Some(v.clone()),
                 _ => None,
             })
@@ -496,8 +524,9 @@ impl WebRtc {
         let message = match (catalog.is_some(), video) {
             (false, _) => Some("Waiting for the publisher…".to_owned()),
             (true, VideoState::BFrames) => Some(
-                "This stream's video uses B-frames, which browsers cannot play smoothly over WebRTC: you hear the \
-                 audio only. The publisher can turn B-frames off (x264 bframes=0), or watch it over HLS."
+                "This stream's video uses B-frames, which browsers cannot play smoothly over WebRTC, and no \
+                 transcoder has made a B-frame-free rendition of it yet: you hear the audio only. The publisher \
+                 can turn B-frames off (x264 bframes=0), or watch it over HLS."
                     .to_owned(),
             ),
             _ => None,
@@ -508,6 +537,7 @@ impl WebRtc {
             video,
             width: video_cfg.as_ref().map(|v| v.width),
             height: video_cfg.as_ref().map(|v| v.height),
+            rendition,
             opus: catalog.as_ref().is_some_and(|c| c.track(opus::TRACK).is_some()),
             viewers: room.as_ref().map_or(0, |r| r.viewers()),
             skipped_gops: room.as_ref().map_or(0, |r| r.skips.load(Ordering::Relaxed)),

@@ -255,7 +255,7 @@ pub async fn encode(
             Event::Frame(f) if f.header.track == TrackId::AUDIO && open => {
                 let Some((_, t)) = codec.as_mut() else { continue };
                 summary.aac_frames += 1;
-                let aac = crate::rtp::contiguous(&f.payload);
+                let aac = f.payload.contiguous();
                 if let Err(e) = t.push(f.header.dts, &aac, &mut out) {
                     summary.bad_frames += 1;
                     tracing::warn!(track = %name, dts = f.header.dts, error = %e, "AAC frame skipped");

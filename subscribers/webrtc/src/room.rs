@@ -11,20 +11,24 @@
 //!
 //! B-frames: browsers' WebRTC stacks do not reorder frames, so a source
 //! whose frames are presented out of decode order (OBS's default) is not
-//! sent as video. The room decides from the stream's own timestamps within
-//! its first [`ReorderDetector::DECIDE_AFTER`] video frames, holding the
-//! frames until it knows; viewers of such a source get the audio and a
-//! message.
+//! sent as video as it is. Its viewers get the transcoder's B-frame-free
+//! rendition (`video/720p`, a derived track) instead: from the start when the
+//! source's SPS says it reorders and the rendition is there, or as soon as the
+//! rendition appears. Otherwise the room decides from the stream's own
+//! timestamps within its first [`ReorderDetector::DECIDE_AFTER`] video
+//! frames, holding the frames until it knows; while there is no rendition,
+//! viewers of a B-frame source get the audio and a message.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gopbus_bus::{Bus, BusConfig, Event, EventSource, Publisher, SubscribeOptions, Subscriber};
-use gopbus_proto::{EndReason, Frame, GopHeader, Payload, TrackId, VideoConfig};
+use gopbus_bus::{Bus, BusConfig, Event, EventSource, Publisher, SubscribeOptions, Subscriber, TrackSubscriber};
+use gopbus_proto::avc::{reorders, Reorder, ReorderDetector};
+use gopbus_proto::{EndReason, Frame, GopHeader, Payload, TrackId, TrackInfo, VideoConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::rtp::{H264Packetizer, Reorder, ReorderDetector, MAX_PAYLOAD};
+use crate::rtp::{H264Packetizer, MAX_PAYLOAD};
 
 /// What a room knows about its source's video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -38,6 +42,8 @@ pub enum VideoState {
     BFrames,
     /// The source has no video.
     None,
+    /// The source has B-frames; its B-frame-free rendition is sent.
+    Rendition,
 }
 
 impl VideoState {
@@ -46,6 +52,7 @@ impl VideoState {
             1 => Self::Passthrough,
             2 => Self::BFrames,
             3 => Self::None,
+            4 => Self::Rendition,
             _ => Self::Unknown,
         }
     }
@@ -60,6 +67,8 @@ pub(crate) struct Room {
     live_dts: AtomicI64,
     viewers: AtomicUsize,
     config: Mutex<Option<VideoConfig>>,
+    /// The rendition sent in place of a B-frame source (`video/720p`).
+    rendition: Mutex<Option<String>>,
     /// Viewers that fell a GoP behind and skipped.
     pub(crate) skips: AtomicU64,
     /// Keyframe requests from viewers.
@@ -122,6 +131,7 @@ impl Room {
             live_dts: AtomicI64::new(i64::MIN),
             viewers: AtomicUsize::new(0),
             config: Mutex::new(None),
+            rendition: Mutex::new(None),
             skips: AtomicU64::new(0),
             keyframe_requests: AtomicU64::new(0),
             stamps: (0..STAMPS).map(|_| (AtomicI64::new(i64::MIN), AtomicU64::new(0))).collect(),
@@ -144,6 +154,11 @@ impl Room {
     /// The source's H.264 configuration, once known.
     pub(crate) fn video_config(&self) -> Option<VideoConfig> {
         self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The rendition sent in place of the source's video, if any.
+    pub(crate) fn rendition(&self) -> Option<String> {
+        self.rendition.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The newest packetized timestamp (ms): the live edge viewers catch up to.
@@ -196,10 +211,16 @@ impl Room {
             VideoState::BFrames => tracing::warn!(
                 broadcast = %self.name,
                 "the source's H.264 has B-frames (frames presented out of decode order), which browsers' WebRTC \
-                 plays with judder: WebRTC viewers get audio only; set the encoder to no B-frames \
-                 (x264 `bframes=0`, OBS: Profile baseline) or watch over HLS"
+                 plays with judder: WebRTC viewers get audio only until a transcoder publishes a B-frame-free \
+                 rendition (gopbus serve makes one unless --browser-rendition none); or set the encoder to no \
+                 B-frames (x264 `bframes=0`)"
             ),
             VideoState::Passthrough => tracing::info!(broadcast = %self.name, "WebRTC: H.264 passed through"),
+            VideoState::Rendition => tracing::info!(
+                broadcast = %self.name,
+                rendition = self.rendition().as_deref(),
+                "WebRTC: the source has B-frames; its B-frame-free rendition is sent"
+            ),
             VideoState::None | VideoState::Unknown => {}
         }
     }
@@ -219,11 +240,48 @@ const LINGER: Duration = Duration::from_secs(30);
 /// Most events held while deciding about B-frames (a few seconds of media).
 const MAX_HELD: usize = 1024;
 
-/// Runs the room: reads `source` until it ends, nobody watches for
-/// [`LINGER`], or `shutdown` fires.
-pub(crate) async fn run(room: Arc<Room>, mut source: impl EventSource, shutdown: CancellationToken) {
+/// The highest H.264 rendition (`video/...` derived track) in `catalog`: what
+/// the transcoder makes without B-frames.
+pub(crate) fn best_rendition(catalog: &gopbus_bus::Catalog) -> Option<String> {
+    catalog
+        .tracks
+        .iter()
+        .filter(|t| t.name.starts_with("video/"))
+        .filter_map(|t| match &t.codec {
+            gopbus_proto::Codec::H264(v) => Some((v.height, t.name.clone())),
+            _ => None,
+        })
+        .max()
+        .map(|(_, name)| name)
+}
+
+/// What the room reads: the source's `video` (or its `rendition`) and the Opus track.
+fn subscribe(bus: &Bus, name: &str, rendition: Option<&str>) -> TrackSubscriber {
+    let video = rendition.unwrap_or(TrackInfo::VIDEO);
+    let has_video = rendition.is_some() || bus.catalog(name).is_some_and(|c| c.track(TrackInfo::VIDEO).is_some());
+    let tracks: Vec<&str> = if has_video { vec![video, crate::opus::TRACK] } else { vec![crate::opus::TRACK] };
+    // A silent Opus worker (its node died and the track has not ended yet)
+    // may hold the picture back half a second, not a whole GoP.
+    bus.subscribe_tracks(name, &tracks, SubscribeOptions::default()).with_max_wait(Duration::from_millis(500))
+}
+
+/// Runs the room on `bus` until the broadcast ends, nobody watches for
+/// [`LINGER`], or `shutdown` fires. A source with B-frames is swapped for
+/// its rendition when there is one.
+pub(crate) async fn run(room: Arc<Room>, bus: Bus, shutdown: CancellationToken) {
+    let catalog = bus.catalog(&room.name);
+    let source_reorders = catalog
+        .as_ref()
+        .and_then(|c| c.track(TrackInfo::VIDEO))
+        .is_some_and(|t| matches!(&t.codec, gopbus_proto::Codec::H264(v) if reorders(&v.avcc) == Reorder::Yes));
+    let start_on = catalog.as_ref().filter(|_| source_reorders).and_then(best_rendition);
+    let mut source = subscribe(&bus, &room.name, start_on.as_deref());
     let mut publisher = room.bus.publish(&room.name);
     let mut packer = Packer::new(room.clone());
+    if let Some(r) = start_on {
+        *room.rendition.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        room.set_video(VideoState::Rendition);
+    }
     let mut idle_since: Option<tokio::time::Instant> = None;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let reason = loop {
@@ -234,6 +292,15 @@ pub(crate) async fn run(room: Arc<Room>, mut source: impl EventSource, shutdown:
                     idle_since = None;
                 } else if idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= LINGER {
                     break EndReason::PublisherLeft;
+                }
+                if room.video_state() == VideoState::BFrames {
+                    if let Some(r) = bus.catalog(&room.name).as_ref().and_then(best_rendition) {
+                        // Continue on the rendition, from its current GoP.
+                        source = subscribe(&bus, &room.name, Some(&r));
+                        *room.rendition.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                        packer.switched();
+                        room.set_video(VideoState::Rendition);
+                    }
                 }
                 continue;
             }
@@ -260,6 +327,8 @@ struct Packer {
     video_id: Option<TrackId>,
     held: Vec<Event>,
     out: Vec<bytes::Bytes>,
+    /// After a switch to the rendition: audio up to this dts was sent already.
+    audio_sent_until: Option<i64>,
 }
 
 impl Packer {
@@ -271,17 +340,27 @@ impl Packer {
             video_id: None,
             held: Vec::new(),
             out: Vec::new(),
+            audio_sent_until: None,
         }
+    }
+
+    /// The room now reads the rendition from its current GoP: its video
+    /// starts at that GoP's keyframe (viewers catch up to the live edge);
+    /// audio already sent is not sent again.
+    fn switched(&mut self) {
+        self.audio_sent_until = Some(self.room.live_dts());
     }
 
     fn handle(&mut self, event: Event, publisher: &mut Publisher) -> Result<(), gopbus_bus::BusError> {
         match &event {
             Event::Gop(h) => self.on_header(h),
-            Event::Frame(f) if Some(f.header.track) == self.video_id => {
+            Event::Frame(f)
+                if Some(f.header.track) == self.video_id && self.room.video_state() != VideoState::Rendition =>
+            {
                 let state = self.detector.push(f.header.pts(), f.header.is_keyframe());
                 match (state, self.room.video_state()) {
-                    (Reorder::BFrames, _) => self.room.set_video(VideoState::BFrames),
-                    (Reorder::None, VideoState::Unknown) => self.room.set_video(VideoState::Passthrough),
+                    (Reorder::Yes, _) => self.room.set_video(VideoState::BFrames),
+                    (Reorder::No, VideoState::Unknown) => self.room.set_video(VideoState::Passthrough),
                     _ => {}
                 }
             }
@@ -332,8 +411,12 @@ impl Packer {
                 publisher.open_gop((*h).clone())?;
             }
             Event::Frame(f) => {
-                let payload = if Some(f.header.track) == self.video_id {
-                    if self.room.video_state() != VideoState::Passthrough {
+                let video = Some(f.header.track) == self.video_id;
+                if !video && self.audio_sent_until.is_some_and(|t| f.header.dts <= t) {
+                    return Ok(());
+                }
+                let payload = if video {
+                    if !matches!(self.room.video_state(), VideoState::Passthrough | VideoState::Rendition) {
                         return Ok(());
                     }
                     let Some((_, p)) = self.packetizer.as_ref() else { return Ok(()) };
@@ -345,10 +428,9 @@ impl Packer {
                     Payload::from_parts(std::mem::take(&mut self.out))
                 } else {
                     // Opus: one packet per frame.
-                    Payload::from_bytes(crate::rtp::contiguous(&f.payload))
+                    Payload::from_bytes(f.payload.contiguous())
                 };
                 self.room.live_dts.fetch_max(f.header.dts, Ordering::AcqRel);
-                let video = Some(f.header.track) == self.video_id;
                 publisher.push(Frame { header: f.header, payload })?;
                 if video {
                     self.room.stamp(f.header.dts);

@@ -62,7 +62,7 @@ impl H264Packetizer {
     /// last one carries the marker bit. A keyframe starts with the parameter
     /// sets. Access unit delimiters and filler data are left out.
     pub fn packetize(&self, frame: &Payload, keyframe: bool, out: &mut Vec<Bytes>) -> Result<(), gopbus_proto::Error> {
-        let data = contiguous(frame);
+        let data = frame.contiguous();
         if keyframe {
             out.extend(self.parameter_sets.iter().cloned());
         }
@@ -107,16 +107,6 @@ fn push_nal(unit: &Bytes, max_payload: usize, out: &mut Vec<Bytes>) {
     }
 }
 
-/// The payload as one `Bytes`: itself when it is one slice (the usual case),
-/// else one copy.
-pub fn contiguous(payload: &Payload) -> Bytes {
-    match payload.parts() {
-        [] => Bytes::new(),
-        [one] => one.clone(),
-        _ => Bytes::from(payload.to_vec()),
-    }
-}
-
 /// The SDP `profile-level-id` for a source: its profile and level, with the
 /// constraint flags browsers offer for that profile (an answer must match the
 /// offer's profile and flags; the level may differ with
@@ -131,59 +121,6 @@ pub fn profile_level_id(video: &VideoConfig) -> String {
     };
     let level = if video.level == 0 { 0x1f } else { video.level };
     format!("{profile:02x}{flags:02x}{level:02x}")
-}
-
-/// Whether a video stream reorders frames (B-frames), from its timestamps:
-/// a frame presented before one decoded earlier means reordering.
-#[derive(Debug, Clone, Default)]
-pub struct ReorderDetector {
-    max_pts: Option<i64>,
-    frames: u32,
-    reordered: bool,
-}
-
-/// What the detector knows so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reorder {
-    /// Not enough frames seen yet.
-    Unknown,
-    /// No reordering in the first frames.
-    None,
-    /// B-frames: frames are presented out of decode order.
-    BFrames,
-}
-
-impl ReorderDetector {
-    /// Frames without reordering after which a stream counts as B-frame free
-    /// (x264 and OBS put B-frames within the first few frames of a GoP).
-    pub const DECIDE_AFTER: u32 = 30;
-
-    /// Looks at the next video frame (in decode order) and says what is known.
-    pub fn push(&mut self, pts: i64, keyframe: bool) -> Reorder {
-        if keyframe {
-            // A (closed) GoP starts a new presentation order.
-            self.max_pts = None;
-        }
-        if let Some(max) = self.max_pts {
-            if pts < max {
-                self.reordered = true;
-            }
-        }
-        self.max_pts = Some(self.max_pts.map_or(pts, |m| m.max(pts)));
-        self.frames = self.frames.saturating_add(1);
-        self.state()
-    }
-
-    /// What is known so far.
-    pub const fn state(&self) -> Reorder {
-        if self.reordered {
-            Reorder::BFrames
-        } else if self.frames >= Self::DECIDE_AFTER {
-            Reorder::None
-        } else {
-            Reorder::Unknown
-        }
-    }
 }
 
 #[cfg(test)]
@@ -258,22 +195,5 @@ mod tests {
         assert_eq!(profile_level_id(&v(100, 40)), "640028");
         assert_eq!(profile_level_id(&v(66, 30)), "42e01e");
         assert_eq!(profile_level_id(&v(77, 31)), "4d001f");
-    }
-
-    #[test]
-    fn b_frames_are_detected_from_presentation_order() {
-        // I P B B P B B (decode order), pts in frames of 33 ms.
-        let mut d = ReorderDetector::default();
-        let pts = [0, 99, 33, 66, 198, 132, 165];
-        let states: Vec<Reorder> = pts.iter().enumerate().map(|(i, &p)| d.push(p, i == 0)).collect();
-        assert_eq!(states[1], Reorder::Unknown);
-        assert_eq!(states[2], Reorder::BFrames);
-        let mut d = ReorderDetector::default();
-        let mut last = Reorder::Unknown;
-        for i in 0..ReorderDetector::DECIDE_AFTER {
-            // A new GoP every 10 frames, with a constant composition offset.
-            last = d.push(i64::from(i) * 33 + 66, i % 10 == 0);
-        }
-        assert_eq!(last, Reorder::None);
     }
 }

@@ -1,0 +1,541 @@
+//! The worker: which renditions to make, which of them this worker takes, and
+//! the jobs' lives.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use gopbus_bus::lease::Leases;
+use gopbus_bus::node::{Backoff, Remote};
+use gopbus_bus::quic::{BusClient, QuicError};
+use gopbus_bus::{Announcement, Bus, BusConfig, BusError, Catalog, StartAt, SubscribeOptions};
+use gopbus_proto::avc::{reorders, Reorder};
+use gopbus_proto::catalog::derived_name;
+use gopbus_proto::{Codec, TrackInfo, VideoConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::{output_size, EncoderSettings};
+use crate::job::{self, JobEnd, JobStats};
+use crate::ladder::{Ladder, Rung};
+
+/// What a worker makes and how much it takes on.
+#[derive(Debug, Clone)]
+pub struct TranscodeConfig {
+    /// The ladder for every broadcast.
+    pub ladder: Ladder,
+    /// Ladders for particular broadcasts, in place of [`ladder`](Self::ladder).
+    pub per_stream: HashMap<String, Ladder>,
+    /// The rendition made for browsers when a broadcast's ladder is empty and
+    /// its source may have B-frames (WebRTC cannot play B-frames); `None`
+    /// makes none.
+    pub browser: Option<Rung>,
+    /// x264 settings.
+    pub encoder: EncoderSettings,
+    /// Work this worker takes on, in megapixels per second (decoded and
+    /// encoded; see [`job_cost`]).
+    pub capacity_mpxs: f64,
+    /// A job lease's time to live; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// How long a job given back for falling behind is left to other workers.
+    pub behind_cooldown: Duration,
+}
+
+/// Work per core a worker takes on, in [`job_cost`] units. The `transcode`
+/// benchmark measured 100–120 units per core at the default preset on the
+/// reference machine (2-core AMD EPYC VM: a 480p job of a 720p30 source, 20.6
+/// units, took 20 % of a core); 60 leaves the rest of the core to everything
+/// else a node does and to slower sources.
+pub const MPXS_PER_CORE: f64 = 60.0;
+
+impl TranscodeConfig {
+    /// No ladder, the browser rendition `720p@2500k`, capacity for the cores of
+    /// this machine.
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            ladder: Ladder::default(),
+            per_stream: HashMap::new(),
+            browser: Some(Rung { height: 720, bitrate_kbps: 2500, fps: None }),
+            encoder: EncoderSettings::default(),
+            capacity_mpxs: MPXS_PER_CORE * cores as f64,
+            lease_ttl: Duration::from_secs(3),
+            behind_cooldown: Duration::from_secs(60),
+        }
+    }
+
+    /// The renditions `catalog`'s broadcast gets; `reorder` says whether its
+    /// video has B-frames (the browser rendition is made only when it does).
+    pub fn plan(&self, catalog: &Catalog, reorder: Reorder) -> Vec<Rung> {
+        let Some(video) = source_video(catalog) else { return Vec::new() };
+        if self.wants_browser_rendition(catalog) {
+            return match (self.browser, reorder) {
+                (Some(b), Reorder::Yes) => vec![Rung { height: b.height.min(video.height), ..b }],
+                _ => Vec::new(),
+            };
+        }
+        let ladder = self.per_stream.get(&catalog.name).unwrap_or(&self.ladder);
+        ladder.0.iter().filter(|r| r.height <= video.height).copied().collect()
+    }
+
+    /// Whether the browser rendition is the plan for `catalog` (its ladder
+    /// leaves nothing to make), so whether B-frames matter.
+    fn wants_browser_rendition(&self, catalog: &Catalog) -> bool {
+        let Some(video) = source_video(catalog) else { return false };
+        let ladder = self.per_stream.get(&catalog.name).unwrap_or(&self.ladder);
+        self.browser.is_some() && !ladder.0.iter().any(|r| r.height <= video.height)
+    }
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn source_video(catalog: &Catalog) -> Option<&VideoConfig> {
+    match &catalog.track(TrackInfo::VIDEO)?.codec {
+        Codec::H264(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// What a rendition of a `width`×`height` source at `fps` costs, in
+/// megapixels per second: the source pixels decoded (weighted 0.3: decoding
+/// costs about a third of encoding per pixel) plus the output pixels encoded.
+pub fn job_cost(video: &VideoConfig, rung: &Rung, fps: f64) -> f64 {
+    let (w, h) = output_size(video.width, video.height, rung);
+    let out_fps = rung.fps.map_or(fps, |f| fps.min(f64::from(f)));
+    (f64::from(video.width * video.height) * fps * 0.3 + f64::from(w * h) * out_fps) / 1e6
+}
+
+/// A job this worker runs.
+struct Running {
+    broadcast: String,
+    rung: Rung,
+    cost: f64,
+    since: Instant,
+    stats: Arc<JobStats>,
+}
+
+#[derive(Clone)]
+enum Feed {
+    Local(Bus),
+    Remote(Arc<BusClient>),
+}
+
+/// A subscriber of either kind, boxed for the probe.
+trait ProbeSource: Send {
+    fn next_boxed(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = gopbus_bus::Event> + Send + '_>>;
+}
+
+impl<T: gopbus_bus::EventSource> ProbeSource for T {
+    fn next_boxed(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = gopbus_bus::Event> + Send + '_>> {
+        Box::pin(self.next_event())
+    }
+}
+
+struct Inner {
+    config: TranscodeConfig,
+    id: String,
+    leases: Arc<dyn Leases>,
+    jobs: DashMap<String, Running>,
+    /// Jobs given back for falling behind, not taken again before the instant.
+    cooldown: Mutex<HashMap<String, Instant>>,
+    /// Broadcasts whose SPS does not say whether they have B-frames: what
+    /// their timestamps said (`Unknown` while a probe looks).
+    verdicts: DashMap<String, Reorder>,
+    /// Jobs turned down for want of capacity (logged once each).
+    refused: Mutex<HashMap<String, Instant>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// A transcoder worker. Cheap to clone.
+#[derive(Clone)]
+pub struct Transcoder {
+    inner: Arc<Inner>,
+}
+
+impl Transcoder {
+    /// A worker named `id` (unique in the cluster) taking leases from `leases`.
+    pub fn new(config: TranscodeConfig, id: &str, leases: Arc<dyn Leases>) -> Self {
+        codec_check();
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                id: id.to_owned(),
+                leases,
+                jobs: DashMap::new(),
+                cooldown: Mutex::new(HashMap::new()),
+                refused: Mutex::new(HashMap::new()),
+                verdicts: DashMap::new(),
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The work it takes on at most, megapixels per second.
+    pub fn capacity(&self) -> f64 {
+        self.inner.config.capacity_mpxs
+    }
+
+    /// `GET /transcode`: [`status`](Self::status).
+    pub fn router(&self) -> axum::Router {
+        let me = self.clone();
+        axum::Router::new().route("/transcode", axum::routing::get(move || async move { axum::Json(me.status()) }))
+    }
+
+    /// The work taken on now, megapixels per second.
+    pub fn load(&self) -> f64 {
+        self.inner.jobs.iter().map(|j| j.cost).sum()
+    }
+
+    /// The jobs running here and their counters, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let mut jobs: Vec<serde_json::Value> = self
+            .inner
+            .jobs
+            .iter()
+            .map(|j| {
+                let s = &j.stats;
+                serde_json::json!({
+                    "track": j.key(),
+                    "broadcast": j.broadcast,
+                    "rendition": j.rung.to_string(),
+                    "cost_mpxs": (j.cost * 10.0).round() / 10.0,
+                    "since_s": j.since.elapsed().as_secs(),
+                    "gops_in": s.gops_in.load(Ordering::Relaxed),
+                    "gops_out": s.gops_out.load(Ordering::Relaxed),
+                    "gops_dropped": s.gops_dropped.load(Ordering::Relaxed),
+                    "frames_out": s.frames_out.load(Ordering::Relaxed),
+                    "decode_errors": s.decode_errors.load(Ordering::Relaxed),
+                    "realtime_load": s.load_milli.load(Ordering::Relaxed) as f64 / 1000.0,
+                })
+            })
+            .collect();
+        jobs.sort_by(|a, b| a["track"].as_str().cmp(&b["track"].as_str()));
+        serde_json::json!({
+            "worker": self.inner.id,
+            "capacity_mpxs": self.inner.config.capacity_mpxs,
+            "load_mpxs": (self.load() * 10.0).round() / 10.0,
+            "jobs": jobs,
+        })
+    }
+
+    /// Transcodes the broadcasts of `bus` (in process) until `shutdown`.
+    pub async fn run(self, bus: Bus, shutdown: CancellationToken) {
+        let feed = Feed::Local(bus.clone());
+        let mut announcements = bus.announcements();
+        loop {
+            let catalogs = bus.catalogs();
+            self.reconcile(&feed, &catalogs).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = announcements.next() => {}
+                _ = tokio::time::sleep(self.tick()) => {}
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Transcodes the broadcasts of the bus node `remote` (`gopbus transcode`)
+    /// until `shutdown`, reconnecting with backoff when the connection is lost.
+    pub async fn run_remote(self, remote: Remote, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        'connect: loop {
+            let watch = || async {
+                let client = remote.connect(None).await?;
+                let watch = client.watch().await?;
+                Ok((client, watch))
+            };
+            let Some((client, mut watch)) = backoff.retry(&shutdown, &remote.url, "watching the bus", watch).await
+            else {
+                break;
+            };
+            tracing::info!(bus = %remote.url, worker = %self.inner.id, "transcoder watching the bus");
+            let feed = Feed::Remote(Arc::new(client));
+            let mut live: HashMap<String, Catalog> = HashMap::new();
+            loop {
+                let catalogs: Vec<Catalog> = live.values().cloned().collect();
+                self.reconcile(&feed, &catalogs).await;
+                let a = tokio::select! {
+                    _ = shutdown.cancelled() => break 'connect,
+                    a = watch.next() => a,
+                    _ = tokio::time::sleep(self.tick()) => continue,
+                };
+                match a {
+                    None => {
+                        tracing::warn!(bus = %remote.url, "bus watch lost; watching again");
+                        continue 'connect;
+                    }
+                    Some(Announcement::Live(list)) => live = list.into_iter().map(|c| (c.name.clone(), c)).collect(),
+                    Some(Announcement::Started(c) | Announcement::Changed(c)) => {
+                        live.insert(c.name.clone(), c);
+                    }
+                    Some(Announcement::Ended(e)) => {
+                        live.remove(&e.name);
+                    }
+                }
+            }
+        }
+        self.stop().await;
+    }
+
+    async fn stop(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Between two looks at what is live: 400–600 ms, longer the more loaded
+    /// the worker is, so that the workers with the most room left take jobs first.
+    fn tick(&self) -> Duration {
+        let mut b = [0u8; 2];
+        let _ = getrandom::fill(&mut b);
+        let jitter = u64::from(u16::from_le_bytes(b)) % 200;
+        let load = (self.load() / self.inner.config.capacity_mpxs.max(0.001)).min(1.0);
+        Duration::from_millis(400 + jitter + (load * 400.0) as u64)
+    }
+
+    /// Announces this worker, then takes at most one job that is wanted, free
+    /// and within capacity.
+    async fn reconcile(&self, feed: &Feed, catalogs: &[Catalog]) {
+        let inner = &self.inner;
+        let info = serde_json::json!({
+            "worker": inner.id,
+            "capacity_mpxs": inner.config.capacity_mpxs,
+            "load_mpxs": self.load(),
+            "jobs": inner.jobs.iter().map(|j| j.key().clone()).collect::<Vec<_>>(),
+        })
+        .to_string();
+        if let Err(e) = inner.leases.announce(&inner.id, &info, inner.config.lease_ttl).await {
+            tracing::warn!(error = %e, "could not announce the transcoder worker");
+        }
+        let now = Instant::now();
+        inner.cooldown.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, until| *until > now);
+        inner.verdicts.retain(|name, _| catalogs.iter().any(|c| &c.name == name));
+        for catalog in catalogs {
+            let Some(video) = source_video(catalog) else { continue };
+            let reorder = match reorders(&video.avcc) {
+                Reorder::Unknown if inner.config.wants_browser_rendition(catalog) => self.probe(feed, &catalog.name),
+                r => r,
+            };
+            for rung in inner.config.plan(catalog, reorder) {
+                let track = rung.track();
+                let job = derived_name(&catalog.name, &track);
+                if inner.jobs.contains_key(&job)
+                    || catalog.track(&track).is_some()
+                    || inner.cooldown.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&job)
+                {
+                    continue;
+                }
+                let cost = job_cost(video, &rung, 30.0);
+                if self.load() + cost > inner.config.capacity_mpxs {
+                    let mut refused = inner.refused.lock().unwrap_or_else(|e| e.into_inner());
+                    refused.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+                    if refused.insert(job.clone(), now).is_none() {
+                        tracing::info!(
+                            job,
+                            cost_mpxs = cost,
+                            load_mpxs = self.load(),
+                            capacity_mpxs = inner.config.capacity_mpxs,
+                            "no capacity left for this rendition; leaving it to other workers"
+                        );
+                    }
+                    continue;
+                }
+                match inner.leases.acquire(&job, &inner.id, inner.config.lease_ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(job, error = %e, "could not take a lease");
+                        return;
+                    }
+                }
+                self.start(feed, &catalog.name, rung, job, cost);
+                // One job per look: the other workers get their turn.
+                return;
+            }
+        }
+    }
+
+    /// What `broadcast`'s timestamps say about B-frames; starts a probe that
+    /// reads its first video frames (no decoding) the first time it is asked.
+    fn probe(&self, feed: &Feed, broadcast: &str) -> Reorder {
+        if let Some(v) = self.inner.verdicts.get(broadcast) {
+            return *v;
+        }
+        self.inner.verdicts.insert(broadcast.to_owned(), Reorder::Unknown);
+        let (me, feed, name) = (self.clone(), feed.clone(), broadcast.to_owned());
+        self.inner.tasks.spawn(async move {
+            let stop = me.inner.shutdown.clone();
+            let look = async {
+                let mut detector = gopbus_proto::avc::ReorderDetector::default();
+                let mut source: Box<dyn ProbeSource> = match &feed {
+                    Feed::Local(bus) => Box::new(bus.subscribe(&name, SubscribeOptions::default())),
+                    Feed::Remote(c) => match c.subscribe(&name, StartAt::CurrentGop, BusConfig::default()).await {
+                        Ok(s) => Box::new(s),
+                        Err(_) => return Reorder::Unknown,
+                    },
+                };
+                loop {
+                    match source.next_boxed().await {
+                        gopbus_bus::Event::Frame(f) if f.header.track == gopbus_proto::TrackId::VIDEO => {
+                            match detector.push(f.header.pts(), f.header.is_keyframe()) {
+                                Reorder::Unknown => {}
+                                decided => return decided,
+                            }
+                        }
+                        gopbus_bus::Event::End(_) => return Reorder::Unknown,
+                        _ => {}
+                    }
+                }
+            };
+            let verdict = tokio::select! {
+                _ = stop.cancelled() => return,
+                v = tokio::time::timeout(Duration::from_secs(15), look) => v.unwrap_or(Reorder::Unknown),
+            };
+            tracing::info!(broadcast = %name, b_frames = ?verdict, "the SPS does not say whether the video has B-frames; its timestamps do");
+            if me.inner.verdicts.contains_key(&name) {
+                me.inner.verdicts.insert(name, if verdict == Reorder::Unknown { Reorder::No } else { verdict });
+            }
+        });
+        Reorder::Unknown
+    }
+
+    fn start(&self, feed: &Feed, broadcast: &str, rung: Rung, job: String, cost: f64) {
+        let inner = &self.inner;
+        let stop = inner.shutdown.child_token();
+        let stats = Arc::new(JobStats::default());
+        inner.jobs.insert(
+            job.clone(),
+            Running { broadcast: broadcast.to_owned(), rung, cost, since: Instant::now(), stats: stats.clone() },
+        );
+        tracing::info!(job, rendition = %rung, cost_mpxs = cost, worker = %inner.id, "rendition taken");
+        let me = self.clone();
+        let feed = feed.clone();
+        let broadcast = broadcast.to_owned();
+        inner.tasks.spawn(async move {
+            let renew = me.keep_lease(&job, stop.clone());
+            let work = me.work(&feed, &broadcast, rung, stats, stop.clone());
+            tokio::pin!(renew);
+            let end = tokio::select! {
+                end = work => end,
+                _ = &mut renew => {
+                    stop.cancel();
+                    Ok(JobEnd::Stopped)
+                }
+            };
+            stop.cancel();
+            me.inner.jobs.remove(&job);
+            let _ = me.inner.leases.release(&job, &me.inner.id).await;
+            match end {
+                Ok(JobEnd::Failed) => {
+                    let until = Instant::now() + me.inner.config.behind_cooldown;
+                    me.inner.cooldown.lock().unwrap_or_else(|e| e.into_inner()).insert(job.clone(), until);
+                    tracing::warn!(job, cooldown = ?me.inner.config.behind_cooldown, "rendition failed here; not retried for a while");
+                }
+                Ok(JobEnd::Behind) => {
+                    let until = Instant::now() + me.inner.config.behind_cooldown;
+                    me.inner.cooldown.lock().unwrap_or_else(|e| e.into_inner()).insert(job.clone(), until);
+                    tracing::warn!(
+                        job,
+                        cooldown = ?me.inner.config.behind_cooldown,
+                        "rendition given back: this worker stayed behind real time"
+                    );
+                }
+                Ok(end) => tracing::info!(job, ?end, "rendition released"),
+                Err(e) => {
+                    let until = Instant::now() + Duration::from_secs(5);
+                    me.inner.cooldown.lock().unwrap_or_else(|e| e.into_inner()).insert(job.clone(), until);
+                    tracing::info!(job, error = %e, "rendition not made here");
+                }
+            }
+        });
+    }
+
+    /// Renews `job`'s lease until `stop`; returns when the lease is lost.
+    async fn keep_lease(&self, job: &str, stop: CancellationToken) {
+        let inner = &self.inner;
+        let every = inner.config.lease_ttl / 3;
+        let mut failures = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => std::future::pending::<()>().await,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match inner.leases.renew(job, &inner.id, inner.config.lease_ttl).await {
+                Ok(true) => failures = 0,
+                Ok(false) => {
+                    tracing::warn!(job, "lease lost (it ran out and another worker may hold it); stopping");
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(job, error = %e, failures, "could not renew the lease");
+                    if failures >= 2 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn work(
+        &self,
+        feed: &Feed,
+        broadcast: &str,
+        rung: Rung,
+        stats: Arc<JobStats>,
+        stop: CancellationToken,
+    ) -> Result<JobEnd, String> {
+        let track = rung.track();
+        let settings = self.inner.config.encoder.clone();
+        match feed {
+            Feed::Local(bus) => {
+                let publisher = bus.add_track(broadcast, &track).map_err(|e| match e {
+                    BusError::TrackTaken(_) => "made by another worker".to_owned(),
+                    e => e.to_string(),
+                })?;
+                let source = bus.subscribe(broadcast, SubscribeOptions::default());
+                Ok(job::run(source, publisher, rung, settings, stats, stop).await)
+            }
+            Feed::Remote(client) => {
+                let name = derived_name(broadcast, &track);
+                let out = Bus::new(BusConfig::default());
+                let outgoing = out.subscribe(&name, SubscribeOptions::default());
+                let publisher = out.publish(&name);
+                let _publication = client.add_track(broadcast, &track, outgoing).await.map_err(|e| match e {
+                    QuicError::Taken(_) => "made by another worker".to_owned(),
+                    e => e.to_string(),
+                })?;
+                let source = client
+                    .subscribe(broadcast, StartAt::CurrentGop, BusConfig::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let end = job::run(source, publisher, rung, settings, stats, stop).await;
+                // Let the publication carry the rendition's end upstream.
+                let mut publication = _publication;
+                let _ = tokio::time::timeout(Duration::from_secs(2), publication.finished()).await;
+                Ok(end)
+            }
+        }
+    }
+}
+
+/// Fails early and loudly when libavcodec has no x264.
+fn codec_check() {
+    crate::codec::init();
+    if ffmpeg_next::encoder::find_by_name("libx264").is_none() {
+        tracing::error!("libavcodec has no libx264 encoder: renditions will fail (install Debian's libavcodec59)");
+    }
+}
