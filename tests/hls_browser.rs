@@ -49,3 +49,93 @@ fn hls_js_in_chromium_plays_the_live_stream_from_another_origin() {
     let behind: Vec<f64> = samples.iter().filter_map(|s| s["behindMs"].as_f64()).collect();
     eprintln!("hls.js low-latency: behind live by {behind:?} ms");
 }
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let head = String::from_utf8_lossy(&raw[..at]).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    (status, raw[at..].to_vec())
+}
+
+/// A live stream's init segment and first segment, from its media playlist at `base/index.m3u8`, as one file.
+fn first_segment(server: &Server, base: &str, tag: &str) -> std::path::PathBuf {
+    let (status, body) = http_get(server.http, &format!("{base}/index.m3u8"));
+    let playlist = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{base}: {playlist}");
+    let map = playlist.split("#EXT-X-MAP:URI=\"").nth(1).and_then(|r| r.split('"').next()).expect("a map");
+    let seg = playlist.lines().find(|l| l.ends_with(".m4s") && !l.starts_with('#')).expect("a segment");
+    let mut file = http_get(server.http, &format!("{base}/{map}")).1;
+    file.extend(http_get(server.http, &format!("{base}/{seg}")).1);
+    let path = tmpdir(tag).join("first.mp4");
+    std::fs::write(&path, &file).unwrap();
+    let errors = decode_errors(&path);
+    assert!(errors.trim().is_empty(), "{base}: {errors}");
+    path
+}
+
+#[test]
+fn the_multivariant_playlist_lists_each_rendition_with_an_audio_group_and_hls_js_plays_it() {
+    let web = bench::web::web_dir().unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::start_with("hls-renditions", &["--ladder", "240p@400k"]);
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av(48000, 40), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(7));
+    let (status, body) = http_get(server.http, "/hls/cam/master.m3u8");
+    let master = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{master}");
+    assert!(
+        master.contains("#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"source\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/audio/index.m3u8\""),
+        "{master}"
+    );
+    let lines: Vec<&str> = master.lines().collect();
+    let variants: Vec<(&str, &str)> =
+        lines.windows(2).filter(|w| w[0].starts_with("#EXT-X-STREAM-INF:")).map(|w| (w[0], w[1])).collect();
+    assert_eq!(variants.len(), 2, "{master}");
+    // The source first (the higher bit rate), then the rendition; both video only, naming the audio group.
+    assert_eq!(variants[0].1, "r/video/index.m3u8", "{master}");
+    assert!(variants[0].0.contains("RESOLUTION=640x360"), "{master}");
+    assert_eq!(variants[1].1, "r/240p/index.m3u8", "{master}");
+    assert!(variants[1].0.contains("RESOLUTION=428x240"), "{master}");
+    for (inf, _) in &variants {
+        assert!(inf.contains("AUDIO=\"audio\"") && inf.contains("avc1.") && inf.contains(",mp4a.40.2\""), "{inf}");
+    }
+    // Each stream decodes on its own: the rendition's video, the source's audio.
+    let video = streams(&first_segment(&server, "/hls/cam/r/240p", "hls-r240"));
+    assert_eq!(video.len(), 1, "{video:?}");
+    assert!(video[0]["codec_name"] == "h264" && video[0]["width"] == "428" && video[0]["height"] == "240", "{video:?}");
+    let audio = streams(&first_segment(&server, "/hls/cam/r/audio", "hls-raudio"));
+    assert!(audio.len() == 1 && audio[0]["codec_name"] == "aac", "{audio:?}");
+    // The muxed source playlist is still there, and recorded; renditions are live only.
+    assert_eq!(http_get(server.http, "/hls/cam/index.m3u8").0, 200);
+    let recorded: Vec<String> = std::fs::read_dir(server.data.join("recordings"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(recorded, ["cam"], "only the source is recorded");
+
+    // hls.js plays the multivariant playlist: a video variant and the audio group.
+    let stream = format!("http://{}/hls/cam/master.m3u8", server.http);
+    let hls_js = std::fs::read(web.join("node_modules/hls.js/dist/hls.min.js")).unwrap();
+    let page = bench::web::page_server(&stream, hls_js, 1.0).unwrap();
+    let out = Command::new("node").arg("play_hls.mjs").arg(&page).arg("10").current_dir(&web).output().expect("node");
+    assert!(out.status.success(), "player failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the player's JSON");
+    let samples = v["samples"].as_array().unwrap();
+    let last = samples.last().unwrap();
+    assert!(v["errors"].as_array().unwrap().is_empty(), "page errors: {}", v["errors"]);
+    assert!(last["hlsErrors"].as_array().unwrap().is_empty(), "hls.js errors: {}", last["hlsErrors"]);
+    assert!(last["time"].as_f64().unwrap() >= 4.0, "{samples:?}");
+    let size = (last["width"].as_u64().unwrap(), last["height"].as_u64().unwrap());
+    assert!(size == (640, 360) || size == (428, 240), "{last}");
+    let requests: Vec<&str> = v["requests"].as_array().unwrap().iter().filter_map(|r| r.as_str()).collect();
+    let media = |dir: &str| requests.iter().filter(|r| r.contains(dir) && r.ends_with(".m4s")).count();
+    assert!(media("/r/audio/") >= 3, "no audio from the group: {requests:?}");
+    assert!(media("/r/video/") + media("/r/240p/") >= 3, "no video variant: {requests:?}");
+}

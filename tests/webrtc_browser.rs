@@ -55,9 +55,14 @@ fn num(s: &Value, key: &str) -> f64 {
 /// the source size, H.264 and Opus, audible audio, frames decoded at the
 /// source's rate without a freeze after the first second.
 fn assert_plays_well(samples: &[Value]) {
+    assert_plays_well_at(samples, (640, 360));
+}
+
+/// [`assert_plays_well`] for a picture of `size`.
+fn assert_plays_well_at(samples: &[Value], size: (u64, u64)) {
     let last = samples.last().unwrap();
     assert_eq!(last["state"], "live", "{last}");
-    assert_eq!((last["width"].as_u64(), last["height"].as_u64()), (Some(640), Some(360)), "{last}");
+    assert_eq!((last["width"].as_u64(), last["height"].as_u64()), (Some(size.0), Some(size.1)), "{last}");
     assert_eq!(last["videoCodec"], "video/H264", "{last}");
     assert_eq!(last["audioCodec"], "audio/opus", "{last}");
     assert!(num(last, "audioLevel") > 0.02, "silent: {last}");
@@ -125,6 +130,27 @@ fn a_b_frame_source_is_watched_as_its_b_frame_free_rendition() {
     );
     let log = server.log_text();
     assert!(log.contains("B-frame-free rendition is sent"), "{log}");
+}
+
+#[test]
+fn a_viewer_can_choose_a_rendition_of_the_ladder() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with("webrtc-choose", &["--webrtc-bind", "127.0.0.1", "--ladder", "240p@400k"]);
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av_no_bframes(48000, 60), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(3));
+    let samples = watch(&foreign_page(&server, "cam", "&rendition=240p"), 12);
+    // 640x360 scaled to 240 lines: 427 columns, rounded up to even.
+    assert_plays_well_at(&samples, (428, 240));
+    let status: Value = serde_json::from_str(&http_get(server.http, "/webrtc/cam?rendition=240p").unwrap()).unwrap();
+    assert_eq!(
+        (status["video"].as_str(), status["rendition"].as_str()),
+        (Some("rendition"), Some("video/240p")),
+        "{status}"
+    );
+    // The source's own room is another: its viewers get the source.
+    let samples = watch(&foreign_page(&server, "cam", ""), 8);
+    assert_plays_well(&samples);
 }
 
 #[test]

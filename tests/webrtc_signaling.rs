@@ -105,3 +105,22 @@ fn a_keyframe_request_is_answered_from_the_gop_window_at_once() {
     let (_, _, body) = request(server.http, "GET", "/webrtc/cam", &[], b"");
     assert!(body.contains("\"keyframe_requests\":1"), "{body}");
 }
+
+#[test]
+fn a_chosen_rendition_that_does_not_exist_or_is_malformed_gets_a_clear_error() {
+    let server =
+        Server::start_with("webrtc-rendition-errors", &["--webrtc-bind", "127.0.0.1", "--ladder", "240p@400k"]);
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av_no_bframes(48000, 30), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(2));
+    let http = server.http;
+    let (status, _, body) = request(http, "POST", "/whep/cam?rendition=480", &[SDP], b"v=0\r\n");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("HEIGHTp"), "{body}");
+    let (status, _, body) = request(http, "POST", "/whep/cam?rendition=1080p", &[SDP], b"v=0\r\n");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("video/240p"), "the error lists the renditions there are: {body}");
+    let (status, _, body) = request(http, "GET", "/webrtc/cam?rendition=240p", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"rendition\":\"video/240p\""), "{body}");
+}

@@ -6,7 +6,9 @@
 //! [`Hls::run`] follows the bus's announcements and segments every broadcast
 //! that starts; [`Hls::router`] serves:
 //!
-//! - `GET /hls/NAME/master.m3u8` — the multivariant playlist (the source variant);
+//! - `GET /hls/NAME/master.m3u8` — the multivariant playlist: the source; with
+//!   renditions, an audio group (`r/audio/index.m3u8`) and video-only variants
+//!   (`r/video/…`, `r/480p/…`);
 //! - `GET /hls/NAME/index.m3u8[?_HLS_msn=M[&_HLS_part=P]]` — the live playlist
 //!   (a sliding window, LL-HLS), blocking until segment M (part P) exists;
 //! - `GET /hls/NAME/SESSION/init-N.mp4`, `.../seg-N.m4s`, `.../part-M.P.m4s` —
@@ -39,7 +41,10 @@
 //! - With `s3` set, recordings are also uploaded to S3-compatible storage by
 //!   a task of their own; the segmenter never waits for it (see `upload`).
 //!
-//! Not yet: renditions in the multivariant playlist (see the README).
+//! - Renditions (derived `video/…` tracks) are segmented as video-only
+//!   variants from `Announcement::Changed`, with the source's video and
+//!   audio segmented on their own beside them, live only (not recorded):
+//!   `GET /hls/NAME/r/{480p,video,audio}/index.m3u8` and their files.
 
 mod api;
 mod mux;
@@ -172,6 +177,15 @@ impl Hls {
                 }
                 a = announcements.next() => a,
             };
+            for (key, name, tracks) in variant_streams(&a).into_iter().filter(|(k, _, _)| self.claim(k)) {
+                let tracks: Vec<&str> = tracks.iter().map(String::as_str).collect();
+                let sub = bus.subscribe_tracks(&name, &tracks, SubscribeOptions::default());
+                let (me, stop) = (self.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    segmenter::segment(&me, &key, sub, false, stop).await;
+                    me.release(&key);
+                });
+            }
             for name in started(a).into_iter().filter(|n| self.claim(n)) {
                 let sub = bus.subscribe(&name, SubscribeOptions::default());
                 if !bus.is_live(&name) {
@@ -181,7 +195,7 @@ impl Hls {
                 }
                 let (me, stop) = (self.clone(), shutdown.clone());
                 tracker.spawn(async move {
-                    segmenter::segment(&me, &name, sub, stop).await;
+                    segmenter::segment(&me, &name, sub, true, stop).await;
                     me.release(&name);
                 });
             }
@@ -225,11 +239,14 @@ impl Hls {
                     tracing::warn!(bus = %remote.url, "bus watch lost; watching again");
                     continue 'connect;
                 };
-                for name in started(a).into_iter().filter(|n| self.claim(n)) {
+                let variants = variant_streams(&a).into_iter();
+                let sources = started(a).into_iter().map(|name| (name.clone(), name, Vec::new()));
+                for (key, name, tracks) in variants.chain(sources).filter(|(k, _, _)| self.claim(k)) {
+                    let record = tracks.is_empty();
                     let config = ResubscribeConfig {
                         remote: remote.clone(),
                         broadcast: name.clone(),
-                        tracks: Vec::new(),
+                        tracks,
                         bus: BusConfig { window: 4, max_lag: 4 },
                         max_rate: None,
                         max_backoff: Duration::from_secs(3),
@@ -237,10 +254,10 @@ impl Hls {
                     let (me, stop) = (self.clone(), shutdown.clone());
                     tracker.spawn(async move {
                         match Resubscriber::connect(config, stop.child_token()).await {
-                            Ok(sub) => segmenter::segment(&me, &name, sub, stop).await,
-                            Err(e) => tracing::warn!(broadcast = %name, error = %e, "HLS could not subscribe"),
+                            Ok(sub) => segmenter::segment(&me, &key, sub, record, stop).await,
+                            Err(e) => tracing::warn!(broadcast = %key, error = %e, "HLS could not subscribe"),
                         }
-                        me.release(&name);
+                        me.release(&key);
                     });
                 }
             }
@@ -368,6 +385,41 @@ impl Hls {
         }
         deleted
     }
+}
+
+/// The live-only streams an announcement calls for, as (key, broadcast,
+/// tracks): for a broadcast with renditions (H.264 `video/…` derived
+/// tracks), each rendition's video (`NAME/480p`), and the source's video
+/// (`NAME/video`) and audio (`NAME/audio`) on their own — the variants and
+/// the audio group of the multivariant playlist.
+fn variant_streams(a: &Announcement) -> Vec<(String, String, Vec<String>)> {
+    let catalogs: Vec<&gopbus_bus::Catalog> = match a {
+        Announcement::Started(c) | Announcement::Changed(c) => vec![c],
+        Announcement::Live(list) => list.iter().collect(),
+        Announcement::Ended(_) => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for c in catalogs {
+        let renditions: Vec<&str> = c
+            .tracks
+            .iter()
+            .filter(|t| t.codec.name() == "h264" && t.name.starts_with("video/"))
+            .map(|t| t.name.as_str())
+            .collect();
+        if renditions.is_empty() {
+            continue;
+        }
+        for published in ["video", "audio"] {
+            if c.track(published).is_some() {
+                out.push((format!("{}/{published}", c.name), c.name.clone(), vec![published.to_owned()]));
+            }
+        }
+        for r in renditions {
+            let label = r.trim_start_matches("video/");
+            out.push((format!("{}/{label}", c.name), c.name.clone(), vec![r.to_owned()]));
+        }
+    }
+    out
 }
 
 /// The broadcasts an announcement says are live or have just started.

@@ -48,6 +48,19 @@ pub(crate) struct Live {
     part_target: Duration,
 }
 
+/// A stream as a multivariant playlist describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Variant {
+    /// Peak segment bit rate, bit/s.
+    pub(crate) peak: u64,
+    /// Average segment bit rate, bit/s.
+    pub(crate) average: u64,
+    /// Picture size, if it has video.
+    pub(crate) resolution: Option<(u32, u32)>,
+    /// RFC 6381 codec strings, comma-separated.
+    pub(crate) codecs: String,
+}
+
 #[derive(Default)]
 struct LiveState {
     /// Init segments still referenced, by id.
@@ -75,10 +88,14 @@ impl Live {
         *self.edge.borrow()
     }
 
-    /// The multivariant playlist: the source variant, with its peak and average
-    /// bit rate over the live window; `None` before the first segment.
-    pub(crate) fn multivariant(&self) -> Option<String> {
+    /// What a multivariant playlist says of this stream: its peak and
+    /// average bit rate over the live window, resolution and codecs; `None`
+    /// before its first segment or after it ended.
+    pub(crate) fn variant(&self) -> Option<Variant> {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if st.playlist.ended {
+            return None;
+        }
         let rates: Vec<f64> = st
             .media
             .iter()
@@ -89,19 +106,12 @@ impl Live {
         if rates.is_empty() {
             return None;
         }
-        let peak = rates.iter().copied().fold(0.0, f64::max);
-        let average = rates.iter().sum::<f64>() / rates.len() as f64;
-        let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
-        s.push_str(&format!(
-            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={}",
-            peak.ceil() as u64,
-            average.ceil() as u64
-        ));
-        if let Some((w, h)) = st.resolution {
-            s.push_str(&format!(",RESOLUTION={w}x{h}"));
-        }
-        s.push_str(&format!(",CODECS=\"{}\"\nindex.m3u8\n", st.codecs));
-        Some(s)
+        Some(Variant {
+            peak: rates.iter().copied().fold(0.0, f64::max).ceil() as u64,
+            average: (rates.iter().sum::<f64>() / rates.len() as f64).ceil() as u64,
+            resolution: st.resolution,
+            codecs: st.codecs.clone(),
+        })
     }
 
     /// `init-N.mp4`, `seg-N.m4s` (a cut segment, as its parts) or `part-M.P.m4s` from memory.
@@ -265,19 +275,21 @@ pub(crate) async fn segment(
     hls: &Hls,
     name: &str,
     mut sub: impl EventSource,
+    record: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let config = &hls.inner.config;
     let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let session = format!("{}", started.as_millis());
     let dir = config.recordings.join(name).join(&session);
-    let recording_ok = match tokio::fs::create_dir_all(&dir).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(broadcast = %name, dir = %dir.display(), error = %e, "cannot record this broadcast; serving it live only");
-            false
-        }
-    };
+    let recording_ok = record
+        && match tokio::fs::create_dir_all(&dir).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(broadcast = %name, dir = %dir.display(), error = %e, "cannot record this broadcast; serving it live only");
+                false
+            }
+        };
     let part_target = config.part_target.as_secs_f64();
     let state = LiveState {
         playlist: Playlist {
@@ -293,7 +305,7 @@ pub(crate) async fn segment(
         part_target: config.part_target,
     });
     hls.inner.live.insert(name.to_owned(), live.clone());
-    tracing::info!(broadcast = %name, session = %session, "HLS segmenting");
+    tracing::info!(broadcast = %name, session = %session, record, "HLS segmenting");
     let mut s = Session {
         hls,
         name,

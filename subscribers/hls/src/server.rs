@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 
-use crate::segmenter::Waited;
+use crate::segmenter::{Variant, Waited};
 use crate::Hls;
 
 const PLAYLIST: &str = "application/vnd.apple.mpegurl";
@@ -23,6 +23,8 @@ pub(crate) fn router(hls: Hls) -> axum::Router {
         .route("/hls/{name}/index.m3u8", get(live_playlist))
         .route("/hls/{name}/master.m3u8", get(multivariant))
         .route("/hls/{name}/{session}/{file}", get(live_file))
+        .route("/hls/{name}/r/{rendition}/index.m3u8", get(rendition_playlist))
+        .route("/hls/{name}/r/{rendition}/{session}/{file}", get(rendition_file))
         .route("/recordings/{name}/{session}/{file}", get(recorded_file))
         .with_state(hls)
 }
@@ -130,10 +132,39 @@ async fn live_playlist(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let Some(live) = hls.inner.live.get(&name).map(|l| l.clone()) else {
+    playlist_of(&hls, &name, query.as_deref(), &headers).await
+}
+
+/// A rendition's live playlist (`/hls/NAME/r/480p/index.m3u8`): live only, not recorded.
+async fn rendition_playlist(
+    State(hls): State<Hls>,
+    Path((name, rendition)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    playlist_of(&hls, &format!("{name}/{rendition}"), query.as_deref(), &headers).await
+}
+
+async fn rendition_file(
+    State(hls): State<Hls>,
+    Path((name, rendition, session, file)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !plain(&rendition) {
+        return status(StatusCode::NOT_FOUND, "not found\n");
+    }
+    match memory_file(&hls, &format!("{name}/{rendition}"), &session, &file, &headers).await {
+        Some(r) => r,
+        None => status(StatusCode::NOT_FOUND, "not in the live window (renditions are not recorded)\n"),
+    }
+}
+
+/// The live playlist of `key` (a broadcast, or `NAME/480p` for a rendition).
+async fn playlist_of(hls: &Hls, key: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
+    let Some(live) = hls.inner.live.get(key).map(|l| l.clone()) else {
         return status(StatusCode::NOT_FOUND, "no live HLS for this broadcast\n");
     };
-    let Ok(wanted) = directives(query.as_deref()) else {
+    let Ok(wanted) = directives(query) else {
         return status(
             StatusCode::BAD_REQUEST,
             "_HLS_msn and _HLS_part must be numbers, _HLS_part only with _HLS_msn\n",
@@ -169,19 +200,63 @@ async fn live_playlist(
         }
     }
     match live.playlist() {
-        Some((text, etag)) => reply(&headers, vec![Bytes::from(text)], PLAYLIST, cache, &etag),
+        Some((text, etag)) => reply(headers, vec![Bytes::from(text)], PLAYLIST, cache, &etag),
         None => status(StatusCode::NOT_FOUND, "no live HLS for this broadcast yet\n"),
     }
 }
 
+/// The multivariant playlist. Without renditions: the source, one muxed
+/// variant (`index.m3u8`). With renditions: an audio group (the source's
+/// AAC, `r/audio/index.m3u8`) and video-only variants — the source's video
+/// (`r/video/index.m3u8`) and each rendition (`r/480p/index.m3u8`), highest
+/// bit rate first — each naming the group.
 async fn multivariant(State(hls): State<Hls>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    match hls.inner.live.get(&name).and_then(|l| l.multivariant()) {
-        Some(text) => {
-            let etag = format!("\"{}\"", text.len());
-            reply(&headers, vec![Bytes::from(text)], PLAYLIST, "no-cache", &etag)
+    let live = |key: &str| hls.inner.live.get(key).and_then(|l| l.variant());
+    let Some(source) = live(&name) else {
+        return status(StatusCode::NOT_FOUND, "no live HLS for this broadcast\n");
+    };
+    let prefix = format!("{name}/");
+    let mut renditions: Vec<(String, Variant)> = hls
+        .inner
+        .live
+        .iter()
+        .filter_map(|e| {
+            let label = e.key().strip_prefix(&prefix)?;
+            let height = label.strip_suffix('p')?;
+            height.bytes().all(|b| b.is_ascii_digit()).then(|| Some((label.to_owned(), e.value().variant()?)))?
+        })
+        .collect();
+    let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    let line = |v: &Variant, extra: Option<&Variant>, uri: &str| {
+        let (peak, average) = (v.peak + extra.map_or(0, |a| a.peak), v.average + extra.map_or(0, |a| a.average));
+        let mut s = format!("#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={average}");
+        if let Some((w, h)) = v.resolution {
+            s.push_str(&format!(",RESOLUTION={w}x{h}"));
         }
-        None => status(StatusCode::NOT_FOUND, "no live HLS for this broadcast\n"),
+        match extra {
+            Some(a) => s.push_str(&format!(",CODECS=\"{},{}\",AUDIO=\"audio\"", v.codecs, a.codecs)),
+            None => s.push_str(&format!(",CODECS=\"{}\"", v.codecs)),
+        }
+        s.push_str(&format!("\n{uri}\n"));
+        s
+    };
+    let (audio, video) = (live(&format!("{name}/audio")), live(&format!("{name}/video")));
+    match (renditions.is_empty(), audio, video) {
+        (false, Some(audio), Some(video)) => {
+            text.push_str(
+                "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"source\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/audio/index.m3u8\"\n",
+            );
+            renditions.push(("video".to_owned(), video));
+            renditions.sort_by_key(|(_, v)| std::cmp::Reverse(v.peak));
+            for (label, v) in &renditions {
+                text.push_str(&line(v, Some(&audio), &format!("r/{label}/index.m3u8")));
+            }
+        }
+        // No renditions (or their audio and video streams have no segment yet): the muxed source.
+        _ => text.push_str(&line(&source, None, "index.m3u8")),
     }
+    let etag = format!("\"{}.{}\"", text.len(), text.bytes().map(u64::from).sum::<u64>());
+    reply(&headers, vec![Bytes::from(text)], PLAYLIST, "no-cache", &etag)
 }
 
 async fn live_file(
@@ -192,25 +267,33 @@ async fn live_file(
     let Some(kind) = kind_of(&file).filter(|_| plain(&name) && plain(&session) && plain(&file)) else {
         return status(StatusCode::NOT_FOUND, "not found\n");
     };
-    let live = hls.inner.live.get(&name).filter(|l| l.session == session).map(|l| l.clone());
-    let etag = format!("\"{session}/{file}\"");
-    if let Some(live) = live {
-        if let Some(parts) = live.file(&file) {
-            return reply(&headers, parts, kind, IMMUTABLE, &etag);
-        }
-        if file.starts_with("part-") {
-            // The preload hint: held open until the part exists.
-            let Some(_permit) = hls.hold() else {
-                return status(StatusCode::SERVICE_UNAVAILABLE, "too many requests waiting\n");
-            };
-            return match live.wait_part(&file).await {
-                Some(parts) => reply(&headers, parts, kind, IMMUTABLE, &etag),
-                None => status(StatusCode::NOT_FOUND, "no such part\n"),
-            };
-        }
+    if let Some(r) = memory_file(&hls, &name, &session, &file, &headers).await {
+        return r;
     }
     // Slid out of the window (a player far behind): the recording has it.
     from_disk(&hls, &headers, &name, &session, &file, kind).await
+}
+
+/// A file of `key`'s live session from memory (a preload-hinted part is
+/// waited for); `None` when it is not there.
+async fn memory_file(hls: &Hls, key: &str, session: &str, file: &str, headers: &HeaderMap) -> Option<Response> {
+    let kind = kind_of(file).filter(|_| plain(session) && plain(file))?;
+    let live = hls.inner.live.get(key).filter(|l| l.session == session).map(|l| l.clone())?;
+    let etag = format!("\"{session}/{file}\"");
+    if let Some(parts) = live.file(file) {
+        return Some(reply(headers, parts, kind, IMMUTABLE, &etag));
+    }
+    if !file.starts_with("part-") {
+        return None;
+    }
+    // The preload hint: held open until the part exists.
+    let Some(_permit) = hls.hold() else {
+        return Some(status(StatusCode::SERVICE_UNAVAILABLE, "too many requests waiting\n"));
+    };
+    Some(match live.wait_part(file).await {
+        Some(parts) => reply(headers, parts, kind, IMMUTABLE, &etag),
+        None => status(StatusCode::NOT_FOUND, "no such part\n"),
+    })
 }
 
 async fn recorded_file(

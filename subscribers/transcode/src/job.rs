@@ -118,9 +118,13 @@ pub async fn run(
                             break JobEnd::Failed;
                         }
                     }
-                    in_gop = true;
-                    if tx.send(Input::Gop { config, start_dts: h.start_dts }).await.is_err() {
-                        break JobEnd::Failed;
+                    match tx.try_send(Input::Gop { config, start_dts: h.start_dts }) {
+                        Ok(()) => in_gop = true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            dropping = true;
+                            note_drop(&stats, &mut drops, &track, seq);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break JobEnd::Failed,
                     }
                 }
                 Event::Frame(f) if f.header.track == TrackId::VIDEO && in_gop && !dropping => {
@@ -142,8 +146,14 @@ pub async fn run(
                 Event::Frame(_) => {}
                 Event::CutShort { .. } | Event::Skipped { .. } => {
                     in_gop = false;
-                    if !dropping && tx.send(Input::Reset).await.is_err() {
-                        break JobEnd::Failed;
+                    // A reset goes before the next GoP; when the queue is full, the
+                    // dropping state sends it there.
+                    if !dropping {
+                        match tx.try_send(Input::Reset) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => dropping = true,
+                            Err(mpsc::error::TrySendError::Closed(_)) => break JobEnd::Failed,
+                        }
                     }
                 }
                 Event::End(reason) => break JobEnd::SourceEnded(reason),

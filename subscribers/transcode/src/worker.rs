@@ -147,6 +147,9 @@ struct Inner {
     /// Broadcasts whose SPS does not say whether they have B-frames: what
     /// their timestamps said (`Unknown` while a probe looks).
     verdicts: DashMap<String, Reorder>,
+    /// No job is taken before this instant: one per look, so that other
+    /// workers get their turn (announcements make looks more often).
+    next_claim: Mutex<Instant>,
     /// Jobs turned down for want of capacity (logged once each).
     refused: Mutex<HashMap<String, Instant>>,
     tasks: TaskTracker,
@@ -171,6 +174,7 @@ impl Transcoder {
                 jobs: DashMap::new(),
                 cooldown: Mutex::new(HashMap::new()),
                 refused: Mutex::new(HashMap::new()),
+                next_claim: Mutex::new(Instant::now()),
                 verdicts: DashMap::new(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
@@ -322,6 +326,7 @@ impl Transcoder {
         }
         let now = Instant::now();
         inner.cooldown.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, until| *until > now);
+        let may_claim = *inner.next_claim.lock().unwrap_or_else(|e| e.into_inner()) <= now;
         inner.verdicts.retain(|name, _| catalogs.iter().any(|c| &c.name == name));
         for catalog in catalogs {
             let Some(video) = source_video(catalog) else { continue };
@@ -332,7 +337,8 @@ impl Transcoder {
             for rung in inner.config.plan(catalog, reorder) {
                 let track = rung.track();
                 let job = derived_name(&catalog.name, &track);
-                if inner.jobs.contains_key(&job)
+                if !may_claim
+                    || inner.jobs.contains_key(&job)
                     || catalog.track(&track).is_some()
                     || inner.cooldown.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&job)
                 {
@@ -363,6 +369,7 @@ impl Transcoder {
                 }
                 self.start(feed, &catalog.name, rung, job, cost);
                 // One job per look: the other workers get their turn.
+                *inner.next_claim.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now() + self.tick();
                 return;
             }
         }

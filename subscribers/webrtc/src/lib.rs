@@ -213,6 +213,15 @@ struct Inner {
     tasks: TaskTracker,
 }
 
+/// Rooms are keyed by broadcast (`alice`), or by broadcast and the rendition
+/// a viewer chose (`alice/video/480p`).
+fn room_key(name: &str, rendition: Option<&str>) -> String {
+    match rendition {
+        None => name.to_owned(),
+        Some(r) => format!("{name}/{r}"),
+    }
+}
+
 /// The WebRTC subscriber of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct WebRtc {
@@ -480,35 +489,44 @@ impl WebRtc {
         }
     }
 
-    /// The room of `name`, started if need be.
-    fn room(&self, name: &str) -> Result<Arc<room::Room>, WebRtcError> {
+    /// The room of `name` (or of its `rendition`, `video/480p`, chosen by the
+    /// viewer), started if need be.
+    fn room(&self, name: &str, rendition: Option<&str>) -> Result<Arc<room::Room>, WebRtcError> {
         let inner = &self.inner;
-        inner.bus.catalog(name).ok_or_else(|| WebRtcError::NotLive(name.to_owned()))?;
-        let entry = inner.rooms.entry(name.to_owned());
+        let catalog = inner.bus.catalog(name).ok_or_else(|| WebRtcError::NotLive(name.to_owned()))?;
+        if let Some(r) = rendition {
+            if catalog.track(r).is_none() {
+                let have: Vec<&str> =
+                    catalog.tracks.iter().map(|t| t.name.as_str()).filter(|t| t.starts_with("video/")).collect();
+                return Err(WebRtcError::NotLive(format!("{name}/{r} (renditions now: {have:?})")));
+            }
+        }
+        let key = room_key(name, rendition);
+        let entry = inner.rooms.entry(key.clone());
         let room = match entry {
             dashmap::Entry::Occupied(e) if !e.get().is_closed() => return Ok(e.get().clone()),
             dashmap::Entry::Occupied(mut e) => {
-                let r = room::Room::new(name);
+                let r = room::Room::new(name, rendition);
                 e.insert(r.clone());
                 r
             }
-            dashmap::Entry::Vacant(e) => e.insert(room::Room::new(name)).clone(),
+            dashmap::Entry::Vacant(e) => e.insert(room::Room::new(name, rendition)).clone(),
         };
         let this = self.clone();
         let r = room.clone();
         inner.tasks.spawn(async move {
             room::run(r.clone(), this.inner.bus.clone(), this.inner.shutdown.clone()).await;
-            this.inner.rooms.remove_if(r.name(), |_, v| Arc::ptr_eq(v, &r));
+            this.inner.rooms.remove_if(&key, |_, v| Arc::ptr_eq(v, &r));
         });
         Ok(room)
     }
 
-    /// The status of `name` (for the stats endpoint and the watch page).
-    pub fn status(&self, name: &str) -> BroadcastStatus {
+    /// The status of `name`, or of its `rendition` (for the stats endpoint and the watch page).
+    pub fn status(&self, name: &str, rendition: Option<&str>) -> BroadcastStatus {
         let inner = &self.inner;
         let catalog = inner.bus.catalog(name);
-        let room = inner.rooms.get(name).map(|r| r.clone()).filter(|r| !r.is_closed());
-        let rendition = room.as_ref().and_then(|r| r.rendition());
+        let room = inner.rooms.get(&room_key(name, rendition)).map(|r| r.clone()).filter(|r| !r.is_closed());
+        let rendition = room.as_ref().and_then(|r| r.rendition()).or_else(|| rendition.map(str::to_owned));
         let video_cfg = catalog.as_ref().and_then(|c| {
             let sent = rendition.as_deref().unwrap_or(gopbus_proto::TrackInfo::VIDEO);
             c.tracks.iter().filter(|t| t.name == sent).find_map(|t| match &t.codec {
@@ -550,7 +568,7 @@ impl WebRtc {
 
     /// Every live broadcast's status.
     pub fn statuses(&self) -> Vec<BroadcastStatus> {
-        self.inner.bus.catalogs().iter().map(|c| self.status(&c.name)).collect()
+        self.inner.bus.catalogs().iter().map(|c| self.status(&c.name, None)).collect()
     }
 
     /// Negotiates a viewer of `name` for `offer` and starts sending once it
@@ -558,6 +576,7 @@ impl WebRtc {
     async fn add_viewer(
         &self,
         name: &str,
+        rendition: Option<&str>,
         offer: String,
         candidates: Option<tokio::sync::mpsc::Sender<webrtc::peer_connection::RTCIceCandidateInit>>,
     ) -> Result<(String, String, Arc<dyn webrtc::peer_connection::PeerConnection>), WebRtcError> {
@@ -574,7 +593,7 @@ impl WebRtc {
             tracing::warn!(limit = cfg.max_signaling, "WebRTC: too many negotiations at once; offer refused");
             return Err(WebRtcError::Full(format!("more than {} negotiations in progress; retry", cfg.max_signaling)));
         };
-        let room = self.room(name)?;
+        let room = self.room(name, rendition)?;
         if room.viewers() >= cfg.max_viewers_per_broadcast {
             tracing::warn!(broadcast = %name, limit = cfg.max_viewers_per_broadcast, "WebRTC: viewer limit of the broadcast reached");
             return Err(WebRtcError::Full(format!(

@@ -67,8 +67,11 @@ pub(crate) struct Room {
     live_dts: AtomicI64,
     viewers: AtomicUsize,
     config: Mutex<Option<VideoConfig>>,
-    /// The rendition sent in place of a B-frame source (`video/720p`).
+    /// The rendition sent in place of a B-frame source (`video/720p`), or
+    /// the one the room's viewers chose.
     rendition: Mutex<Option<String>>,
+    /// The viewers chose the rendition: it is sent whatever the source.
+    chosen: bool,
     /// Viewers that fell a GoP behind and skipped.
     pub(crate) skips: AtomicU64,
     /// Keyframe requests from viewers.
@@ -121,7 +124,8 @@ impl LatencyHistogram {
 }
 
 impl Room {
-    pub(crate) fn new(name: &str) -> Arc<Self> {
+    /// A room of `name`; with `chosen`, of that rendition only (`video/480p`).
+    pub(crate) fn new(name: &str, chosen: Option<&str>) -> Arc<Self> {
         // One past GoP is enough: viewers start at the current one.
         let bus = Bus::new(BusConfig { window: 1, max_lag: 1 });
         Arc::new(Self {
@@ -131,7 +135,8 @@ impl Room {
             live_dts: AtomicI64::new(i64::MIN),
             viewers: AtomicUsize::new(0),
             config: Mutex::new(None),
-            rendition: Mutex::new(None),
+            rendition: Mutex::new(chosen.map(str::to_owned)),
+            chosen: chosen.is_some(),
             skips: AtomicU64::new(0),
             keyframe_requests: AtomicU64::new(0),
             stamps: (0..STAMPS).map(|_| (AtomicI64::new(i64::MIN), AtomicU64::new(0))).collect(),
@@ -219,7 +224,7 @@ impl Room {
             VideoState::Rendition => tracing::info!(
                 broadcast = %self.name,
                 rendition = self.rendition().as_deref(),
-                "WebRTC: the source has B-frames; its B-frame-free rendition is sent"
+                "WebRTC: a B-frame-free rendition is sent"
             ),
             VideoState::None | VideoState::Unknown => {}
         }
@@ -274,7 +279,11 @@ pub(crate) async fn run(room: Arc<Room>, bus: Bus, shutdown: CancellationToken) 
         .as_ref()
         .and_then(|c| c.track(TrackInfo::VIDEO))
         .is_some_and(|t| matches!(&t.codec, gopbus_proto::Codec::H264(v) if reorders(&v.avcc) == Reorder::Yes));
-    let start_on = catalog.as_ref().filter(|_| source_reorders).and_then(best_rendition);
+    let start_on = if room.chosen {
+        room.rendition()
+    } else {
+        catalog.as_ref().filter(|_| source_reorders).and_then(best_rendition)
+    };
     let mut source = subscribe(&bus, &room.name, start_on.as_deref());
     let mut publisher = room.bus.publish(&room.name);
     let mut packer = Packer::new(room.clone());

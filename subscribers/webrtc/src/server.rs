@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -64,8 +64,24 @@ async fn list(State(w): State<WebRtc>) -> Response {
     cors(Json(w.statuses()).into_response())
 }
 
-async fn status(State(w): State<WebRtc>, Path(name): Path<String>) -> Response {
-    cors(Json(w.status(&name)).into_response())
+async fn status(State(w): State<WebRtc>, Path(name): Path<String>, uri: Uri) -> Response {
+    match rendition_of(&uri) {
+        Ok(r) => cors(Json(w.status(&name, r.as_deref())).into_response()),
+        Err(why) => error(StatusCode::BAD_REQUEST, why),
+    }
+}
+
+/// `?rendition=480p` → `video/480p`: a rendition chosen by the viewer (an
+/// error for 400 when malformed).
+fn rendition_of(uri: &Uri) -> Result<Option<String>, String> {
+    let Some(value) = uri.query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("rendition=")) else {
+        return Ok(None);
+    };
+    let digits = value.strip_suffix('p').unwrap_or("");
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("rendition {value:?}: expected HEIGHTp, like 480p"));
+    }
+    Ok(Some(format!("video/{value}")))
 }
 
 /// `Link` header values for the ICE servers (RFC 9725 §4.4).
@@ -107,12 +123,17 @@ async fn whep_post(
     State(w): State<WebRtc>,
     Path(name): Path<String>,
     ClientIp(ip): ClientIp,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if !w.allow_offer(ip) {
         return too_many();
     }
+    let rendition = match rendition_of(&uri) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let sdp_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !sdp_type.starts_with("application/sdp") {
         return error(
@@ -129,7 +150,7 @@ async fn whep_post(
     let Ok(offer) = String::from_utf8(body.to_vec()) else {
         return error(StatusCode::BAD_REQUEST, "the offer is not UTF-8".into());
     };
-    match w.add_viewer(&name, offer, None).await {
+    match w.add_viewer(&name, rendition.as_deref(), offer, None).await {
         Ok((id, answer, _)) => {
             let mut r = (StatusCode::CREATED, answer).into_response();
             let h = r.headers_mut();
@@ -178,13 +199,18 @@ async fn ws(
     State(w): State<WebRtc>,
     Path(name): Path<String>,
     ClientIp(ip): ClientIp,
+    uri: Uri,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !w.allow_offer(ip) {
         return too_many();
     }
+    let rendition = match rendition_of(&uri) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let limit = w.config().max_offer_bytes;
-    upgrade.max_message_size(limit + 1024).on_upgrade(move |socket| ws_session(w, name, socket))
+    upgrade.max_message_size(limit + 1024).on_upgrade(move |socket| ws_session(w, name, rendition, socket))
 }
 
 async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
@@ -193,9 +219,9 @@ async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
 
 /// One WebSocket: hello → offer → answer (+ candidates both ways); the
 /// viewer lives as long as the socket.
-async fn ws_session(w: WebRtc, name: String, mut socket: WebSocket) {
-    let hello =
-        serde_json::json!({ "type": "hello", "iceServers": w.config().ice.ice_servers, "status": w.status(&name) });
+async fn ws_session(w: WebRtc, name: String, rendition: Option<String>, mut socket: WebSocket) {
+    let rendition = rendition.as_deref();
+    let hello = serde_json::json!({ "type": "hello", "iceServers": w.config().ice.ice_servers, "status": w.status(&name, rendition) });
     if !send_json(&mut socket, hello).await {
         return;
     }
@@ -214,7 +240,7 @@ async fn ws_session(w: WebRtc, name: String, mut socket: WebSocket) {
                 };
                 match serde_json::from_str::<ClientMessage>(&text) {
                     Ok(ClientMessage::Offer { sdp }) if session.is_none() => {
-                        match w.add_viewer(&name, sdp, cand_tx.take()).await {
+                        match w.add_viewer(&name, rendition, sdp, cand_tx.take()).await {
                             Ok((id, answer, pc)) => {
                                 if !send_json(&mut socket, serde_json::json!({ "type": "answer", "sdp": answer, "session": id })).await {
                                     w.end_session(&name, &id);
@@ -250,7 +276,7 @@ async fn ws_session(w: WebRtc, name: String, mut socket: WebSocket) {
                 }
             }
             _ = status_tick.tick() => {
-                if !send_json(&mut socket, serde_json::json!({ "type": "status", "status": w.status(&name) })).await {
+                if !send_json(&mut socket, serde_json::json!({ "type": "status", "status": w.status(&name, rendition) })).await {
                     break;
                 }
             }
