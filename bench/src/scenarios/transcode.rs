@@ -82,7 +82,7 @@ fn decode_all(config: &VideoConfig, units: &[Unit], mut each: impl FnMut(&ffmpeg
     let mut d = Decoder::new(config).expect("decoder");
     let mut n = 0;
     for (dts, pts, key, data) in units {
-        d.decode(data, *dts, *pts, *key, |f, p| {
+        d.decode(std::slice::from_ref(data), *dts, *pts, *key, |f, p| {
             n += 1;
             each(f, p);
         });
@@ -101,7 +101,7 @@ fn run_pipeline(config: &VideoConfig, units: &[Unit], rung: Rung) -> u64 {
         if *key {
             p.open_gop(config, *dts, *pts).expect("open GoP");
         }
-        p.push(data, *dts, *pts, *key, &mut out).expect("push");
+        p.push(std::slice::from_ref(data), *dts, *pts, *key, &mut out).expect("push");
         out.clear();
     }
     p.finish(&mut out).expect("finish");

@@ -100,10 +100,26 @@ impl Decoder {
         Ok(Self { dec, frame: ff::frame::Video::empty(), errors: 0 })
     }
 
-    /// Decodes one access unit; calls `out` with every picture that comes out
-    /// (presentation order) and its presentation time.
-    pub fn decode(&mut self, data: &[u8], dts: i64, pts: i64, key: bool, mut out: impl FnMut(&ff::frame::Video, i64)) {
-        let mut packet = ff::Packet::copy(data);
+    /// Decodes one access unit, given as the slices it arrived in (copied
+    /// once, into libavcodec's padded packet); calls `out` with every picture
+    /// that comes out (presentation order) and its presentation time.
+    pub fn decode(
+        &mut self,
+        parts: &[Bytes],
+        dts: i64,
+        pts: i64,
+        key: bool,
+        mut out: impl FnMut(&ff::frame::Video, i64),
+    ) {
+        let len = parts.iter().map(Bytes::len).sum();
+        let mut packet = ff::Packet::new(len);
+        if let Some(data) = packet.data_mut() {
+            let mut at = 0;
+            for p in parts {
+                data[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+        }
         packet.set_dts(Some(dts));
         packet.set_pts(Some(pts));
         if key {
@@ -420,10 +436,10 @@ impl Pipeline {
         Ok(())
     }
 
-    /// One source video frame (decode order).
+    /// One source video frame (decode order), as the slices of its payload.
     pub fn push(
         &mut self,
-        data: &[u8],
+        data: &[Bytes],
         dts: i64,
         pts: i64,
         key: bool,

@@ -65,7 +65,7 @@ pub enum JobEnd {
 
 enum Input {
     Gop { config: VideoConfig, start_dts: i64 },
-    Frame { dts: i64, pts: i64, key: bool, data: bytes::Bytes },
+    Frame { dts: i64, pts: i64, key: bool, data: Payload },
     Reset,
 }
 
@@ -132,7 +132,7 @@ pub async fn run(
                         dts: f.header.dts,
                         pts: f.header.pts(),
                         key: f.header.is_keyframe(),
-                        data: f.payload.contiguous(),
+                        data: f.payload,
                     };
                     match tx.try_send(input) {
                         Ok(()) => {}
@@ -231,7 +231,7 @@ fn codec_thread(
                     fps_probe.push(dts);
                 }
                 last_pts = last_pts.max(pts);
-                r.and_then(|()| pipeline.push(&data, dts, pts, key, &mut out))
+                r.and_then(|()| pipeline.push(data.parts(), dts, pts, key, &mut out))
             }
             Input::Reset => {
                 pipeline.reset();
