@@ -135,6 +135,23 @@ impl Remote {
     pub async fn connect(&self, max_rate: Option<u64>) -> Result<BusClient, QuicError> {
         BusClient::connect_paced(&self.url, &self.token, self.tls.clone(), max_rate).await
     }
+
+    /// Connects and watches the node's announcements, retrying with
+    /// `backoff` (each failure logged); `None` once `stop` fires. What a
+    /// subscriber node (`gopbus hls`, `webrtc`, `transcode`) does at start
+    /// and after its watch is lost.
+    pub async fn watch(
+        &self,
+        backoff: &mut Backoff,
+        stop: &CancellationToken,
+    ) -> Option<(BusClient, crate::quic::RemoteWatch)> {
+        let attempt = || async {
+            let client = self.connect(None).await?;
+            let watch = client.watch().await?;
+            Ok((client, watch))
+        };
+        backoff.retry(stop, &self.url, "watching the bus", attempt).await
+    }
 }
 
 /// What a [`Resubscriber`] reads.

@@ -216,15 +216,7 @@ impl Hls {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         'connect: loop {
-            let watch = || async {
-                let client = remote.connect(None).await?;
-                let watch = client.watch().await?;
-                Ok((client, watch))
-            };
-            let Some((_client, mut watch)) = backoff.retry(&shutdown, &remote.url, "watching the bus", watch).await
-            else {
-                break;
-            };
+            let Some((_client, mut watch)) = remote.watch(&mut backoff, &shutdown).await else { break };
             tracing::info!(bus = %remote.url, "HLS watching the bus");
             loop {
                 let a = tokio::select! {

@@ -126,14 +126,21 @@ enum Feed {
     Remote(Arc<BusClient>),
 }
 
-/// A subscriber of either kind, boxed for the probe.
-trait ProbeSource: Send {
-    fn next_boxed(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = gopbus_bus::Event> + Send + '_>>;
-}
-
-impl<T: gopbus_bus::EventSource> ProbeSource for T {
-    fn next_boxed(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = gopbus_bus::Event> + Send + '_>> {
-        Box::pin(self.next_event())
+/// Whether the first video frames `source` gives are reordered (B-frames),
+/// from their timestamps; `Unknown` if it ends first.
+async fn first_frames_reorder(mut source: impl gopbus_bus::EventSource) -> Reorder {
+    let mut detector = gopbus_proto::avc::ReorderDetector::default();
+    loop {
+        match source.next_event().await {
+            gopbus_bus::Event::Frame(f) if f.header.track == gopbus_proto::TrackId::VIDEO => {
+                match detector.push(f.header.pts(), f.header.is_keyframe()) {
+                    Reorder::Unknown => {}
+                    decided => return decided,
+                }
+            }
+            gopbus_bus::Event::End(_) => return Reorder::Unknown,
+            _ => {}
+        }
     }
 }
 
@@ -256,15 +263,7 @@ impl Transcoder {
     pub async fn run_remote(self, remote: Remote, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         'connect: loop {
-            let watch = || async {
-                let client = remote.connect(None).await?;
-                let watch = client.watch().await?;
-                Ok((client, watch))
-            };
-            let Some((client, mut watch)) = backoff.retry(&shutdown, &remote.url, "watching the bus", watch).await
-            else {
-                break;
-            };
+            let Some((client, mut watch)) = remote.watch(&mut backoff, &shutdown).await else { break };
             tracing::info!(bus = %remote.url, worker = %self.inner.id, "transcoder watching the bus");
             let feed = Feed::Remote(Arc::new(client));
             let mut live: HashMap<String, Catalog> = HashMap::new();
@@ -384,32 +383,19 @@ impl Transcoder {
         self.inner.verdicts.insert(broadcast.to_owned(), Reorder::Unknown);
         let (me, feed, name) = (self.clone(), feed.clone(), broadcast.to_owned());
         self.inner.tasks.spawn(async move {
-            let stop = me.inner.shutdown.clone();
+            const LOOK: Duration = Duration::from_secs(15);
             let look = async {
-                let mut detector = gopbus_proto::avc::ReorderDetector::default();
-                let mut source: Box<dyn ProbeSource> = match &feed {
-                    Feed::Local(bus) => Box::new(bus.subscribe(&name, SubscribeOptions::default())),
+                match &feed {
+                    Feed::Local(bus) => first_frames_reorder(bus.subscribe(&name, SubscribeOptions::default())).await,
                     Feed::Remote(c) => match c.subscribe(&name, StartAt::CurrentGop, BusConfig::default()).await {
-                        Ok(s) => Box::new(s),
-                        Err(_) => return Reorder::Unknown,
+                        Ok(s) => first_frames_reorder(s).await,
+                        Err(_) => Reorder::Unknown,
                     },
-                };
-                loop {
-                    match source.next_boxed().await {
-                        gopbus_bus::Event::Frame(f) if f.header.track == gopbus_proto::TrackId::VIDEO => {
-                            match detector.push(f.header.pts(), f.header.is_keyframe()) {
-                                Reorder::Unknown => {}
-                                decided => return decided,
-                            }
-                        }
-                        gopbus_bus::Event::End(_) => return Reorder::Unknown,
-                        _ => {}
-                    }
                 }
             };
             let verdict = tokio::select! {
-                _ = stop.cancelled() => return,
-                v = tokio::time::timeout(Duration::from_secs(15), look) => v.unwrap_or(Reorder::Unknown),
+                _ = me.inner.shutdown.cancelled() => return,
+                v = tokio::time::timeout(LOOK, look) => v.unwrap_or(Reorder::Unknown),
             };
             tracing::info!(broadcast = %name, b_frames = ?verdict, "the SPS does not say whether the video has B-frames; its timestamps do");
             if me.inner.verdicts.contains_key(&name) {
@@ -544,5 +530,35 @@ fn codec_check() {
     crate::codec::init();
     if ffmpeg_next::encoder::find_by_name("libx264").is_none() {
         tracing::error!("libavcodec has no libx264 encoder: renditions will fail (install Debian's libavcodec59)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gopbus_bus::{Bus, BusConfig, SubscribeOptions};
+    use gopbus_proto::{Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, TrackInfo, VideoConfig};
+
+    use super::{first_frames_reorder, Reorder};
+
+    /// A broadcast of 40 video frames whose presentation offsets follow `cts(i)`.
+    async fn verdict(cts: impl Fn(i64) -> i32) -> Reorder {
+        let bus = Bus::new(BusConfig::default());
+        let sub = bus.subscribe("cam", SubscribeOptions::default());
+        let mut p = bus.publish("cam");
+        let video = VideoConfig { avcc: vec![1, 100, 0, 31], width: 640, height: 360, profile: 100, level: 31 };
+        p.open_gop(GopHeader { seq: 0, start_dts: 0, tracks: vec![TrackInfo::video(video)], metadata: None }).unwrap();
+        for i in 0..40 {
+            let flags = if i == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };
+            let header = FrameHeader { track: TrackId::VIDEO, dts: i * 33, cts: cts(i), flags, len: 1 };
+            p.push(Frame { header, payload: Payload::from_bytes(bytes::Bytes::from_static(b"x")) }).unwrap();
+        }
+        first_frames_reorder(sub).await
+    }
+
+    #[tokio::test]
+    async fn the_probe_tells_b_frames_from_timestamps() {
+        // I P B B: the P is shown after the two Bs decoded after it.
+        assert_eq!(verdict(|i| if i % 3 == 1 { 99 } else { 0 }).await, Reorder::Yes);
+        assert_eq!(verdict(|_| 66).await, Reorder::No);
     }
 }

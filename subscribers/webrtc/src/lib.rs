@@ -337,15 +337,7 @@ impl WebRtc {
         let mut backoff = Backoff::new(std::time::Duration::from_secs(5));
         let mirrors: Arc<DashMap<String, ()>> = Arc::new(DashMap::new());
         'connect: loop {
-            let watch = || async {
-                let client = remote.connect(None).await?;
-                let watch = client.watch().await?;
-                Ok((client, watch))
-            };
-            let Some((client, mut watch)) = backoff.retry(&shutdown, &remote.url, "watching the bus", watch).await
-            else {
-                break;
-            };
+            let Some((client, mut watch)) = remote.watch(&mut backoff, &shutdown).await else { break };
             let client = Arc::new(client);
             tracing::info!(bus = %remote.url, "WebRTC watching the bus");
             loop {
