@@ -8,9 +8,30 @@ use std::time::Duration;
 
 use common::*;
 
+/// hls.js as configured by default (it does not speed up to catch up) plays
+/// `stream` for `seconds` from a page on another origin; what the player
+/// reported, with no page or hls.js errors.
+fn play_hls(stream: &str, seconds: u32) -> serde_json::Value {
+    let web = bench::web::web_dir().unwrap_or_else(|e| panic!("{e}"));
+    let hls_js = std::fs::read(web.join("node_modules/hls.js/dist/hls.min.js")).unwrap();
+    let page = bench::web::page_server(stream, hls_js, 1.0).unwrap();
+    let out = Command::new("node")
+        .arg("play_hls.mjs")
+        .arg(&page)
+        .arg(seconds.to_string())
+        .current_dir(&web)
+        .output()
+        .expect("node");
+    assert!(out.status.success(), "player failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the player's JSON");
+    let last = v["samples"].as_array().unwrap().last().expect("a sample").clone();
+    assert!(v["errors"].as_array().unwrap().is_empty(), "page errors: {}", v["errors"]);
+    assert!(last["hlsErrors"].as_array().unwrap().is_empty(), "hls.js errors: {}", last["hlsErrors"]);
+    v
+}
+
 #[test]
 fn hls_js_in_chromium_plays_the_live_stream_from_another_origin() {
-    let web = bench::web::web_dir().unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start("hls-browser");
     let key = server.create_stream("cam");
     let fixture = Fixture::av(48000, 30);
@@ -18,16 +39,9 @@ fn hls_js_in_chromium_plays_the_live_stream_from_another_origin() {
     // Let a few segments exist before the player starts.
     std::thread::sleep(Duration::from_secs(5));
     let stream = format!("http://{}/hls/cam/index.m3u8", server.http);
-    let hls_js = std::fs::read(web.join("node_modules/hls.js/dist/hls.min.js")).unwrap();
-    // hls.js as configured by default (it does not speed up to catch up).
-    let page = bench::web::page_server(&stream, hls_js, 1.0).unwrap();
-    let out = Command::new("node").arg("play_hls.mjs").arg(&page).arg("12").current_dir(&web).output().expect("node");
-    assert!(out.status.success(), "player failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the player's JSON");
+    let v = play_hls(&stream, 12);
     let samples = v["samples"].as_array().unwrap();
     let last = samples.last().unwrap();
-    assert!(v["errors"].as_array().unwrap().is_empty(), "page errors: {}", v["errors"]);
-    assert!(last["hlsErrors"].as_array().unwrap().is_empty(), "hls.js errors: {}", last["hlsErrors"]);
     assert_eq!((last["width"].as_u64(), last["height"].as_u64()), (Some(640), Some(360)), "{last}");
     let played = last["time"].as_f64().unwrap();
     assert!(played >= 5.0, "only {played} s played: {samples:?}");
@@ -81,7 +95,6 @@ fn first_segment(server: &Server, base: &str, tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn the_multivariant_playlist_lists_each_rendition_with_an_audio_group_and_hls_js_plays_it() {
-    let web = bench::web::web_dir().unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start_with("hls-renditions", &["--ladder", "240p@400k"]);
     let key = server.create_stream("cam");
     let _publisher = ffmpeg_publish(&Fixture::av(48000, 40), &server.url(&key));
@@ -122,15 +135,9 @@ fn the_multivariant_playlist_lists_each_rendition_with_an_audio_group_and_hls_js
 
     // hls.js plays the multivariant playlist: a video variant and the audio group.
     let stream = format!("http://{}/hls/cam/master.m3u8", server.http);
-    let hls_js = std::fs::read(web.join("node_modules/hls.js/dist/hls.min.js")).unwrap();
-    let page = bench::web::page_server(&stream, hls_js, 1.0).unwrap();
-    let out = Command::new("node").arg("play_hls.mjs").arg(&page).arg("10").current_dir(&web).output().expect("node");
-    assert!(out.status.success(), "player failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the player's JSON");
+    let v = play_hls(&stream, 10);
     let samples = v["samples"].as_array().unwrap();
     let last = samples.last().unwrap();
-    assert!(v["errors"].as_array().unwrap().is_empty(), "page errors: {}", v["errors"]);
-    assert!(last["hlsErrors"].as_array().unwrap().is_empty(), "hls.js errors: {}", last["hlsErrors"]);
     assert!(last["time"].as_f64().unwrap() >= 4.0, "{samples:?}");
     let size = (last["width"].as_u64().unwrap(), last["height"].as_u64().unwrap());
     assert!(size == (640, 360) || size == (428, 240), "{last}");
