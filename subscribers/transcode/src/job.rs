@@ -91,7 +91,9 @@ pub async fn run(
     let mut dropping = false;
     let mut drops: Vec<Instant> = Vec::new();
     let mut in_gop = false;
-    let mut seq = 0;
+    // The GoP being read (none yet), and whether it is the job's first.
+    let mut seq = u64::MAX;
+    let mut catching_up = true;
     let end = {
         tokio::pin!(replaced);
         loop {
@@ -102,6 +104,7 @@ pub async fn run(
             };
             match event {
                 Event::Gop(h) => {
+                    catching_up = seq == u64::MAX;
                     seq = h.seq;
                     stats.gops_in.fetch_add(1, Ordering::Relaxed);
                     let Some(config) = h.video().cloned() else {
@@ -134,6 +137,14 @@ pub async fn run(
                         key: f.header.is_keyframe(),
                         data: f.payload,
                     };
+                    if catching_up {
+                        // The job's first GoP is already partly in the past: it is
+                        // worked off at the codec's pace, not dropped.
+                        if tx.send(input).await.is_err() {
+                            break JobEnd::Failed;
+                        }
+                        continue;
+                    }
                     match tx.try_send(input) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
