@@ -68,6 +68,7 @@ pub(crate) struct File {
     pub(crate) hls_max_segment: Option<f64>,
     pub(crate) hls_part: Option<f64>,
     pub(crate) hls_max_waiting: Option<usize>,
+    pub(crate) hls_opus: Option<bool>,
     pub(crate) recordings_max_bytes: Option<u64>,
     pub(crate) recordings_max: Option<usize>,
     pub(crate) s3_bucket: Option<String>,
@@ -358,6 +359,9 @@ pub(crate) struct HlsArgs {
     /// Most HLS requests held open at once (blocking playlist reloads, preload hints); more get 503 [default: 10000].
     #[arg(long, env = "GOPBUS_HLS_MAX_WAITING")]
     pub(crate) hls_max_waiting: Option<usize>,
+    /// Offer the Opus track (made for WebRTC) as a second audio group in master.m3u8, beside AAC.
+    #[arg(long, env = "GOPBUS_HLS_OPUS")]
+    pub(crate) hls_opus: bool,
     /// Most bytes of recordings kept under DATA/recordings; the oldest go first [default: 21474836480 (20 GiB)].
     #[arg(long, env = "GOPBUS_RECORDINGS_MAX_BYTES")]
     pub(crate) recordings_max_bytes: Option<u64>,
@@ -418,6 +422,7 @@ impl HlsArgs {
                 self.hls_part.or(f.hls_part).unwrap_or(defaults::HLS_PART_SECS).clamp(0.2, secs.max(0.2)),
             ),
             max_waiting: self.hls_max_waiting.or(f.hls_max_waiting).unwrap_or(defaults::HLS_MAX_WAITING).max(1),
+            opus: self.hls_opus || f.hls_opus.unwrap_or(false),
             ..gopbus_hls::HlsConfig::default()
         })
     }

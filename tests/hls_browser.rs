@@ -12,9 +12,14 @@ use common::*;
 /// `stream` for `seconds` from a page on another origin; what the player
 /// reported, with no page or hls.js errors.
 fn play_hls(stream: &str, seconds: u32) -> serde_json::Value {
+    play_hls_with(stream, seconds, "")
+}
+
+/// [`play_hls`] with `script` run on the page before the stream loads (`hls` in scope).
+fn play_hls_with(stream: &str, seconds: u32, script: &str) -> serde_json::Value {
     let web = bench::web::web_dir().unwrap_or_else(|e| panic!("{e}"));
     let hls_js = std::fs::read(web.join("node_modules/hls.js/dist/hls.min.js")).unwrap();
-    let page = bench::web::page_server(stream, hls_js, 1.0).unwrap();
+    let page = bench::web::page_server_with(stream, hls_js, 1.0, script).unwrap();
     let out = Command::new("node")
         .arg("play_hls.mjs")
         .arg(&page)
@@ -145,4 +150,58 @@ fn the_multivariant_playlist_lists_each_rendition_with_an_audio_group_and_hls_js
     let media = |dir: &str| requests.iter().filter(|r| r.contains(dir) && r.ends_with(".m4s")).count();
     assert!(media("/r/audio/") >= 3, "no audio from the group: {requests:?}");
     assert!(media("/r/video/") + media("/r/240p/") >= 3, "no video variant: {requests:?}");
+}
+
+#[test]
+fn with_hls_opus_the_opus_track_is_a_second_audio_group_and_hls_js_plays_it() {
+    let server = Server::start_with("hls-opus", &["--hls-opus", "--browser-rendition", "none"]);
+    let key = server.create_stream("cam");
+    let _publisher = ffmpeg_publish(&Fixture::av(48000, 40), &server.url(&key));
+    std::thread::sleep(Duration::from_secs(7));
+    let (status, body) = http_get(server.http, "/hls/cam/master.m3u8");
+    let master = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{master}");
+    assert!(
+        master.contains("GROUP-ID=\"audio\",NAME=\"source\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/audio/index.m3u8\""),
+        "{master}"
+    );
+    assert!(
+        master.contains("GROUP-ID=\"opus\",NAME=\"opus\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/opus/index.m3u8\""),
+        "{master}"
+    );
+    let lines: Vec<&str> = master.lines().collect();
+    let variants: Vec<(&str, &str)> =
+        lines.windows(2).filter(|w| w[0].starts_with("#EXT-X-STREAM-INF:")).map(|w| (w[0], w[1])).collect();
+    // The source's video once per audio group, AAC first.
+    assert_eq!(variants.len(), 2, "{master}");
+    assert!(variants.iter().all(|(_, uri)| *uri == "r/video/index.m3u8"), "{master}");
+    assert!(variants[0].0.contains(",mp4a.40.2\",AUDIO=\"audio\""), "{master}");
+    assert!(variants[1].0.contains(",opus\",AUDIO=\"opus\""), "{master}");
+
+    // The Opus stream decodes on its own: 48 kHz stereo, packets of 20 ms laid end to end.
+    let opus = streams(&first_segment(&server, "/hls/cam/r/opus", "hls-ropus"));
+    assert_eq!(opus.len(), 1, "{opus:?}");
+    assert!(
+        opus[0]["codec_name"] == "opus" && opus[0]["sample_rate"] == "48000" && opus[0]["channels"] == "2",
+        "{opus:?}"
+    );
+    let (_, playlist) = http_get(server.http, "/hls/cam/r/opus/index.m3u8");
+    let playlist = String::from_utf8(playlist).unwrap();
+    assert!(playlist.contains("#EXT-X-PART:DURATION="), "LL-HLS parts: {playlist}");
+
+    // hls.js plays the video with the Opus group (the variant naming it chosen).
+    let stream = format!("http://{}/hls/cam/master.m3u8", server.http);
+    let choose = "hls.on(Hls.Events.MANIFEST_PARSED, (_, d) => { \
+                  hls.currentLevel = d.levels.findIndex((l) => l.audioCodec === 'opus'); });";
+    let v = play_hls_with(&stream, 10, choose);
+    let samples = v["samples"].as_array().unwrap();
+    let last = samples.last().unwrap();
+    assert!(last["time"].as_f64().unwrap() >= 4.0, "{samples:?}");
+    assert_eq!(last["audioTrack"], "opus", "{last}");
+    let before = samples[samples.len() - 5]["audioBytes"].as_u64().unwrap();
+    assert!(last["audioBytes"].as_u64().unwrap() > before, "audio kept decoding: {samples:?}");
+    let requests: Vec<&str> = v["requests"].as_array().unwrap().iter().filter_map(|r| r.as_str()).collect();
+    let media = |dir: &str| requests.iter().filter(|r| r.contains(dir) && r.ends_with(".m4s")).count();
+    assert!(media("/r/opus/") >= 3, "no audio from the Opus group: {requests:?}");
+    assert_eq!(media("/r/audio/"), 0, "the AAC group was not wanted: {requests:?}");
 }

@@ -29,6 +29,13 @@ pub fn web_dir() -> anyhow::Result<PathBuf> {
 /// The page keeps `window.hls` and its fatal errors in `window.hlsErrors`.
 /// Returns the page's URL.
 pub fn page_server(stream: &str, hls_js: Vec<u8>, max_rate: f64) -> anyhow::Result<String> {
+    page_server_with(stream, hls_js, max_rate, "")
+}
+
+/// Like [`page_server`], with `script` (JavaScript statements, `hls` in
+/// scope) run before the stream is loaded: event handlers that choose a
+/// level or a track.
+pub fn page_server_with(stream: &str, hls_js: Vec<u8>, max_rate: f64, script: &str) -> anyhow::Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let page = format!(
@@ -39,6 +46,7 @@ window.hlsErrors = [];
 const v = document.querySelector('video');
 const hls = new Hls({{ lowLatencyMode: true, maxLiveSyncPlaybackRate: {max_rate} }});
 window.hls = hls;
+{script}
 hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) window.hlsErrors.push(d.type + ':' + d.details); }});
 hls.loadSource({stream:?});
 hls.attachMedia(v);

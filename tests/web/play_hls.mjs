@@ -27,6 +27,11 @@ try {
       return { time: v.currentTime, frames: q.totalVideoFrames, width: v.videoWidth, height: v.videoHeight,
                hlsErrors: window.hlsErrors || [], latency: h ? h.latency : null,
                targetLatency: h ? h.targetLatency : null,
+               audioTrack: h && h.audioTracks[h.audioTrack] ? h.audioTracks[h.audioTrack].name : null,
+               audioTracks: h ? h.audioTracks.map((t) => t.name) : [],
+               allAudioTracks: h ? h.allAudioTracks.map((t) => `${t.groupId}:${t.name}`) : [],
+               levels: h ? h.levels.map((l) => `${l.url}|${l.audioCodec}|${l.audioGroups}`) : [],
+               audioBytes: v.webkitAudioDecodedByteCount || 0,
                buffered: v.buffered.length ? v.buffered.end(v.buffered.length - 1) - v.currentTime : 0,
                behindMs: date ? Date.now() - date.getTime() : null };
     }));

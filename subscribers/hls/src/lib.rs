@@ -44,7 +44,9 @@
 //! - Renditions (derived `video/…` tracks) are segmented as video-only
 //!   variants from `Announcement::Changed`, with the source's video and
 //!   audio segmented on their own beside them, live only (not recorded):
-//!   `GET /hls/NAME/r/{480p,video,audio}/index.m3u8` and their files.
+//!   `GET /hls/NAME/r/{480p,video,audio}/index.m3u8` and their files. With
+//!   `opus`, the broadcast's `audio/opus` track (the WebRTC subscriber's) is
+//!   a second audio group, `r/opus/index.m3u8`.
 
 mod api;
 mod mux;
@@ -65,7 +67,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api::Recording;
-pub use mux::{fragment, init_segment, Layout, MuxError, Sample, AAC_FRAME, VIDEO_TIMESCALE};
+pub use mux::{
+    fragment, init_segment, opus_samples, AudioCodec, Layout, MuxError, Sample, AAC_FRAME, OPUS_TIMESCALE,
+    VIDEO_TIMESCALE,
+};
 pub use playlist::{Entry, LowLatency, Part, Playlist};
 pub use upload::{S3Config, S3Error, S3Target};
 
@@ -93,6 +98,10 @@ pub struct HlsConfig {
     pub max_waiting: usize,
     /// Upload recordings to this bucket too (`S3Config::connect`).
     pub s3: Option<S3Target>,
+    /// Offer the broadcast's Opus track (`audio/opus`, made by the WebRTC
+    /// subscriber's encoder) as a second audio group in the multivariant
+    /// playlist, beside the AAC one.
+    pub opus: bool,
 }
 
 impl Default for HlsConfig {
@@ -107,9 +116,13 @@ impl Default for HlsConfig {
             part_target: Duration::from_millis(500),
             max_waiting: 10_000,
             s3: None,
+            opus: false,
         }
     }
 }
+
+/// The derived Opus track the WebRTC subscriber publishes.
+const OPUS_TRACK: &str = "audio/opus";
 
 /// How often the recording limits are enforced.
 const RETENTION_EVERY: Duration = Duration::from_secs(5);
@@ -177,7 +190,9 @@ impl Hls {
                 }
                 a = announcements.next() => a,
             };
-            for (key, name, tracks) in variant_streams(&a).into_iter().filter(|(k, _, _)| self.claim(k)) {
+            for (key, name, tracks) in
+                variant_streams(&a, self.inner.config.opus).into_iter().filter(|(k, _, _)| self.claim(k))
+            {
                 let tracks: Vec<&str> = tracks.iter().map(String::as_str).collect();
                 let sub = bus.subscribe_tracks(&name, &tracks, SubscribeOptions::default());
                 let (me, stop) = (self.clone(), shutdown.clone());
@@ -231,7 +246,7 @@ impl Hls {
                     tracing::warn!(bus = %remote.url, "bus watch lost; watching again");
                     continue 'connect;
                 };
-                let variants = variant_streams(&a).into_iter();
+                let variants = variant_streams(&a, self.inner.config.opus).into_iter();
                 let sources = started(a).into_iter().map(|name| (name.clone(), name, Vec::new()));
                 for (key, name, tracks) in variants.chain(sources).filter(|(k, _, _)| self.claim(k)) {
                     let record = tracks.is_empty();
@@ -381,10 +396,11 @@ impl Hls {
 
 /// The live-only streams an announcement calls for, as (key, broadcast,
 /// tracks): for a broadcast with renditions (H.264 `video/…` derived
-/// tracks), each rendition's video (`NAME/480p`), and the source's video
-/// (`NAME/video`) and audio (`NAME/audio`) on their own — the variants and
-/// the audio group of the multivariant playlist.
-fn variant_streams(a: &Announcement) -> Vec<(String, String, Vec<String>)> {
+/// tracks), or with an Opus track when `opus` is asked for, each
+/// rendition's video (`NAME/480p`), the source's video (`NAME/video`) and
+/// audio (`NAME/audio`) on their own, and the Opus track (`NAME/opus`) — the
+/// variants and the audio groups of the multivariant playlist.
+fn variant_streams(a: &Announcement, opus: bool) -> Vec<(String, String, Vec<String>)> {
     let catalogs: Vec<&gopbus_bus::Catalog> = match a {
         Announcement::Started(c) | Announcement::Changed(c) => vec![c],
         Announcement::Live(list) => list.iter().collect(),
@@ -398,13 +414,17 @@ fn variant_streams(a: &Announcement) -> Vec<(String, String, Vec<String>)> {
             .filter(|t| t.codec.name() == "h264" && t.name.starts_with("video/"))
             .map(|t| t.name.as_str())
             .collect();
-        if renditions.is_empty() {
+        let opus = opus && c.track(OPUS_TRACK).is_some_and(|t| t.codec.name() == "opus");
+        if renditions.is_empty() && !opus {
             continue;
         }
         for published in ["video", "audio"] {
             if c.track(published).is_some() {
                 out.push((format!("{}/{published}", c.name), c.name.clone(), vec![published.to_owned()]));
             }
+        }
+        if opus {
+            out.push((format!("{}/opus", c.name), c.name.clone(), vec![OPUS_TRACK.to_owned()]));
         }
         for r in renditions {
             let label = r.trim_start_matches("video/");

@@ -11,7 +11,7 @@ use gopbus_bus::{Event, EventSource};
 use gopbus_proto::{GopHeader, Payload};
 use tokio::sync::watch;
 
-use crate::mux::{self, Layout, Sample, AAC_FRAME, VIDEO_TIMESCALE};
+use crate::mux::{self, AudioCodec, Layout, Sample, VIDEO_TIMESCALE};
 use crate::playlist::{Entry, LowLatency, Part, Playlist};
 use crate::Hls;
 
@@ -463,7 +463,7 @@ impl Session<'_> {
         let last = part.last_dts().unwrap_or(part.start);
         let video = video_samples(&part.video, end, self.interval);
         let audio = match &layout.audio {
-            Some((_, a)) => self.audio_samples(&part.audio, a.sample_rate),
+            Some((_, a)) => self.audio_samples(&part.audio, a),
             None => Vec::new(),
         };
         let end =
@@ -582,18 +582,22 @@ impl Session<'_> {
         }
     }
 
-    /// AAC samples at the sample rate, 1024 each, laid end to end while that
-    /// agrees with the bus clock (within two frames); re-anchored where not.
-    fn audio_samples(&mut self, frames: &[Frame], rate: u32) -> Vec<Sample> {
+    /// Audio samples in the track's timescale (AAC: its sample rate, 1024
+    /// each; Opus: 48 kHz, as long as each packet says), laid end to end
+    /// while that agrees with the bus clock (within two frames); re-anchored
+    /// where not.
+    fn audio_samples(&mut self, frames: &[Frame], codec: &AudioCodec) -> Vec<Sample> {
+        let rate = u64::from(codec.timescale());
         let mut out = Vec::with_capacity(frames.len());
         for f in frames {
-            let clock = (f.dts.max(0) as u64) * u64::from(rate) / 1000;
+            let duration = codec.frame_duration(&f.payload);
+            let clock = (f.dts.max(0) as u64) * rate / 1000;
             let at = match self.audio_next {
-                Some(next) if next.abs_diff(clock) <= 2 * u64::from(AAC_FRAME) => next,
+                Some(next) if next.abs_diff(clock) <= 2 * u64::from(duration) => next,
                 _ => clock,
             };
-            self.audio_next = Some(at + u64::from(AAC_FRAME));
-            out.push(Sample { dts: at, duration: AAC_FRAME, cts: 0, key: true, payload: f.payload.clone() });
+            self.audio_next = Some(at + u64::from(duration));
+            out.push(Sample { dts: at, duration, cts: 0, key: true, payload: f.payload.clone() });
         }
         out
     }

@@ -205,18 +205,20 @@ async fn playlist_of(hls: &Hls, key: &str, query: Option<&str>, headers: &Header
     }
 }
 
-/// The multivariant playlist. Without renditions: the source, one muxed
-/// variant (`index.m3u8`). With renditions: an audio group (the source's
-/// AAC, `r/audio/index.m3u8`) and video-only variants — the source's video
-/// (`r/video/index.m3u8`) and each rendition (`r/480p/index.m3u8`), highest
-/// bit rate first — each naming the group.
+/// The multivariant playlist. Without renditions (and without Opus asked
+/// for): the source, one muxed variant (`index.m3u8`). With them: audio
+/// groups — the source's AAC (`audio`, `r/audio/index.m3u8`) and, with
+/// `opus`, the Opus track (`opus`, `r/opus/index.m3u8`) — and video-only
+/// variants — the source's video (`r/video/index.m3u8`) and each rendition
+/// (`r/480p/index.m3u8`), highest bit rate first — listed once per audio
+/// group (AAC first: players take the first variant they can play).
 async fn multivariant(State(hls): State<Hls>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let live = |key: &str| hls.inner.live.get(key).and_then(|l| l.variant());
     let Some(source) = live(&name) else {
         return status(StatusCode::NOT_FOUND, "no live HLS for this broadcast\n");
     };
     let prefix = format!("{name}/");
-    let mut renditions: Vec<(String, Variant)> = hls
+    let mut videos: Vec<(String, Variant)> = hls
         .inner
         .live
         .iter()
@@ -227,32 +229,44 @@ async fn multivariant(State(hls): State<Hls>, Path(name): Path<String>, headers:
         })
         .collect();
     let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
-    let line = |v: &Variant, extra: Option<&Variant>, uri: &str| {
+    let line = |v: &Variant, audio: Option<(&Variant, &str)>, uri: &str| {
+        let extra = audio.map(|(a, _)| a);
         let (peak, average) = (v.peak + extra.map_or(0, |a| a.peak), v.average + extra.map_or(0, |a| a.average));
         let mut s = format!("#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={average}");
         if let Some((w, h)) = v.resolution {
             s.push_str(&format!(",RESOLUTION={w}x{h}"));
         }
-        match extra {
-            Some(a) => s.push_str(&format!(",CODECS=\"{},{}\",AUDIO=\"audio\"", v.codecs, a.codecs)),
+        match audio {
+            Some((a, group)) => s.push_str(&format!(",CODECS=\"{},{}\",AUDIO=\"{group}\"", v.codecs, a.codecs)),
             None => s.push_str(&format!(",CODECS=\"{}\"", v.codecs)),
         }
         s.push_str(&format!("\n{uri}\n"));
         s
     };
-    let (audio, video) = (live(&format!("{name}/audio")), live(&format!("{name}/video")));
-    match (renditions.is_empty(), audio, video) {
-        (false, Some(audio), Some(video)) => {
-            text.push_str(
-                "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"source\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/audio/index.m3u8\"\n",
-            );
-            renditions.push(("video".to_owned(), video));
-            renditions.sort_by_key(|(_, v)| std::cmp::Reverse(v.peak));
-            for (label, v) in &renditions {
-                text.push_str(&line(v, Some(&audio), &format!("r/{label}/index.m3u8")));
+    let video = live(&format!("{name}/video"));
+    let opus = if hls.inner.config.opus { live(&format!("{name}/opus")) } else { None };
+    let groups: Vec<(&str, &str, Variant)> =
+        [("audio", "source", live(&format!("{name}/audio"))), ("opus", "opus", opus)]
+            .into_iter()
+            .filter_map(|(group, label, v)| Some((group, label, v?)))
+            .collect();
+    let split = !videos.is_empty() || groups.iter().any(|(g, _, _)| *g == "opus");
+    match video {
+        Some(video) if split && !groups.is_empty() => {
+            for (group, label, _) in &groups {
+                text.push_str(&format!(
+                    "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"{group}\",NAME=\"{label}\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/{group}/index.m3u8\"\n"
+                ));
+            }
+            videos.push(("video".to_owned(), video));
+            videos.sort_by_key(|(_, v)| std::cmp::Reverse(v.peak));
+            for (group, _, audio) in &groups {
+                for (label, v) in &videos {
+                    text.push_str(&line(v, Some((audio, group)), &format!("r/{label}/index.m3u8")));
+                }
             }
         }
-        // No renditions (or their audio and video streams have no segment yet): the muxed source.
+        // No renditions or Opus (or their streams have no segment yet): the muxed source.
         _ => text.push_str(&line(&source, None, "index.m3u8")),
     }
     let etag = format!("\"{}.{}\"", text.len(), text.bytes().map(u64::from).sum::<u64>());
