@@ -72,7 +72,7 @@ impl TranscodeConfig {
         let Some(video) = source_video(catalog) else { return Vec::new() };
         if self.wants_browser_rendition(catalog) {
             return match (self.browser, reorder) {
-                (Some(b), Reorder::Yes) => vec![Rung { height: b.height.min(video.height), ..b }],
+                (Some(b), Reorder::Yes) => vec![capped(b, video.height)],
                 _ => Vec::new(),
             };
         }
@@ -93,6 +93,19 @@ impl Default for TranscodeConfig {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `rung` for a source `height` high: not taller than the source, and its bit
+/// rate scaled with the picture area when it is capped (the 720p@2500k
+/// browser rendition of a 360p source is 360p@625k, not four times the bits
+/// per pixel).
+fn capped(rung: Rung, height: u32) -> Rung {
+    if height >= rung.height || rung.height == 0 {
+        return rung;
+    }
+    let area = (f64::from(height) / f64::from(rung.height)).powi(2);
+    let bitrate_kbps = ((f64::from(rung.bitrate_kbps) * area).round() as u32).max(100);
+    Rung { height, bitrate_kbps, ..rung }
 }
 
 fn source_video(catalog: &Catalog) -> Option<&VideoConfig> {
@@ -538,7 +551,28 @@ mod tests {
     use gopbus_bus::{Bus, BusConfig, SubscribeOptions};
     use gopbus_proto::{Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, TrackInfo, VideoConfig};
 
-    use super::{first_frames_reorder, Reorder};
+    use super::{first_frames_reorder, Reorder, TranscodeConfig};
+    use crate::Rung;
+
+    #[test]
+    fn the_browser_rendition_of_a_smaller_source_is_capped_in_height_and_bit_rate() {
+        let catalog = |height| gopbus_bus::Catalog {
+            name: "cam".into(),
+            tracks: vec![TrackInfo::video(VideoConfig {
+                avcc: vec![1, 100, 0, 31],
+                width: height * 16 / 9,
+                height,
+                profile: 100,
+                level: 31,
+            })],
+        };
+        let config = TranscodeConfig::new();
+        let plan = |height| config.plan(&catalog(height), Reorder::Yes);
+        assert_eq!(plan(1080), [Rung { height: 720, bitrate_kbps: 2500, fps: None }]);
+        assert_eq!(plan(720), [Rung { height: 720, bitrate_kbps: 2500, fps: None }]);
+        assert_eq!(plan(360), [Rung { height: 360, bitrate_kbps: 625, fps: None }]);
+        assert!(config.plan(&catalog(360), Reorder::No).is_empty());
+    }
 
     /// A broadcast of 40 video frames whose presentation offsets follow `cts(i)`.
     async fn verdict(cts: impl Fn(i64) -> i32) -> Reorder {
