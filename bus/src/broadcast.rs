@@ -92,6 +92,10 @@ pub struct BroadcastStats {
     pub skipped_gops: AtomicU64,
     /// Publisher takeovers.
     pub takeovers: AtomicU64,
+    /// Frames pushed on the video track ([`TrackId::VIDEO`](gopbus_proto::TrackId::VIDEO)).
+    pub video_frames: AtomicU64,
+    /// When the first publisher attached, in milliseconds since the Unix epoch (0 before).
+    pub since_ms: AtomicU64,
 }
 
 /// Shared between the broker, the publisher and every subscriber of one broadcast.

@@ -52,6 +52,12 @@ pub struct BroadcastInfo {
     pub skipped_gops: u64,
     /// Payload bytes held in the GoP window now.
     pub window_bytes: usize,
+    /// Frames pushed on the video track so far.
+    pub video_frames: u64,
+    /// When its first publisher attached, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    /// Publisher takeovers so far.
+    pub takeovers: u64,
 }
 
 /// The in-process bus. Cheap to clone; all clones share one set of broadcasts.
@@ -76,6 +82,7 @@ struct Inner {
     config: BusConfig,
     broadcasts: DashMap<Arc<str>, Arc<Shared>>,
     announcements: broadcast::Sender<Announcement>,
+    audience: crate::Audience,
 }
 
 /// A stream of [`Announcement`]s ([`Bus::announcements`]): bounded and
@@ -112,7 +119,13 @@ impl Bus {
     pub fn new(mut config: BusConfig) -> Self {
         config.max_lag = config.max_lag.min(config.window as u64);
         let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BACKLOG);
-        Self { inner: Arc::new(Inner { config, broadcasts: DashMap::new(), announcements }) }
+        let audience = crate::Audience::default();
+        Self { inner: Arc::new(Inner { config, broadcasts: DashMap::new(), announcements, audience }) }
+    }
+
+    /// Who watches what on this node, per protocol (see [`crate::audience`]).
+    pub fn audience(&self) -> &crate::Audience {
+        &self.inner.audience
     }
 
     /// Announcements of broadcasts starting, changing tracks and ending, from now on.
@@ -304,6 +317,9 @@ impl Bus {
             let epoch = st.epoch;
             let last_dts = Some(shared.last_dts.load(Ordering::Relaxed)).filter(|&d| d != i64::MIN);
             drop(st);
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let _ = shared.stats.since_ms.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
             if takeover {
                 shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(broadcast = %name, "publisher took over");
@@ -355,6 +371,9 @@ impl Bus {
                     gops: s.stats.gops.load(Ordering::Relaxed),
                     skipped_gops: s.stats.skipped_gops.load(Ordering::Relaxed),
                     window_bytes: s.window_bytes(),
+                    video_frames: s.stats.video_frames.load(Ordering::Relaxed),
+                    since_ms: s.stats.since_ms.load(Ordering::Relaxed),
+                    takeovers: s.stats.takeovers.load(Ordering::Relaxed),
                 }
             })
             .collect();

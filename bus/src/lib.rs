@@ -32,6 +32,7 @@
 //! - [`publisher`], [`subscriber`]: the two handles.
 //! - [`tracks`]: [`TrackSubscriber`], chosen tracks (published and derived) merged.
 //! - [`quic`]: the same across machines; [`directory`]: which node holds what.
+//! - [`audience`]: viewers, bytes sent and GoPs skipped per broadcast and protocol.
 //! - [`node`]: what nodes are made of: a reconnecting subscriber, the
 //!   forwarder, directory registration, backoff; and [`EventSource`], what
 //!   subscriber crates read.
@@ -44,6 +45,7 @@
 //! and end.
 #![warn(missing_docs)]
 
+pub mod audience;
 pub mod broadcast;
 pub mod broker;
 pub mod directory;
@@ -55,6 +57,7 @@ pub mod quic;
 pub mod subscriber;
 pub mod tracks;
 
+pub use audience::{Audience, Counts, Protocol, Viewer};
 pub use broadcast::BroadcastStats;
 pub use broker::{Announcements, BroadcastInfo, Bus, BusConfig, ANNOUNCEMENT_BACKLOG};
 pub use error::BusError;

@@ -130,10 +130,14 @@ impl Publisher {
         }
         let len = frame.payload.len();
         let dts = frame.header.dts;
+        let frame_is_video = frame.header.track == TrackId::VIDEO;
         gop.frames_mut().push(frame);
         gop.bytes.fetch_add(len, Ordering::Relaxed);
         self.shared.last_dts.fetch_max(dts, Ordering::Relaxed);
         self.shared.stats.frames.fetch_add(1, Ordering::Relaxed);
+        if frame_is_video {
+            self.shared.stats.video_frames.fetch_add(1, Ordering::Relaxed);
+        }
         self.shared.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
         self.shared.wake_all();
         Ok(())

@@ -35,4 +35,4 @@ mod session;
 pub mod timeline;
 
 pub use error::{ChunkError, SessionError};
-pub use server::{Ingest, IngestConfig};
+pub use server::{Ingest, IngestConfig, PublisherInfo};

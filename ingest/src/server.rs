@@ -57,6 +57,19 @@ pub(crate) struct LivePublisher {
     pub(crate) session: u64,
     /// Cancelled when the key is revoked.
     pub(crate) revoked: CancellationToken,
+    /// Cancelled when an operator kicks it.
+    pub(crate) kicked: CancellationToken,
+    /// Its address.
+    pub(crate) peer: SocketAddr,
+}
+
+/// A live RTMP publisher, as [`Ingest::publisher`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherInfo {
+    /// The connection's id in the log (`rtmp{id=…}`).
+    pub session: u64,
+    /// The publisher's address.
+    pub peer: SocketAddr,
 }
 
 /// The RTMP server. Share it with `Arc`.
@@ -72,6 +85,21 @@ impl Ingest {
     /// A server publishing onto `bus`, authorizing keys with `keys`.
     pub fn new(bus: Bus, keys: Keys, config: IngestConfig) -> Arc<Self> {
         Arc::new(Self { bus, keys, config, live: DashMap::new(), next_session: AtomicU64::new(1) })
+    }
+
+    /// The RTMP publisher of `name` on this node, if any.
+    pub fn publisher(&self, name: &str) -> Option<PublisherInfo> {
+        self.live.get(name).map(|p| PublisherInfo { session: p.session, peer: p.peer })
+    }
+
+    /// Disconnects the RTMP publisher of `name` (the broadcast ends with
+    /// [`EndReason::Kicked`](gopbus_proto::EndReason::Kicked)); false if it
+    /// has none on this node. Its key still works unless it is also revoked.
+    pub fn kick(&self, name: &str) -> bool {
+        let Some(p) = self.live.get(name) else { return false };
+        tracing::info!(broadcast = %name, session = p.session, peer = %p.peer, "publisher kicked by the operator");
+        p.kicked.cancel();
+        true
     }
 
     /// The bus this server publishes to.

@@ -41,6 +41,7 @@ struct Publishing {
     media: MediaIngest,
     name: String,
     revoked: CancellationToken,
+    kicked: CancellationToken,
     /// Resolves when the key is revoked or another publisher takes over; made
     /// once, so the driver loop does not re-register wakers on every event.
     stop: Pin<Box<dyn Future<Output = Stop> + Send>>,
@@ -50,11 +51,14 @@ struct Publishing {
 enum Stop {
     Revoked,
     Replaced,
+    Kicked,
 }
 
 struct Playing {
     sub: PlaySource,
     egress: Egress,
+    /// Counted in the node's audience while it plays.
+    viewer: gopbus_bus::Viewer,
 }
 
 /// What a player reads: a broadcast as published, or a rendition of it (its
@@ -102,6 +106,7 @@ fn play_target(name: &str) -> Option<(&str, Option<String>)> {
 struct Conn {
     ingest: Arc<Ingest>,
     id: u64,
+    peer: std::net::SocketAddr,
     dec: ChunkDecoder,
     enc: ChunkEncoder,
     out: OutQueue,
@@ -125,6 +130,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), SessionError> {
     stream.set_nodelay(true)?;
+    let peer = stream.peer_addr()?;
     let (mut rd, mut wr) = stream.into_split();
     let leftover = tokio::time::timeout(ingest.config.handshake_timeout, handshake(&mut rd, &mut wr))
         .await
@@ -132,6 +138,7 @@ pub(crate) async fn run(
     let mut rbuf = BytesMut::with_capacity(SMALL_READ_BUF.max(leftover.len()));
     rbuf.extend_from_slice(&leftover);
     let mut conn = Conn {
+        peer,
         dec: ChunkDecoder::new(ingest.config.max_message),
         enc: ChunkEncoder::new(),
         out: OutQueue::default(),
@@ -152,6 +159,9 @@ pub(crate) async fn run(
         Ok(()) => EndReason::PublisherLeft,
         Err(SessionError::Refused(_)) if conn.publishing.as_ref().is_some_and(|p| p.revoked.is_cancelled()) => {
             EndReason::KeyRevoked
+        }
+        Err(SessionError::Refused(_)) if conn.publishing.as_ref().is_some_and(|p| p.kicked.is_cancelled()) => {
+            EndReason::Kicked
         }
         Err(e) => EndReason::Error(e.to_string()),
     };
@@ -244,6 +254,7 @@ impl Conn {
                     let why = match stop {
                         Stop::Revoked => "stream key revoked",
                         Stop::Replaced => "another publisher took over this stream",
+                        Stop::Kicked => "disconnected by the operator",
                     };
                     self.close = Some(Err(SessionError::Refused(why.into())));
                 }
@@ -299,6 +310,11 @@ impl Conn {
 
     fn play_one(&mut self, ev: Event) {
         let Some(playing) = self.playing.as_mut() else { return };
+        match &ev {
+            Event::Frame(f) => playing.viewer.sent(f.payload.len() as u64),
+            Event::Skipped { from, to } => playing.viewer.skipped(to - from),
+            _ => {}
+        }
         if let Some(reason) = playing.egress.handle(ev, &mut self.enc, &mut self.out) {
             tracing::info!(%reason, frames = playing.egress.frames, skipped_gops = playing.egress.skipped_gops, "broadcast ended; closing player");
             // User Control "Stream EOF" (event 1) for our stream.
@@ -478,20 +494,27 @@ impl Conn {
             return Err(SessionError::Refused("publish on a connection that already publishes or plays".into()));
         }
         let publisher = self.ingest.bus.publish(&name);
-        let revoked = CancellationToken::new();
-        self.ingest
-            .live
-            .insert(name.clone(), LivePublisher { key: KeyHash::of(&key), session: self.id, revoked: revoked.clone() });
+        let (revoked, kicked) = (CancellationToken::new(), CancellationToken::new());
+        let live = LivePublisher {
+            key: KeyHash::of(&key),
+            session: self.id,
+            revoked: revoked.clone(),
+            kicked: kicked.clone(),
+            peer: self.peer,
+        };
+        self.ingest.live.insert(name.clone(), live);
         tracing::Span::current().record("broadcast", name.as_str());
         tracing::info!("publishing");
         let (revoked_signal, replaced_signal) = (revoked.clone().cancelled_owned(), publisher.replaced_owned());
+        let kicked_signal = kicked.clone().cancelled_owned();
         let stop = Box::pin(async move {
             tokio::select! {
                 _ = revoked_signal => Stop::Revoked,
                 _ = replaced_signal => Stop::Replaced,
+                _ = kicked_signal => Stop::Kicked,
             }
         });
-        self.publishing = Some(Publishing { media: MediaIngest::new(publisher), name, revoked, stop });
+        self.publishing = Some(Publishing { media: MediaIngest::new(publisher), name, revoked, kicked, stop });
         self.stream_begin();
         self.send_status("status", "NetStream.Publish.Start", "publishing");
         Ok(())
@@ -536,7 +559,8 @@ impl Conn {
                 ],
             },
         );
-        self.playing = Some(Playing { sub, egress: Egress::new(STREAM_ID) });
+        let viewer = self.ingest.bus.audience().join(broadcast, gopbus_bus::Protocol::Rtmp);
+        self.playing = Some(Playing { sub, egress: Egress::new(STREAM_ID), viewer });
         Ok(())
     }
 

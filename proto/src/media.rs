@@ -427,6 +427,8 @@ pub enum EndReason {
     Shutdown,
     /// An error, with a message for the log.
     Error(String),
+    /// An operator disconnected the publisher (the API's kick).
+    Kicked,
 }
 
 impl std::fmt::Display for EndReason {
@@ -436,6 +438,7 @@ impl std::fmt::Display for EndReason {
             Self::KeyRevoked => f.write_str("stream key revoked"),
             Self::Shutdown => f.write_str("server shutting down"),
             Self::Error(e) => write!(f, "error: {e}"),
+            Self::Kicked => f.write_str("publisher kicked"),
         }
     }
 }

@@ -40,6 +40,23 @@ pub(crate) struct Args {
     admin: AdminArgs,
 }
 
+/// The API's view of this node's RTMP publishers.
+struct IngestPublishers(std::sync::Arc<Ingest>);
+
+impl gopbus_control::Publishers for IngestPublishers {
+    fn publisher(&self, name: &str) -> Option<gopbus_control::PublisherInfo> {
+        self.0.publisher(name).map(|p| gopbus_control::PublisherInfo {
+            protocol: "rtmp".into(),
+            peer: p.peer.to_string(),
+            session: p.session,
+        })
+    }
+
+    fn kick(&self, name: &str) -> bool {
+        self.0.kick(name)
+    }
+}
+
 pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     let file = a.common.file()?;
     let data = a.common.data(&file);
@@ -48,7 +65,11 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let quic = a.quic.resolve(&file);
 
     let store = super::open_keys(&data, None).await?;
-    let urls = Urls { host: a.public.resolve(&file), port: rtmp.listen.port() };
+    let urls = Urls(gopbus_control::PublicUrls {
+        host: a.public.resolve(&file),
+        rtmp_port: rtmp.listen.port(),
+        http_port: http_addr.port(),
+    });
     if store.is_empty().await? {
         let (rec, key) = store.create("demo").await?;
         println!("First start: created stream \"demo\". Point OBS (Settings → Stream → Custom) at:");
@@ -56,7 +77,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         println!("(keys are stored hashed: this is the only time this one is shown; `gopbus streams rotate demo` makes a new one)");
     }
     let bus = Bus::new(a.bus.resolve(&file));
-    let ingest = Ingest::new(bus.clone(), store, rtmp.ingest());
+    let ingest = Ingest::new(bus.clone(), store.clone(), rtmp.ingest());
 
     let rtmp_listener =
         tokio::net::TcpListener::bind(rtmp.listen).await.with_context(|| format!("binding RTMP on {}", rtmp.listen))?;
@@ -74,19 +95,32 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
     tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
 
-    let hls = gopbus_hls::Hls::new(a.hls.resolve(&file, &data)?);
+    let hls = gopbus_hls::Hls::with_audience(a.hls.resolve(&file, &data)?, bus.audience().clone());
+    let quic_addr = quic_server.local_addr()?.to_string();
+    let control = gopbus_control::Control::new(
+        gopbus_control::ControlConfig {
+            admin_token: admin.clone(),
+            urls: urls.0.clone(),
+            node: gopbus_control::NodeInfo { id: quic_addr.clone(), quic: Some(quic_addr) },
+        },
+        store,
+        bus.clone(),
+        Some(std::sync::Arc::new(IngestPublishers(ingest.clone()))),
+        vec![gopbus_hls::Hls::api_doc()],
+    );
     let webrtc = gopbus_webrtc::WebRtc::new(a.webrtc.resolve(&file)?, bus.clone());
     let transcoder = a.transcode.resolve(&file)?.map(|config| {
         let leases = std::sync::Arc::new(gopbus_bus::lease::LocalLeases::default());
         gopbus_transcode::Transcoder::new(config, "serve", leases)
     });
-    let mut routers = vec![hls.router(), hls.api(&admin), webrtc.router()];
+    let mut routers = vec![hls.router(), hls.api(&admin), webrtc.router(), control.router()];
     routers.extend(transcoder.as_ref().map(gopbus_transcode::Transcoder::router));
     let http_task = tokio::spawn(crate::http::serve(http, routers, shutdown.clone()));
     // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
     let hls_stop = CancellationToken::new();
     let hls_task = tokio::spawn(hls.run(bus.clone(), hls_stop.clone()));
     let webrtc_task = tokio::spawn(webrtc.run(shutdown.clone()));
+    let control_task = tokio::spawn(control.run(shutdown.clone()));
     let transcode_task = transcoder.map(|t| tokio::spawn(t.run(bus.clone(), shutdown.clone())));
     let keys_task = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
     let rtmp_task = tokio::spawn(ingest.clone().run(rtmp_listener, shutdown.clone()));
@@ -102,6 +136,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         let _ = t.await;
     }
     let _ = keys_task.await;
+    let _ = control_task.await;
     let _ = quic_task.await;
     if let Ok(Err(e)) = http_task.await {
         tracing::warn!(error = %e, "http server error");

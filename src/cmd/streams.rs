@@ -21,6 +21,9 @@ pub(crate) struct Args {
     /// RTMP port to print in publish and play URLs.
     #[arg(long, env = "GOPBUS_PUBLIC_RTMP_PORT", default_value_t = 1935, global = true)]
     rtmp_port: u16,
+    /// HTTP port to print in WHEP, HLS and watch-page URLs.
+    #[arg(long, env = "GOPBUS_PUBLIC_HTTP_PORT", default_value_t = 8080, global = true)]
+    http_port: u16,
 }
 
 #[derive(clap::Subcommand)]
@@ -35,45 +38,33 @@ enum Action {
     Rotate { name: String },
 }
 
-/// Where publishers and players connect.
-pub(crate) struct Urls {
-    pub(crate) host: String,
-    pub(crate) port: u16,
-}
-
-impl Urls {
-    fn server(&self) -> String {
-        format!("rtmp://{}:{}/live", self.host, self.port)
-    }
-    fn play(&self, name: &str) -> String {
-        format!("rtmp://{}:{}/live/{name}", self.host, self.port)
-    }
-}
+/// Where publishers and players connect (the API's URLs, the same fields).
+pub(crate) struct Urls(pub(crate) gopbus_control::PublicUrls);
 
 /// Prints a new key with the settings for OBS and ffmpeg.
 pub(crate) fn print_created(name: &str, key: &str, urls: &Urls, json: bool) {
+    let c = urls.0.created(name, key);
     if json {
-        let v = serde_json::json!({
-            "name": name,
-            "key": key,
-            "publish_url": urls.server(),
-            "publish_full_url": format!("{}/{key}", urls.server()),
-            "play_url": urls.play(name),
-        });
-        println!("{v}");
+        println!("{}", serde_json::to_string(&c).unwrap_or_default());
     } else {
         println!("stream:      {name}");
         println!("stream key:  {key}   (secret: anyone with it can publish)");
-        println!("OBS server:  {}", urls.server());
-        println!("ffmpeg:      ffmpeg -re -i INPUT -c copy -f flv {}/{key}", urls.server());
-        println!("play:        {}", urls.play(name));
+        println!("OBS server:  {}", c.urls.publish_url);
+        println!("ffmpeg:      ffmpeg -re -i INPUT -c copy -f flv {}", c.publish_full_url);
+        println!("play:        {} (RTMP)", c.urls.play_url);
+        println!("             {} (browser)", c.urls.watch_url);
+        println!("             {} (HLS)", c.urls.hls_url);
     }
 }
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     let file = a.common.file()?;
     let keys = super::open_keys(&a.common.data(&file), a.redis.resolve(&file).as_deref()).await?;
-    let urls = Urls { host: a.public.resolve(&file), port: a.rtmp_port };
+    let urls = Urls(gopbus_control::PublicUrls {
+        host: a.public.resolve(&file),
+        rtmp_port: a.rtmp_port,
+        http_port: a.http_port,
+    });
     manage(a.action, &keys, a.json, &urls).await
 }
 
@@ -88,12 +79,21 @@ async fn manage(action: Action, store: &Keys, json: bool, urls: &Urls) -> anyhow
             if json {
                 let v: Vec<_> = list
                     .iter()
-                    .map(|r| serde_json::json!({"name": r.name, "created_at": r.created_at, "rotated_at": r.rotated_at, "play_url": urls.play(&r.name)}))
+                    .map(|r| {
+                        let mut v =
+                            serde_json::json!({"name": r.name, "created_at": r.created_at, "rotated_at": r.rotated_at});
+                        if let (Some(o), Ok(serde_json::Value::Object(u))) =
+                            (v.as_object_mut(), serde_json::to_value(urls.0.of(&r.name)))
+                        {
+                            o.extend(u);
+                        }
+                        v
+                    })
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 for r in list {
-                    println!("{}\t{}", r.name, urls.play(&r.name));
+                    println!("{}\t{}", r.name, urls.0.of(&r.name).play_url);
                 }
             }
         }

@@ -248,7 +248,7 @@ impl BusClient {
         let cancel = CancellationToken::new();
         let (conn, control, c) = (self.conn.clone(), self.control.clone(), cancel.clone());
         let task = tokio::spawn(async move {
-            if let Err(e) = send_broadcast(conn, id, sub, control, c).await {
+            if let Err(e) = send_broadcast(conn, id, sub, control, c, None).await {
                 tracing::info!(broadcast = %name, error = %e, "publishing to the bus stopped");
             }
         });

@@ -32,12 +32,14 @@ struct Open {
 
 /// Sends `sub`'s broadcast on `conn` as request `id` until it ends, the peer
 /// goes away or `cancel` fires. The end (with its reason) goes to `control`.
+/// A `viewer` (a remote subscriber) is told the bytes sent and GoPs skipped.
 pub(crate) async fn send_broadcast(
     conn: quinn::Connection,
     id: u64,
     mut sub: Subscriber,
     control: mpsc::Sender<Control>,
     cancel: CancellationToken,
+    viewer: Option<crate::Viewer>,
 ) -> Result<(), QuicError> {
     let mut current: Vec<Open> = Vec::new();
     // Finished GoPs whose data may still be in flight, oldest first.
@@ -89,10 +91,14 @@ pub(crate) async fn send_broadcast(
                         }
                     }
                 };
+                let len = frame.payload.len() as u64;
                 tokio::select! {
                     r = write => {
                         r?;
                         index += 1;
+                        if let Some(v) = &viewer {
+                            v.sent(len);
+                        }
                     }
                     () = stale => {
                         for mut o in current.drain(..) {
@@ -100,12 +106,18 @@ pub(crate) async fn send_broadcast(
                         }
                         abandoned = true;
                         skipped += 1;
+                        if let Some(v) = &viewer {
+                            v.skipped(1);
+                        }
                         tracing::debug!(id, "remote subscriber fell behind; stale GoP abandoned");
                     }
                 }
             }
             Event::Skipped { from, to } => {
                 skipped += to - from;
+                if let Some(v) = &viewer {
+                    v.skipped(to - from);
+                }
                 tracing::debug!(id, from, to, "remote subscriber fell behind; stale GoP streams reset");
                 for mut o in current.drain(..) {
                     let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));

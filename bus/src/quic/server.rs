@@ -337,7 +337,8 @@ async fn serve_subscription(
     let sub = shared.bus.subscribe(&broadcast, SubscribeOptions { start, max_lag: None });
     tracing::info!(broadcast = %broadcast, id, "remote subscriber attached");
     let _ = control.send(Control::Ok { id }).await;
-    if let Err(e) = send_broadcast(conn, id, sub, control, cancel).await {
+    let viewer = shared.bus.audience().join(&broadcast, crate::Protocol::Quic);
+    if let Err(e) = send_broadcast(conn, id, sub, control, cancel, Some(viewer)).await {
         tracing::debug!(broadcast = %broadcast, error = %e, "remote subscriber gone");
     }
 }

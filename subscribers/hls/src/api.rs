@@ -9,20 +9,19 @@
 //! Both need `Authorization: Bearer ADMIN_TOKEN`; anything else gets 401 with
 //! a JSON error.
 
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Json;
-use subtle::ConstantTimeEq;
+use gopbus_control::{json_error as error, AdminToken};
 
 use crate::Hls;
 
 /// One recorded session, as the API lists it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Recording {
     /// The broadcast's name.
     pub name: String,
@@ -47,35 +46,18 @@ pub struct Recording {
 #[derive(Clone)]
 struct Api {
     hls: Hls,
-    token: Arc<str>,
+    token: AdminToken,
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
-}
-
-impl Api {
-    /// `None` when the request carries the admin token; the 401 otherwise.
-    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if bool::from(given.as_bytes().ct_eq(self.token.as_bytes())) {
-            None
-        } else {
-            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer TOKEN)");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            Some(r)
-        }
-    }
-}
+/// The recordings API's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, remove), tags((name = "recordings", description = "Recorded broadcast sessions (HLS VOD)")))]
+pub(crate) struct RecordingsDoc;
 
 impl Hls {
     /// The recordings API, behind `admin_token`.
     pub fn api(&self, admin_token: &str) -> axum::Router {
-        let api = Api { hls: self.clone(), token: admin_token.into() };
+        let api = Api { hls: self.clone(), token: AdminToken::new(admin_token) };
         axum::Router::new()
             .route("/api/v1/recordings", get(list))
             .route("/api/v1/recordings/{name}/{session}", delete(remove))
@@ -112,8 +94,17 @@ impl Hls {
     }
 }
 
+/// Every recorded session (of one broadcast, with `name`), newest first.
+#[utoipa::path(
+    get, path = "/api/v1/recordings", tag = "recordings", security(("admin" = [])),
+    params(("name" = Option<String>, Query, description = "Only this broadcast's recordings")),
+    responses(
+        (status = 200, description = "The recordings, newest first", body = [Recording]),
+        (status = 401, description = "Missing or wrong admin token", body = gopbus_control::ApiError),
+    )
+)]
 async fn list(State(api): State<Api>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    if let Some(r) = api.refuse(&headers) {
+    if let Err(r) = api.token.check(&headers) {
         return r;
     }
     let name = query.as_deref().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("name="))).map(str::to_owned);
@@ -124,8 +115,22 @@ async fn list(State(api): State<Api>, RawQuery(query): RawQuery, headers: Header
     }
 }
 
+/// Deletes a finished recording (its playlist and media).
+#[utoipa::path(
+    delete, path = "/api/v1/recordings/{name}/{session}", tag = "recordings", security(("admin" = [])),
+    params(
+        ("name" = String, Path, description = "The broadcast's name"),
+        ("session" = String, Path, description = "The session (its start in ms since the Unix epoch)"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or wrong admin token", body = gopbus_control::ApiError),
+        (status = 404, description = "No such recording", body = gopbus_control::ApiError),
+        (status = 409, description = "Still being recorded", body = gopbus_control::ApiError),
+    )
+)]
 async fn remove(State(api): State<Api>, Path((name, session)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Some(r) = api.refuse(&headers) {
+    if let Err(r) = api.token.check(&headers) {
         return r;
     }
     if !crate::server::plain(&name) || !crate::server::plain(&session) {

@@ -55,14 +55,14 @@ mod segmenter;
 mod server;
 mod upload;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use gopbus_bus::node::{Backoff, Remote, ResubscribeConfig, Resubscriber};
-use gopbus_bus::{Announcement, Bus, BusConfig, SubscribeOptions};
+use gopbus_bus::{Announcement, Audience, Bus, BusConfig, Protocol, SubscribeOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -143,11 +143,30 @@ struct Inner {
     /// When the `max_waiting` limit last said so in the log (ms since the Unix epoch).
     waiting_logged: std::sync::atomic::AtomicU64,
     uploader: Option<Arc<upload::Uploader>>,
+    /// Where viewers (recent clients) and bytes served are counted.
+    audience: Audience,
+    /// When each client last fetched something of a live broadcast, at most
+    /// [`MAX_CLIENTS`] entries.
+    clients: Mutex<HashMap<(String, std::net::IpAddr), std::time::Instant>>,
+    /// The broadcasts whose viewers were set last time (set to 0 once they end).
+    counted: Mutex<HashSet<String>>,
 }
 
+/// Clients remembered for the viewer count (past it, new ones are not counted).
+const MAX_CLIENTS: usize = 100_000;
+/// A client that fetched nothing for this long is no longer a viewer.
+const CLIENT_GONE: Duration = Duration::from_secs(10);
+
 impl Hls {
-    /// An HLS subscriber with `config`.
+    /// An HLS subscriber with `config`, counting its audience on its own.
     pub fn new(config: HlsConfig) -> Self {
+        Self::with_audience(config, Audience::default())
+    }
+
+    /// An HLS subscriber with `config` that counts its viewers (distinct
+    /// client addresses that fetched a broadcast's playlists or media in the
+    /// last 10 s) and the bytes it serves in `audience` (the node bus's).
+    pub fn with_audience(config: HlsConfig, audience: Audience) -> Self {
         let waiting = Arc::new(tokio::sync::Semaphore::new(config.max_waiting));
         let uploader = config.s3.clone().map(|t| Arc::new(upload::Uploader::new(t, config.recordings.clone())));
         let inner = Inner {
@@ -157,8 +176,16 @@ impl Hls {
             waiting,
             waiting_logged: 0.into(),
             uploader,
+            audience,
+            clients: Mutex::default(),
+            counted: Mutex::default(),
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// The OpenAPI document of [`api`](Self::api)'s routes.
+    pub fn api_doc() -> utoipa::openapi::OpenApi {
+        <api::RecordingsDoc as utoipa::OpenApi>::openapi()
     }
 
     /// The settings.
@@ -186,6 +213,7 @@ impl Hls {
                 _ = shutdown.cancelled() => break,
                 _ = retention.tick() => {
                     self.off_runtime(Self::enforce_limits).await;
+                    self.count_viewers();
                     continue;
                 }
                 a = announcements.next() => a,
@@ -238,6 +266,7 @@ impl Hls {
                     _ = shutdown.cancelled() => break 'connect,
                     _ = retention.tick() => {
                         self.off_runtime(Self::enforce_limits).await;
+                        self.count_viewers();
                         continue;
                     }
                     a = watch.next() => a,
@@ -296,6 +325,47 @@ impl Hls {
         if let Some(u) = &self.inner.uploader {
             u.mark(dir);
         }
+    }
+
+    /// A client at `ip` fetched `bytes` of live broadcast `name` (`None`: not
+    /// counted, the request was refused or is not about a live broadcast).
+    pub(crate) fn served(&self, name: &str, ip: Option<std::net::IpAddr>, bytes: u64) {
+        if !self.inner.live.contains_key(name) {
+            return;
+        }
+        self.inner.audience.sent(name, Protocol::Hls, bytes);
+        let Some(ip) = ip else { return };
+        let mut clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if let Some(seen) = clients.get_mut(&(name.to_owned(), ip)) {
+            *seen = now;
+        } else if clients.len() < MAX_CLIENTS {
+            clients.insert((name.to_owned(), ip), now);
+        }
+    }
+
+    /// Sets each broadcast's HLS viewers (clients seen lately) in the audience
+    /// and forgets clients gone quiet.
+    fn count_viewers(&self) {
+        let mut per: HashMap<String, u64> = HashMap::new();
+        {
+            let mut clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
+            clients.retain(|_, seen| seen.elapsed() < CLIENT_GONE);
+            for (name, _) in clients.keys() {
+                *per.entry(name.clone()).or_default() += 1;
+            }
+        }
+        // Renditions and audio groups (`NAME/480p`) count for their broadcast.
+        let live: HashSet<String> =
+            self.inner.live.iter().map(|e| e.key().clone()).filter(|k| !k.contains('/')).collect();
+        let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in counted.difference(&live) {
+            self.inner.audience.set_viewers(gone, Protocol::Hls, 0);
+        }
+        for name in &live {
+            self.inner.audience.set_viewers(name, Protocol::Hls, per.get(name).copied().unwrap_or(0));
+        }
+        *counted = live;
     }
 
     /// Marks `name` as being segmented; false if it already is.

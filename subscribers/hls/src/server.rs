@@ -26,7 +26,26 @@ pub(crate) fn router(hls: Hls) -> axum::Router {
         .route("/hls/{name}/r/{rendition}/index.m3u8", get(rendition_playlist))
         .route("/hls/{name}/r/{rendition}/{session}/{file}", get(rendition_file))
         .route("/recordings/{name}/{session}/{file}", get(recorded_file))
+        .layer(axum::middleware::from_fn_with_state(hls.clone(), count))
         .with_state(hls)
+}
+
+/// Counts a live broadcast's HLS clients and the bytes served to them.
+async fn count(State(hls): State<Hls>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let name = request.uri().path().strip_prefix("/hls/").and_then(|p| p.split('/').next()).map(str::to_owned);
+    let ip = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let response = next.run(request).await;
+    if let Some(name) = name.filter(|_| response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED)
+    {
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| axum::body::HttpBody::size_hint(response.body()).exact())
+            .unwrap_or(0);
+        hls.served(&name, ip, bytes);
+    }
+    response
 }
 
 /// A response with its type, caching and ETag; 304 when the client has it.

@@ -612,12 +612,13 @@ impl WebRtc {
         let answer = v.answer.clone();
         let pc = v.pc.clone();
         let (sub, slot) = room.join();
+        let counted = inner.bus.audience().join(name, gopbus_bus::Protocol::WebRtc);
         let this = self.clone();
         let sid = id.clone();
         tracing::info!(broadcast = %name, session = %id, video = ?room.video_state(), "WebRTC viewer joined");
         inner.tasks.spawn(async move {
             let started = std::time::Instant::now();
-            let (left, skipped) = viewer::run(v, room.clone(), sub, slot, stop).await;
+            let (left, skipped) = viewer::run(v, room.clone(), sub, (slot, counted), stop).await;
             this.inner.viewers.fetch_sub(1, Ordering::AcqRel);
             this.inner.sessions.remove(&sid);
             tracing::info!(broadcast = %room.name(), session = %sid, reason = %left, skipped_gops = skipped,

@@ -278,12 +278,13 @@ fn ntp_now() -> u64 {
 }
 
 /// Sends the room to the viewer until it leaves, the broadcast ends or
-/// `stop` fires. Returns why it stopped and how many GoPs it skipped.
+/// `stop` fires; what it sends and skips is counted on `counted` (the node's
+/// audience). Returns why it stopped and how many GoPs it skipped.
 pub(crate) async fn run(
     viewer: Viewer,
     room: Arc<Room>,
     mut sub: Subscriber,
-    slot: ViewerSlot,
+    (slot, counted): (ViewerSlot, gopbus_bus::Viewer),
     stop: CancellationToken,
 ) -> (Left, u64) {
     let Viewer { pc, video, audio, mut state, .. } = viewer;
@@ -383,6 +384,7 @@ pub(crate) async fn run(
                         if video.0.write_rtp(v.packet(p.clone(), ts, i == last)).await.is_err() {
                             break;
                         }
+                        counted.sent(p.len() as u64);
                     }
                     // Steady state only: not while catching up after a join or a skip.
                     live_frames = if behind { 0 } else { live_frames + 1 };
@@ -397,12 +399,15 @@ pub(crate) async fn run(
                     }
                     let Some(ts) = clock.audio(f.header.dts) else { continue };
                     if let Some(p) = f.payload.parts().first() {
-                        let _ = audio.0.write_rtp(a.packet(p.clone(), ts, false)).await;
+                        if audio.0.write_rtp(a.packet(p.clone(), ts, false)).await.is_ok() {
+                            counted.sent(p.len() as u64);
+                        }
                     }
                 }
             }
             Event::Skipped { from, to } => {
                 skipped += 1;
+                counted.skipped(1);
                 room.skips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(broadcast = %room.name(), from, to, "WebRTC viewer fell behind; skipped to the newest keyframe");
             }

@@ -17,6 +17,8 @@ use crate::StoreError;
 pub struct KeyStore {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Changes made through this store (SQLite's `data_version` counts only other connections').
+    writes: std::sync::atomic::AtomicI64,
 }
 
 /// The database file name inside the data directory.
@@ -38,7 +40,7 @@ impl KeyStore {
                 rotated_at INTEGER
             );",
         )?;
-        Ok(Self { conn: Mutex::new(conn), path })
+        Ok(Self { conn: Mutex::new(conn), path, writes: 0.into() })
     }
 
     /// The database file.
@@ -92,7 +94,10 @@ impl KeyStore {
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
         match self.conn().execute("DELETE FROM streams WHERE name = ?1", [name])? {
             0 => Err(StoreError::NotFound(name.to_owned())),
-            _ => Ok(()),
+            _ => {
+                self.wrote();
+                Ok(())
+            }
         }
     }
 
@@ -106,6 +111,7 @@ impl KeyStore {
         if n == 0 {
             return Err(StoreError::NotFound(name.to_owned()));
         }
+        self.wrote();
         Ok(key)
     }
 
@@ -122,10 +128,16 @@ impl KeyStore {
             .optional()?)
     }
 
-    /// Changes whenever another connection (another process) commits to the
-    /// database: a cheap way to learn that keys may have changed.
+    /// Changes whenever keys may have changed: another connection (another
+    /// process) committed to the database, or this store rotated or deleted
+    /// one (the API in this process).
     pub fn data_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn().pragma_query_value(None, "data_version", |r| r.get(0))?)
+        let others: i64 = self.conn().pragma_query_value(None, "data_version", |r| r.get(0))?;
+        Ok(others.wrapping_add(self.writes.load(std::sync::atomic::Ordering::Acquire)))
+    }
+
+    fn wrote(&self) {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Whether there are no streams at all.
@@ -182,6 +194,20 @@ mod tests {
         let cli = KeyStore::open(&dir).unwrap();
         cli.create("bob").unwrap();
         assert_ne!(server.data_version().unwrap(), v0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn its_own_rotations_and_deletions_change_data_version_too() {
+        let dir = tmp();
+        let server = KeyStore::open(&dir).unwrap();
+        server.create("bob").unwrap();
+        let v0 = server.data_version().unwrap();
+        server.rotate("bob").unwrap();
+        let v1 = server.data_version().unwrap();
+        assert_ne!(v1, v0, "a rotation through the API's own connection");
+        server.delete("bob").unwrap();
+        assert_ne!(server.data_version().unwrap(), v1);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,0 +1,138 @@
+//! The control plane of a gopbus node: the REST API that a platform drives
+//! gopbus with, and its OpenAPI document.
+//!
+//! # Role
+//!
+//! [`Control::router`] serves, behind `Authorization: Bearer ADMIN_TOKEN`:
+//!
+//! - `/api/v1/streams` — create, list, get, rotate the key of, delete streams
+//!   (the key store: SQLite or Redis, [`gopbus_store::Keys`]); a new key comes
+//!   with the publish URL and every playback URL ([`StreamUrls`]);
+//! - `/api/v1/broadcasts[/NAME]` — what is live on this node: tracks and
+//!   codecs, resolution, frame rate, bit rate in, viewers and bytes out per
+//!   protocol (from the bus's [`Audience`](gopbus_bus::Audience)), GoPs
+//!   skipped; `DELETE /api/v1/broadcasts/NAME/publisher[?revoke=true]` kicks
+//!   the publisher;
+//!
+//! and, without a token, `GET /api/v1/openapi.json`, generated from these
+//! handlers with `utoipa` (plus what other parts add: the recordings API).
+//!
+//! # Contract
+//!
+//! - A client mistake is a 4xx with a JSON body `{"error": "…"}` saying what
+//!   is wrong (malformed or unknown JSON fields, a bad name, a body over
+//!   16 KiB, a wrong token → 401); a 500 only for a store that fails.
+//! - Nothing here runs per frame: rates come from the bus's counters, sampled
+//!   once a second by [`Control::run`].
+
+mod api;
+mod auth;
+mod broadcasts;
+mod openapi;
+mod streams;
+
+pub use api::Error as ApiError;
+pub use auth::{json_error, AdminToken};
+pub use broadcasts::{Broadcast, NodeInfo, PublisherInfo, Track, VideoInfo, ViewerCounts};
+pub use openapi::ApiDoc;
+pub use streams::{CreateStream, Stream, StreamCreated, StreamUrls};
+
+use std::sync::Arc;
+
+use gopbus_bus::Bus;
+use gopbus_store::Keys;
+use tokio_util::sync::CancellationToken;
+
+/// Where publishers and players reach this node: the host and ports printed
+/// in URLs.
+#[derive(Debug, Clone)]
+pub struct PublicUrls {
+    /// Host name (`--public-host`).
+    pub host: String,
+    /// RTMP port.
+    pub rtmp_port: u16,
+    /// HTTP port (WHEP, HLS, the watch page).
+    pub http_port: u16,
+}
+
+/// What the broadcasts API may do to a live publisher on this node.
+pub trait Publishers: Send + Sync {
+    /// The publisher of `name` on this node, if any.
+    fn publisher(&self, name: &str) -> Option<PublisherInfo>;
+    /// Disconnects the publisher of `name`; false if it has none on this node.
+    fn kick(&self, name: &str) -> bool;
+}
+
+/// Settings of the control plane.
+#[derive(Clone)]
+pub struct ControlConfig {
+    /// The admin token the API asks for.
+    pub admin_token: String,
+    /// Host and ports printed in URLs.
+    pub urls: PublicUrls,
+    /// This node, as the broadcasts API names it.
+    pub node: NodeInfo,
+}
+
+/// The control plane of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ControlConfig,
+    token: AdminToken,
+    keys: Keys,
+    bus: Bus,
+    publishers: Option<Arc<dyn Publishers>>,
+    rates: broadcasts::Rates,
+    openapi: utoipa::openapi::OpenApi,
+}
+
+impl Control {
+    /// The control plane over `keys` and `bus`; `publishers` (ingest) answers
+    /// for RTMP publishers; `more_api` is merged into the OpenAPI document
+    /// (the routes other parts mount under `/api/v1`).
+    pub fn new(
+        config: ControlConfig,
+        keys: Keys,
+        bus: Bus,
+        publishers: Option<Arc<dyn Publishers>>,
+        more_api: Vec<utoipa::openapi::OpenApi>,
+    ) -> Self {
+        let mut openapi = <ApiDoc as utoipa::OpenApi>::openapi();
+        for more in more_api {
+            openapi.merge(more);
+        }
+        let token = AdminToken::new(&config.admin_token);
+        let inner = Inner { config, token, keys, bus, publishers, rates: broadcasts::Rates::default(), openapi };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The HTTP routes (`/api/v1/…`).
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// The OpenAPI document served at `/api/v1/openapi.json`.
+    pub fn openapi(&self) -> &utoipa::openapi::OpenApi {
+        &self.inner.openapi
+    }
+
+    /// Samples the bus's counters once a second (for bit and frame rates) and
+    /// forgets the audience of broadcasts long gone, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let inner = &self.inner;
+            inner.rates.sample(&inner.bus.broadcasts());
+            inner.bus.audience().prune(|name| inner.bus.is_live(name));
+        }
+    }
+}
