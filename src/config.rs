@@ -69,6 +69,9 @@ pub(crate) struct File {
     pub(crate) hls_part: Option<f64>,
     pub(crate) hls_max_waiting: Option<usize>,
     pub(crate) hls_opus: Option<bool>,
+    pub(crate) webhook_url: Option<Vec<String>>,
+    pub(crate) webhook_secret: Option<String>,
+    pub(crate) webhook_retry_for: Option<u64>,
     pub(crate) recordings_max_bytes: Option<u64>,
     pub(crate) recordings_max: Option<usize>,
     pub(crate) s3_bucket: Option<String>,
@@ -256,6 +259,49 @@ pub(crate) struct AdminArgs {
     /// [default: made on first start, kept in DATA/admin-token].
     #[arg(long, env = "GOPBUS_ADMIN_TOKEN", hide_env_values = true)]
     pub(crate) admin_token: Option<String>,
+}
+
+/// Webhooks: where events go and how they are signed.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct WebhookArgs {
+    /// POST stream.started, stream.ended and recording.ready here (repeatable; env: comma-separated) [default: none].
+    #[arg(long, env = "GOPBUS_WEBHOOK_URL", value_delimiter = ',')]
+    pub(crate) webhook_url: Vec<String>,
+    /// Signing secret, whsec_ + base64 (Standard Webhooks) [default: made on first use, kept in DATA/webhook-secret].
+    #[arg(long, env = "GOPBUS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub(crate) webhook_secret: Option<String>,
+    /// Seconds an event is retried before it is given up [default: 86400].
+    #[arg(long, env = "GOPBUS_WEBHOOK_RETRY_FOR")]
+    pub(crate) webhook_retry_for: Option<u64>,
+}
+
+impl WebhookArgs {
+    /// The webhook settings, or `None` without a URL.
+    pub(crate) fn resolve(&self, f: &File, data: &Path) -> anyhow::Result<Option<gopbus_control::WebhookConfig>> {
+        let urls = if self.webhook_url.is_empty() {
+            f.webhook_url.clone().unwrap_or_default()
+        } else {
+            self.webhook_url.clone()
+        };
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        for u in &urls {
+            anyhow::ensure!(
+                u.starts_with("http://") || u.starts_with("https://"),
+                "--webhook-url {u:?}: expected http:// or https://"
+            );
+        }
+        let secret =
+            crate::node::webhook_secret(self.webhook_secret.clone().or_else(|| f.webhook_secret.clone()), data)?;
+        let key =
+            gopbus_control::webhooks::decode_secret(&secret).map_err(|e| anyhow::anyhow!("--webhook-secret: {e}"))?;
+        let mut config = gopbus_control::WebhookConfig::new(urls, key, data);
+        if let Some(secs) = self.webhook_retry_for.or(f.webhook_retry_for) {
+            config.retry_for = Duration::from_secs(secs.max(1));
+        }
+        Ok(Some(config))
+    }
 }
 
 impl AdminArgs {

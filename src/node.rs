@@ -25,9 +25,35 @@ pub(crate) fn admin_token(given: Option<String>, data: &Path) -> anyhow::Result<
     Ok(token)
 }
 
+/// The webhook signing secret: given, or made once (`whsec_` + base64 of 32
+/// random bytes, as the Standard Webhooks libraries take it) and kept in
+/// `DATA/webhook-secret` (then printed, the only time it is shown).
+pub(crate) fn webhook_secret(given: Option<String>, data: &Path) -> anyhow::Result<String> {
+    let path = data.join("webhook-secret");
+    let (secret, made) = secret_made_by(given, &path, || Ok(gopbus_control::webhooks::new_secret()))?;
+    if made {
+        println!("Webhooks: signing secret {secret} (kept in {})", path.display());
+    }
+    Ok(secret)
+}
+
 /// A token: given, read from `path`, or made (128 random bits) and written
 /// there, readable by the owner only.
 fn secret(given: Option<String>, path: &Path) -> anyhow::Result<(String, bool)> {
+    secret_made_by(given, path, || {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+        Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    })
+}
+
+/// A secret: given, read from `path`, or made by `make` and written there,
+/// readable by the owner only. The flag says whether it was just made.
+fn secret_made_by(
+    given: Option<String>,
+    path: &Path,
+    make: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<(String, bool)> {
     if let Some(t) = given {
         return Ok((t, false));
     }
@@ -37,9 +63,7 @@ fn secret(given: Option<String>, path: &Path) -> anyhow::Result<(String, bool)> 
             return Ok((t, false));
         }
     }
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token = make()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::streams::{print_created, Urls};
 use crate::config::{
     AdminArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs, TranscodeArgs,
-    WebRtcArgs,
+    WebRtcArgs, WebhookArgs,
 };
 use crate::node::{admin_token, bind_server, bus_token};
 
@@ -38,6 +38,8 @@ pub(crate) struct Args {
     transcode: TranscodeArgs,
     #[command(flatten)]
     admin: AdminArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
 }
 
 /// The API's view of this node's RTMP publishers.
@@ -96,6 +98,15 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(rtmp = %rtmp_listener.local_addr()?, http = %http.local_addr()?, quic = %quic_server.local_addr()?, data = %data.display(), "gopbus serving");
 
     let hls = gopbus_hls::Hls::with_audience(a.hls.resolve(&file, &data)?, bus.audience().clone());
+    let webhooks = match a.webhooks.resolve(&file, &data)? {
+        Some(config) => {
+            let urls = config.urls.clone();
+            let w = gopbus_control::Webhooks::open(config)?;
+            tracing::info!(?urls, "webhooks on");
+            Some(w)
+        }
+        None => None,
+    };
     let quic_addr = quic_server.local_addr()?.to_string();
     let control = gopbus_control::Control::new(
         gopbus_control::ControlConfig {
@@ -106,6 +117,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         store,
         bus.clone(),
         Some(std::sync::Arc::new(IngestPublishers(ingest.clone()))),
+        webhooks.clone(),
         vec![gopbus_hls::Hls::api_doc()],
     );
     let webrtc = gopbus_webrtc::WebRtc::new(a.webrtc.resolve(&file)?, bus.clone());
@@ -116,6 +128,13 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let mut routers = vec![hls.router(), hls.api(&admin), webrtc.router(), control.router()];
     routers.extend(transcoder.as_ref().map(gopbus_transcode::Transcoder::router));
     let http_task = tokio::spawn(crate::http::serve(http, routers, shutdown.clone()));
+    // Its own token: it goes on until ingest and HLS have ended the broadcasts
+    // and closed the recordings, so their events reach the outbox.
+    let webhooks_stop = CancellationToken::new();
+    let webhooks_task = webhooks.map(|w| {
+        let recordings = Some(hls.recordings_ready());
+        tokio::spawn(w.run(bus.clone(), recordings, webhooks_stop.clone()))
+    });
     // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
     let hls_stop = CancellationToken::new();
     let hls_task = tokio::spawn(hls.run(bus.clone(), hls_stop.clone()));
@@ -131,6 +150,10 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let _ = rtmp_task.await;
     hls_stop.cancel();
     let _ = hls_task.await;
+    webhooks_stop.cancel();
+    if let Some(t) = webhooks_task {
+        let _ = t.await;
+    }
     let _ = webrtc_task.await;
     if let Some(t) = transcode_task {
         let _ = t.await;

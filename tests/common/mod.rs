@@ -107,7 +107,12 @@ impl Server {
     }
 
     pub fn start_with(tag: &str, extra: &[&str]) -> Self {
-        let data = tmpdir(tag);
+        Self::start_in(tmpdir(tag), extra)
+    }
+
+    /// A server on data directory `data` (a restart keeps what is there; the
+    /// logs are appended to).
+    pub fn start_in(data: PathBuf, extra: &[&str]) -> Self {
         let rtmp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let quic: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -119,8 +124,8 @@ impl Server {
             .arg(&data)
             .args(extra)
             .env("RUST_LOG", "info,gopbus_ingest=debug")
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::fs::File::options().create(true).append(true).open(&stdout).unwrap())
+            .stderr(std::fs::File::options().create(true).append(true).open(&log).unwrap())
             .spawn()
             .expect("spawning gopbus serve");
         let server = Self { proc: Proc::new(child), rtmp, http, quic, data, log, stdout };

@@ -31,8 +31,57 @@ pub(crate) fn router(control: Control) -> axum::Router {
         .route("/api/v1/broadcasts", get(broadcasts::list))
         .route("/api/v1/broadcasts/{name}", get(broadcasts::get_one))
         .route("/api/v1/broadcasts/{name}/publisher", delete(broadcasts::kick))
+        .route("/api/v1/webhooks/deliveries", get(deliveries))
         .route("/api/v1/openapi.json", get(openapi))
         .with_state(control)
+}
+
+/// Query of the deliveries list.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeliveriesQuery {
+    stream: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The webhook outbox, newest first: each event per endpoint, with its state and attempts.
+#[utoipa::path(
+    get, path = "/api/v1/webhooks/deliveries", tag = "webhooks", security(("admin" = [])),
+    params(
+        ("stream" = Option<String>, Query, description = "Only this stream's events"),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "Deliveries, newest first", body = [crate::webhooks::Delivery]),
+        (status = 400, description = "Bad query", body = Error),
+        (status = 401, description = "Missing or wrong admin token", body = Error),
+        (status = 404, description = "Webhooks are not configured", body = Error),
+    )
+)]
+pub(crate) async fn deliveries(
+    State(c): State<Control>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = c.inner.token.check(&headers) {
+        return r;
+    }
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("bad query: {}", e.body_text())),
+    };
+    let Some(webhooks) = c.inner.webhooks.clone() else {
+        return json_error(StatusCode::NOT_FOUND, "no webhooks are configured (--webhook-url)");
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    match tokio::task::spawn_blocking(move || webhooks.deliveries(q.stream.as_deref(), limit)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "API: the webhook outbox failed");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "the webhook outbox failed")
+        }
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "the webhook outbox failed"),
+    }
 }
 
 async fn openapi(State(c): State<Control>) -> Response {

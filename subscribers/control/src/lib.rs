@@ -8,6 +8,9 @@
 //! - `/api/v1/streams` — create, list, get, rotate the key of, delete streams
 //!   (the key store: SQLite or Redis, [`gopbus_store::Keys`]); a new key comes
 //!   with the publish URL and every playback URL ([`StreamUrls`]);
+//! - `/api/v1/webhooks/deliveries[?stream=NAME&limit=N]` — the webhook
+//!   outbox: every event per endpoint, pending, delivered or given up, with
+//!   its attempts ([`webhooks`]);
 //! - `/api/v1/broadcasts[/NAME]` — what is live on this node: tracks and
 //!   codecs, resolution, frame rate, bit rate in, viewers and bytes out per
 //!   protocol (from the bus's [`Audience`](gopbus_bus::Audience)), GoPs
@@ -30,12 +33,14 @@ mod auth;
 mod broadcasts;
 mod openapi;
 mod streams;
+pub mod webhooks;
 
 pub use api::Error as ApiError;
 pub use auth::{json_error, AdminToken};
 pub use broadcasts::{Broadcast, NodeInfo, PublisherInfo, Track, VideoInfo, ViewerCounts};
 pub use openapi::ApiDoc;
 pub use streams::{CreateStream, Stream, StreamCreated, StreamUrls};
+pub use webhooks::{RecordingReady, WebhookConfig, Webhooks};
 
 use std::sync::Arc;
 
@@ -86,19 +91,22 @@ struct Inner {
     keys: Keys,
     bus: Bus,
     publishers: Option<Arc<dyn Publishers>>,
+    webhooks: Option<Webhooks>,
     rates: broadcasts::Rates,
     openapi: utoipa::openapi::OpenApi,
 }
 
 impl Control {
     /// The control plane over `keys` and `bus`; `publishers` (ingest) answers
-    /// for RTMP publishers; `more_api` is merged into the OpenAPI document
-    /// (the routes other parts mount under `/api/v1`).
+    /// for RTMP publishers; `webhooks`' deliveries are listed; `more_api` is
+    /// merged into the OpenAPI document (the routes other parts mount under
+    /// `/api/v1`).
     pub fn new(
         config: ControlConfig,
         keys: Keys,
         bus: Bus,
         publishers: Option<Arc<dyn Publishers>>,
+        webhooks: Option<Webhooks>,
         more_api: Vec<utoipa::openapi::OpenApi>,
     ) -> Self {
         let mut openapi = <ApiDoc as utoipa::OpenApi>::openapi();
@@ -106,7 +114,8 @@ impl Control {
             openapi.merge(more);
         }
         let token = AdminToken::new(&config.admin_token);
-        let inner = Inner { config, token, keys, bus, publishers, rates: broadcasts::Rates::default(), openapi };
+        let inner =
+            Inner { config, token, keys, bus, publishers, webhooks, rates: broadcasts::Rates::default(), openapi };
         Self { inner: Arc::new(inner) }
     }
 

@@ -22,12 +22,14 @@ use utoipa::{Modify, OpenApi};
         crate::broadcasts::list,
         crate::broadcasts::get_one,
         crate::broadcasts::kick,
+        crate::api::deliveries,
     ),
     components(schemas(crate::api::Error)),
     modifiers(&AdminAuth),
     tags(
         (name = "streams", description = "Stream names and their secret keys"),
         (name = "broadcasts", description = "What is live on this node"),
+        (name = "webhooks", description = "The webhook outbox"),
     )
 )]
 pub struct ApiDoc;

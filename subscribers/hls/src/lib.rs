@@ -150,6 +150,8 @@ struct Inner {
     clients: Mutex<HashMap<(String, std::net::IpAddr), std::time::Instant>>,
     /// The broadcasts whose viewers were set last time (set to 0 once they end).
     counted: Mutex<HashSet<String>>,
+    /// Closed recordings, for webhooks.
+    ready: tokio::sync::broadcast::Sender<gopbus_control::RecordingReady>,
 }
 
 /// Clients remembered for the viewer count (past it, new ones are not counted).
@@ -179,8 +181,15 @@ impl Hls {
             audience,
             clients: Mutex::default(),
             counted: Mutex::default(),
+            ready: tokio::sync::broadcast::channel(256).0,
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Recordings as they are closed (the broadcast ended, or the server
+    /// stops), from now on.
+    pub fn recordings_ready(&self) -> tokio::sync::broadcast::Receiver<gopbus_control::RecordingReady> {
+        self.inner.ready.subscribe()
     }
 
     /// The OpenAPI document of [`api`](Self::api)'s routes.

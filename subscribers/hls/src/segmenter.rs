@@ -393,6 +393,22 @@ pub(crate) async fn segment(
     }
     live.edge.send_modify(|e| e.ended = true);
     tracing::info!(broadcast = %name, session = %live.session, segments = s.msn - 1, %reason, "HLS recording closed");
+    if s.recording_ok {
+        let (me, name, session) = (hls.clone(), name.to_owned(), live.session.clone());
+        let found =
+            tokio::task::spawn_blocking(move || me.recordings(Some(&name)).into_iter().find(|r| r.session == session));
+        if let Ok(Some(r)) = found.await {
+            let ready = gopbus_control::RecordingReady {
+                playlist: r.playlist,
+                duration: r.duration,
+                segments: r.segments,
+                bytes: r.bytes,
+                name: r.name,
+                session: r.session,
+            };
+            let _ = hls.inner.ready.send(ready);
+        }
+    }
     // Players see the end; then the live state goes (unless a new session replaced it).
     tokio::select! {
         _ = tokio::time::sleep(ENDED_LINGER) => {}
