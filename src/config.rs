@@ -72,6 +72,10 @@ pub(crate) struct File {
     pub(crate) webhook_url: Option<Vec<String>>,
     pub(crate) webhook_secret: Option<String>,
     pub(crate) webhook_retry_for: Option<u64>,
+    pub(crate) auth_hook: Option<String>,
+    pub(crate) auth_hook_timeout_ms: Option<u64>,
+    pub(crate) auth_hook_fail_open: Option<bool>,
+    pub(crate) auth_hook_cache_secs: Option<u64>,
     pub(crate) recordings_max_bytes: Option<u64>,
     pub(crate) recordings_max: Option<usize>,
     pub(crate) s3_bucket: Option<String>,
@@ -301,6 +305,43 @@ impl WebhookArgs {
             config.retry_for = Duration::from_secs(secs.max(1));
         }
         Ok(Some(config))
+    }
+}
+
+/// The publish authorization hook.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct AuthHookArgs {
+    /// Ask this URL (POST JSON: action, name, key, client_ip, app) before a publish goes ahead; 2xx allows [default: none].
+    #[arg(long, env = "GOPBUS_AUTH_HOOK")]
+    pub(crate) auth_hook: Option<String>,
+    /// Milliseconds the hook has to answer [default: 2000].
+    #[arg(long, env = "GOPBUS_AUTH_HOOK_TIMEOUT_MS")]
+    pub(crate) auth_hook_timeout_ms: Option<u64>,
+    /// Allow the publish when the hook does not answer in time or cannot be reached (default: refuse).
+    #[arg(long, env = "GOPBUS_AUTH_HOOK_FAIL_OPEN")]
+    pub(crate) auth_hook_fail_open: bool,
+    /// Seconds an answer is reused for the same name, key and client address [default: 0, not at all].
+    #[arg(long, env = "GOPBUS_AUTH_HOOK_CACHE_SECS")]
+    pub(crate) auth_hook_cache_secs: Option<u64>,
+}
+
+impl AuthHookArgs {
+    /// The hook, or `None` without a URL.
+    pub(crate) fn resolve(&self, f: &File) -> anyhow::Result<Option<std::sync::Arc<dyn gopbus_store::PublishHook>>> {
+        let Some(url) = self.auth_hook.clone().or_else(|| f.auth_hook.clone()) else { return Ok(None) };
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--auth-hook {url:?}: expected http:// or https://"
+        );
+        let config = gopbus_control::HookConfig {
+            url,
+            timeout: Duration::from_millis(self.auth_hook_timeout_ms.or(f.auth_hook_timeout_ms).unwrap_or(2000).max(1)),
+            fail_open: self.auth_hook_fail_open || f.auth_hook_fail_open.unwrap_or(false),
+            cache: Duration::from_secs(self.auth_hook_cache_secs.or(f.auth_hook_cache_secs).unwrap_or(0)),
+        };
+        tracing::info!(url = %config.url, timeout_ms = config.timeout.as_millis() as u64, fail_open = config.fail_open, "publish authorization hook on");
+        let hook = gopbus_control::HttpHook::new(config).map_err(|e| anyhow::anyhow!("--auth-hook: {e}"))?;
+        Ok(Some(std::sync::Arc::new(hook)))
     }
 }
 

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::session;
 use gopbus_store::keys::{KeyHash, Keys};
+use gopbus_store::PublishHook;
 
 /// Ingest settings.
 #[derive(Debug, Clone)]
@@ -78,13 +79,19 @@ pub struct Ingest {
     pub(crate) keys: Keys,
     pub(crate) config: IngestConfig,
     pub(crate) live: DashMap<String, LivePublisher>,
+    pub(crate) hook: Option<Arc<dyn PublishHook>>,
     next_session: AtomicU64,
 }
 
 impl Ingest {
     /// A server publishing onto `bus`, authorizing keys with `keys`.
     pub fn new(bus: Bus, keys: Keys, config: IngestConfig) -> Arc<Self> {
-        Arc::new(Self { bus, keys, config, live: DashMap::new(), next_session: AtomicU64::new(1) })
+        Self::with_hook(bus, keys, config, None)
+    }
+
+    /// Like [`new`](Self::new); a publish whose key is valid is also put to `hook`.
+    pub fn with_hook(bus: Bus, keys: Keys, config: IngestConfig, hook: Option<Arc<dyn PublishHook>>) -> Arc<Self> {
+        Arc::new(Self { bus, keys, config, live: DashMap::new(), hook, next_session: AtomicU64::new(1) })
     }
 
     /// The RTMP publisher of `name` on this node, if any.

@@ -26,6 +26,7 @@ use crate::play::Egress;
 use crate::publish::MediaIngest;
 use crate::server::{Ingest, LivePublisher};
 use gopbus_store::keys::{validate_name, KeyHash};
+use gopbus_store::PublishRequest;
 
 /// Read buffer size of a publisher: payload slices keep a buffer alive while the
 /// GoP window holds them, so this is also the granularity of ingest memory.
@@ -492,6 +493,21 @@ impl Conn {
         };
         if self.publishing.is_some() || self.playing.is_some() {
             return Err(SessionError::Refused("publish on a connection that already publishes or plays".into()));
+        }
+        if let Some(hook) = self.ingest.hook.clone() {
+            let app = format!(
+                "{}{}",
+                self.ingest.config.app,
+                self.app_prefix.as_deref().map(|p| format!("/{p}")).unwrap_or_default()
+            );
+            let request = PublishRequest { name: name.clone(), key: key.clone(), peer: self.peer, app };
+            if let Err(why) = hook.check(request).await {
+                tracing::info!(broadcast = %name, reason = %why, "publish refused by the authorization hook");
+                self.send_status("error", "NetStream.Publish.BadName", &format!("publish refused: {why}"));
+                self.close =
+                    Some(Err(SessionError::Refused(format!("publish refused by the authorization hook: {why}"))));
+                return Ok(());
+            }
         }
         let publisher = self.ingest.bus.publish(&name);
         let (revoked, kicked) = (CancellationToken::new(), CancellationToken::new());

@@ -8,7 +8,7 @@ use gopbus_bus::Bus;
 use gopbus_ingest::Ingest;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BusArgs, ClientArgs, CommonArgs, RedisArgs, RtmpArgs};
+use crate::config::{AuthHookArgs, BusArgs, ClientArgs, CommonArgs, RedisArgs, RtmpArgs};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -25,6 +25,8 @@ pub(crate) struct Args {
     client: ClientArgs,
     #[command(flatten)]
     bus: BusArgs,
+    #[command(flatten)]
+    auth_hook: AuthHookArgs,
 }
 
 pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -35,7 +37,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let remote = a.client.remote(&file)?;
     let store = super::open_keys(&data, redis.as_deref()).await?;
     let bus = Bus::new(a.bus.resolve(&file));
-    let ingest = Ingest::new(bus.clone(), store, rtmp.ingest());
+    let ingest = Ingest::with_hook(bus.clone(), store, rtmp.ingest(), a.auth_hook.resolve(&file)?);
     let listener =
         tokio::net::TcpListener::bind(rtmp.listen).await.with_context(|| format!("binding RTMP on {}", rtmp.listen))?;
     tracing::info!(rtmp = %listener.local_addr()?, bus = %remote.url, keys = redis.as_deref().unwrap_or("data directory"), "gopbus ingest serving");

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::streams::{print_created, Urls};
 use crate::config::{
-    AdminArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs, TranscodeArgs,
-    WebRtcArgs, WebhookArgs,
+    AdminArgs, AuthHookArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs,
+    TranscodeArgs, WebRtcArgs, WebhookArgs,
 };
 use crate::node::{admin_token, bind_server, bus_token};
 
@@ -40,6 +40,8 @@ pub(crate) struct Args {
     admin: AdminArgs,
     #[command(flatten)]
     webhooks: WebhookArgs,
+    #[command(flatten)]
+    auth_hook: AuthHookArgs,
 }
 
 /// The API's view of this node's RTMP publishers.
@@ -79,7 +81,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         println!("(keys are stored hashed: this is the only time this one is shown; `gopbus streams rotate demo` makes a new one)");
     }
     let bus = Bus::new(a.bus.resolve(&file));
-    let ingest = Ingest::new(bus.clone(), store.clone(), rtmp.ingest());
+    let ingest = Ingest::with_hook(bus.clone(), store.clone(), rtmp.ingest(), a.auth_hook.resolve(&file)?);
 
     let rtmp_listener =
         tokio::net::TcpListener::bind(rtmp.listen).await.with_context(|| format!("binding RTMP on {}", rtmp.listen))?;

@@ -12,13 +12,16 @@
 //!
 //! - [`keys`]: stream keys in SQLite ([`KeyStore`]) or Redis ([`RedisKeys`]),
 //!   behind [`Keys`]; [`keys::validate_name`], the stream-name rule.
+//! - [`hook`]: [`PublishHook`], what ingest asks before a publish goes ahead.
 //! - [`cluster`]: Redis, [`connect_redis`] with bounded waits, and [`RedisDirectory`].
 #![warn(missing_docs)]
 
 pub mod cluster;
 mod error;
+pub mod hook;
 pub mod keys;
 
 pub use cluster::{connect_redis, RedisDirectory, RedisLeases};
 pub use error::StoreError;
+pub use hook::{PublishHook, PublishRequest};
 pub use keys::{KeyStore, Keys, RedisKeys, StreamRecord};

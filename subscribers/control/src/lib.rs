@@ -31,6 +31,7 @@
 mod api;
 mod auth;
 mod broadcasts;
+pub mod hook;
 mod openapi;
 mod streams;
 pub mod webhooks;
@@ -38,6 +39,7 @@ pub mod webhooks;
 pub use api::Error as ApiError;
 pub use auth::{json_error, AdminToken};
 pub use broadcasts::{Broadcast, NodeInfo, PublisherInfo, Track, VideoInfo, ViewerCounts};
+pub use hook::{HookConfig, HttpHook};
 pub use openapi::ApiDoc;
 pub use streams::{CreateStream, Stream, StreamCreated, StreamUrls};
 pub use webhooks::{RecordingReady, WebhookConfig, Webhooks};
