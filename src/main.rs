@@ -5,6 +5,7 @@
 mod cmd;
 mod config;
 mod http;
+mod metrics;
 mod node;
 
 use clap::{Parser, Subcommand};

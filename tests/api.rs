@@ -192,6 +192,7 @@ fn the_openapi_document_validates_and_lists_exactly_the_routes_that_exist() {
         ("DELETE", "/api/v1/broadcasts/{name}/publisher"),
         ("GET", "/api/v1/recordings"),
         ("DELETE", "/api/v1/recordings/{name}/{session}"),
+        ("GET", "/api/v1/webhooks/deliveries"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))

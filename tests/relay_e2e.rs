@@ -377,3 +377,69 @@ fn relays_register_again_soon_after_redis_restarts() {
     assert!(err.contains("Connection refused"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }
+
+#[test]
+fn the_api_on_ingest_nodes_manages_redis_keys_and_names_the_node_that_holds_a_broadcast() {
+    let redis = Redis::start();
+    let port = udp_port();
+    let url = format!("quic://127.0.0.1:{port}");
+    let origin = relay("api-origin", port, &["--redis".into(), redis.url(), "--advertise".into(), url.clone()]);
+    let ca = origin.dir.join("bus-cert.pem").display().to_string();
+    let node = |http: u16| {
+        let args = [
+            "--redis".to_owned(),
+            redis.url(),
+            "--http".into(),
+            format!("127.0.0.1:{http}"),
+            "--admin-token".into(),
+            "admin-secret".into(),
+            "--public-host".into(),
+            "127.0.0.1".into(),
+        ];
+        let (n, rtmp) = ingest_node_with(&url, &ca, &args);
+        (n, rtmp, std::net::SocketAddr::from(([127, 0, 0, 1], http)))
+    };
+    let (node_a, rtmp_a, api_a) = node(free_port());
+    let (_node_b, _rtmp_b, api_b) = node(free_port());
+    let auth = "Authorization: Bearer admin-secret\r\n";
+    let json = |r: (u16, String, Vec<u8>)| (r.0, serde_json::from_slice::<serde_json::Value>(&r.2).unwrap_or_default());
+
+    // A stream made through node B's API is in Redis, for every node.
+    let (status, created) = json(http(api_b, "POST", "/api/v1/streams", auth, br#"{"name":"cam"}"#));
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let listed = redis_streams(&redis, &["list"]).unwrap();
+    assert_eq!(listed[0]["name"], "cam");
+    assert_eq!(json(http(api_a, "GET", "/api/v1/streams/cam", auth, b"")).0, 200, "node A sees it");
+
+    // Published on node A: A has the details, B names the node that holds it (the origin, from the directory).
+    let publisher = ffmpeg_publish(&Fixture::av(48000, 30), &format!("rtmp://127.0.0.1:{rtmp_a}/live/{key}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let remote = loop {
+        let (status, b) = json(http(api_b, "GET", "/api/v1/broadcasts/cam", auth, b""));
+        if status == 200 {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "node B never found cam: {status} {b}\n{}", origin.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(remote["local"], false, "{remote}");
+    assert_eq!(remote["node"]["quic"], url.as_str(), "{remote}");
+    let (status, local) = json(http(api_a, "GET", "/api/v1/broadcasts/cam", auth, b""));
+    assert_eq!(status, 200);
+    assert_eq!(local["local"], true, "{local}");
+    assert_eq!(local["publisher"]["protocol"], "rtmp", "{local}");
+    assert_eq!(json(http(api_b, "GET", "/api/v1/broadcasts/nobody", auth, b"")).0, 404);
+    assert_eq!(json(http(api_b, "GET", "/api/v1/broadcasts/cam", "", b"")).0, 401);
+
+    // Rotated through node B's API (in Redis): node A cuts its publisher off.
+    assert_eq!(json(http(api_b, "POST", "/api/v1/streams/cam/rotate", auth, b"")).0, 200);
+    let p = publisher.wait_output(Duration::from_secs(15));
+    assert!(!p.status.success(), "the publisher with the rotated key kept going");
+    assert!(node_a.log_text().contains("stream key revoked"), "{}", node_a.log_text());
+    // /metrics and /readyz on an ingest node too.
+    assert_eq!(http(api_a, "GET", "/readyz", "", b"").0, 200);
+    let (status, _, metrics) = http(api_a, "GET", "/metrics", "", b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&metrics).contains("gopbus_rtmp_connections_accepted_total"));
+}

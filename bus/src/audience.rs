@@ -63,6 +63,7 @@ impl Protocol {
 struct Counters {
     viewers: AtomicI64,
     bytes: AtomicU64,
+    frames: AtomicU64,
     skipped_gops: AtomicU64,
 }
 
@@ -73,6 +74,8 @@ pub struct Counts {
     pub viewers: u64,
     /// Media bytes sent to them.
     pub bytes: u64,
+    /// Frames sent to them (HLS: not counted, it serves segments).
+    pub frames: u64,
     /// GoPs they skipped because they fell behind.
     pub skipped_gops: u64,
 }
@@ -82,6 +85,7 @@ impl Counters {
         Counts {
             viewers: self.viewers.load(Ordering::Relaxed).max(0) as u64,
             bytes: self.bytes.load(Ordering::Relaxed),
+            frames: self.frames.load(Ordering::Relaxed),
             skipped_gops: self.skipped_gops.load(Ordering::Relaxed),
         }
     }
@@ -159,10 +163,12 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    /// `bytes` of media were sent to this viewer.
-    pub fn sent(&self, bytes: u64) {
-        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.total.bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// A frame of `bytes` was sent to this viewer.
+    pub fn sent_frame(&self, bytes: u64) {
+        for c in [&self.counters, &self.total] {
+            c.bytes.fetch_add(bytes, Ordering::Relaxed);
+            c.frames.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// This viewer skipped `gops` GoPs (it fell behind).
@@ -188,16 +194,16 @@ mod tests {
         let a = Audience::default();
         let v1 = a.join("cam", Protocol::Rtmp);
         let v2 = a.join("cam", Protocol::Rtmp);
-        v1.sent(100);
-        v2.sent(50);
+        v1.sent_frame(100);
+        v2.sent_frame(50);
         v2.skipped(2);
         a.set_viewers("cam", Protocol::Hls, 3);
         a.sent("cam", Protocol::Hls, 7);
         assert_eq!(
             a.of("cam"),
             [
-                (Protocol::Rtmp, Counts { viewers: 2, bytes: 150, skipped_gops: 2 }),
-                (Protocol::Hls, Counts { viewers: 3, bytes: 7, skipped_gops: 0 }),
+                (Protocol::Rtmp, Counts { viewers: 2, bytes: 150, frames: 2, skipped_gops: 2 }),
+                (Protocol::Hls, Counts { viewers: 3, bytes: 7, frames: 0, skipped_gops: 0 }),
             ]
         );
         a.set_viewers("cam", Protocol::Hls, 1);
@@ -214,7 +220,7 @@ mod tests {
         a.prune(|_| false);
         assert!(a.of("cam").is_empty());
         let totals = a.totals();
-        assert_eq!(totals[0].1, Counts { viewers: 0, bytes: 150, skipped_gops: 2 });
-        assert_eq!(totals[2].1, Counts { viewers: 0, bytes: 7, skipped_gops: 0 });
+        assert_eq!(totals[0].1, Counts { viewers: 0, bytes: 150, frames: 2, skipped_gops: 2 });
+        assert_eq!(totals[2].1, Counts { viewers: 0, bytes: 7, frames: 0, skipped_gops: 0 });
     }
 }

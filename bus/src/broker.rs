@@ -83,6 +83,8 @@ struct Inner {
     broadcasts: DashMap<Arc<str>, Arc<Shared>>,
     announcements: broadcast::Sender<Announcement>,
     audience: crate::Audience,
+    /// Frames and payload bytes published on this bus since it started.
+    pub(crate) published: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// A stream of [`Announcement`]s ([`Bus::announcements`]): bounded and
@@ -120,7 +122,21 @@ impl Bus {
         config.max_lag = config.max_lag.min(config.window as u64);
         let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BACKLOG);
         let audience = crate::Audience::default();
-        Self { inner: Arc::new(Inner { config, broadcasts: DashMap::new(), announcements, audience }) }
+        let published = Default::default();
+        Self { inner: Arc::new(Inner { config, broadcasts: DashMap::new(), announcements, audience, published }) }
+    }
+
+    /// Frames and payload bytes published on this bus since it started (all
+    /// broadcasts and derived tracks, local and announced over QUIC).
+    pub fn published(&self) -> (u64, u64) {
+        let [frames, bytes] = &self.inner.published;
+        (frames.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn count_published(&self, bytes: usize) {
+        let [frames, total] = &self.inner.published;
+        frames.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Who watches what on this node, per protocol (see [`crate::audience`]).

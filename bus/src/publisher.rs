@@ -139,6 +139,7 @@ impl Publisher {
             self.shared.stats.video_frames.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.bus.count_published(len);
         self.shared.wake_all();
         Ok(())
     }

@@ -35,4 +35,4 @@ mod session;
 pub mod timeline;
 
 pub use error::{ChunkError, SessionError};
-pub use server::{Ingest, IngestConfig, PublisherInfo};
+pub use server::{Ingest, IngestConfig, IngestStats, PublisherInfo};

@@ -81,6 +81,21 @@ pub struct Ingest {
     pub(crate) live: DashMap<String, LivePublisher>,
     pub(crate) hook: Option<Arc<dyn PublishHook>>,
     next_session: AtomicU64,
+    /// Counters for metrics.
+    pub(crate) stats: IngestStats,
+}
+
+/// What ingest counts, for metrics.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// RTMP connections open now.
+    pub connections: std::sync::atomic::AtomicUsize,
+    /// RTMP connections accepted since the start.
+    pub accepted: AtomicU64,
+    /// Connections refused at accept (the connection limit).
+    pub refused: AtomicU64,
+    /// Bytes read from RTMP connections (publishers' media, players' acknowledgements).
+    pub bytes_in: AtomicU64,
 }
 
 impl Ingest {
@@ -91,7 +106,15 @@ impl Ingest {
 
     /// Like [`new`](Self::new); a publish whose key is valid is also put to `hook`.
     pub fn with_hook(bus: Bus, keys: Keys, config: IngestConfig, hook: Option<Arc<dyn PublishHook>>) -> Arc<Self> {
-        Arc::new(Self { bus, keys, config, live: DashMap::new(), hook, next_session: AtomicU64::new(1) })
+        Arc::new(Self {
+            bus,
+            keys,
+            config,
+            live: DashMap::new(),
+            hook,
+            next_session: AtomicU64::new(1),
+            stats: IngestStats::default(),
+        })
     }
 
     /// The RTMP publisher of `name` on this node, if any.
@@ -107,6 +130,11 @@ impl Ingest {
         tracing::info!(broadcast = %name, session = p.session, peer = %p.peer, "publisher kicked by the operator");
         p.kicked.cancel();
         true
+    }
+
+    /// Its counters.
+    pub const fn stats(&self) -> &IngestStats {
+        &self.stats
     }
 
     /// The bus this server publishes to.
@@ -133,6 +161,7 @@ impl Ingest {
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, limit = self.config.max_connections, "connection refused: too many connections");
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 drop(stream);
                 continue;
             };
@@ -140,9 +169,14 @@ impl Ingest {
             let this = self.clone();
             let shutdown = shutdown.clone();
             let span = tracing::info_span!("rtmp", id, %peer, broadcast = tracing::field::Empty);
+            self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            self.stats.accepted.fetch_add(1, Ordering::Relaxed);
             tracker.spawn(
                 async move {
-                    match session::run(this, stream, id, shutdown).await {
+                    let ingest = this.clone();
+                    let result = session::run(this, stream, id, shutdown).await;
+                    ingest.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                    match result {
                         Ok(()) => tracing::info!("connection closed"),
                         Err(crate::SessionError::ClosedEarly) => {
                             tracing::debug!("connection closed before the handshake")

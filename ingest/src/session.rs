@@ -278,6 +278,7 @@ impl Conn {
                         return Ok(());
                     }
                     self.received += n as u64;
+                    self.ingest.stats.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     if self.peer_window > 0 && self.received - self.acked >= self.peer_window {
                         self.acked = self.received;
                         self.send(csid::CONTROL, 0, RtmpMessage::Acknowledgement { sequence_number: self.received as u32 });
@@ -312,7 +313,7 @@ impl Conn {
     fn play_one(&mut self, ev: Event) {
         let Some(playing) = self.playing.as_mut() else { return };
         match &ev {
-            Event::Frame(f) => playing.viewer.sent(f.payload.len() as u64),
+            Event::Frame(f) => playing.viewer.sent_frame(f.payload.len() as u64),
             Event::Skipped { from, to } => playing.viewer.skipped(to - from),
             _ => {}
         }

@@ -45,7 +45,7 @@ pub(crate) struct Args {
 }
 
 /// The API's view of this node's RTMP publishers.
-struct IngestPublishers(std::sync::Arc<Ingest>);
+pub(crate) struct IngestPublishers(pub(crate) std::sync::Arc<Ingest>);
 
 impl gopbus_control::Publishers for IngestPublishers {
     fn publisher(&self, name: &str) -> Option<gopbus_control::PublisherInfo> {
@@ -127,6 +127,11 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         let leases = std::sync::Arc::new(gopbus_bus::lease::LocalLeases::default());
         gopbus_transcode::Transcoder::new(config, "serve", leases)
     });
+    control.add_metrics(crate::metrics::ingest(ingest.clone()));
+    control.add_metrics(crate::metrics::quic(quic_server.stats()));
+    if let Some(t) = &transcoder {
+        control.add_metrics(crate::metrics::transcoder(t.clone()));
+    }
     let mut routers = vec![hls.router(), hls.api(&admin), webrtc.router(), control.router()];
     routers.extend(transcoder.as_ref().map(gopbus_transcode::Transcoder::router));
     let http_task = tokio::spawn(crate::http::serve(http, routers, shutdown.clone()));

@@ -97,7 +97,7 @@ pub(crate) async fn send_broadcast(
                         r?;
                         index += 1;
                         if let Some(v) = &viewer {
-                            v.sent(len);
+                            v.sent_frame(len);
                         }
                     }
                     () = stale => {

@@ -40,6 +40,52 @@ struct Shared {
     token: String,
     upstream: Option<Arc<dyn Upstream>>,
     not_found_after: Duration,
+    stats: ServerStats,
+}
+
+/// What a [`BusServer`] counts, for metrics: cheap to clone, readable while it runs.
+#[derive(Clone, Default)]
+pub struct ServerStats {
+    inner: Arc<StatsInner>,
+}
+
+#[derive(Default)]
+struct StatsInner {
+    /// Connections past the hello, by number.
+    live: dashmap::DashMap<u64, quinn::Connection>,
+    /// Packets lost on connections that have closed.
+    lost_closed: std::sync::atomic::AtomicU64,
+    /// Connections accepted (past the hello) since the start.
+    accepted: std::sync::atomic::AtomicU64,
+}
+
+impl ServerStats {
+    /// Bus connections open now (past the hello).
+    pub fn connections(&self) -> usize {
+        self.inner.live.len()
+    }
+
+    /// Bus connections accepted since the start.
+    pub fn accepted(&self) -> u64 {
+        self.inner.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Packets QUIC declared lost since the start (open and closed connections).
+    pub fn lost_packets(&self) -> u64 {
+        let open: u64 = self.inner.live.iter().map(|c| c.value().stats().path.lost_packets).sum();
+        self.inner.lost_closed.load(std::sync::atomic::Ordering::Relaxed) + open
+    }
+
+    fn opened(&self, n: u64, conn: &quinn::Connection) {
+        self.inner.live.insert(n, conn.clone());
+        self.inner.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn closed(&self, n: u64) {
+        if let Some((_, c)) = self.inner.live.remove(&n) {
+            self.inner.lost_closed.fetch_add(c.stats().path.lost_packets, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,7 +101,13 @@ impl BusServer {
             quinn::Endpoint::server(config, addr).map_err(|e| QuicError::Config(format!("bind {addr}: {e}")))?;
         Ok(Self {
             endpoint,
-            shared: Arc::new(Shared { bus, token, upstream: None, not_found_after: Duration::from_secs(3) }),
+            shared: Arc::new(Shared {
+                bus,
+                token,
+                upstream: None,
+                not_found_after: Duration::from_secs(3),
+                stats: ServerStats::default(),
+            }),
         })
     }
 
@@ -69,6 +121,11 @@ impl BusServer {
     pub fn with_not_found_after(mut self, wait: Duration) -> Self {
         Arc::get_mut(&mut self.shared).expect("not yet shared").not_found_after = wait;
         self
+    }
+
+    /// Its counters (connections, losses), readable while it runs.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats.clone()
     }
 
     /// The bound address.
@@ -95,7 +152,10 @@ impl BusServer {
             let span = tracing::info_span!("bus", conn = next_conn, peer = %incoming.remote_address());
             tracker.spawn(
                 async move {
-                    match handle(incoming, shared, shutdown).await {
+                    let stats = shared.stats.clone();
+                    let result = handle(incoming, shared, shutdown, next_conn).await;
+                    stats.closed(next_conn);
+                    match result {
                         Ok(()) => tracing::debug!("bus connection closed"),
                         Err(e) => tracing::info!(error = %e, "bus connection closed"),
                     }
@@ -109,7 +169,12 @@ impl BusServer {
     }
 }
 
-async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), QuicError> {
+async fn handle(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    number: u64,
+) -> Result<(), QuicError> {
     let conn = tokio::time::timeout(Duration::from_secs(10), incoming)
         .await
         .map_err(|_| QuicError::Timeout("handshake".into()))??;
@@ -141,6 +206,7 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Cancel
         }
     }
     writer.send(&mut Encoder::default(), &Message::Control(Control::Welcome), &[]).await?;
+    shared.stats.opened(number, &conn);
     let (control_tx, control_rx) = mpsc::channel::<Control>(256);
     tokio::spawn(write_control(writer, control_rx));
     let routes = Arc::new(Routes::default());

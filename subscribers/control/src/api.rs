@@ -33,6 +33,8 @@ pub(crate) fn router(control: Control) -> axum::Router {
         .route("/api/v1/broadcasts/{name}/publisher", delete(broadcasts::kick))
         .route("/api/v1/webhooks/deliveries", get(deliveries))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(crate::metrics::metrics))
+        .route("/readyz", get(crate::metrics::ready))
         .with_state(control)
 }
 

@@ -103,11 +103,34 @@ impl ViewerCounts {
     }
 }
 
+/// A live broadcast held by another node of the cluster (found in the directory).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RemoteBroadcast {
+    /// Its name.
+    pub name: String,
+    /// Always false: not on this node; ask `node` for the details.
+    pub local: bool,
+    /// The node that holds it.
+    pub node: NodeInfo,
+}
+
+/// What `GET /api/v1/broadcasts/NAME` answers: the broadcast, or where it is.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BroadcastAnswer {
+    /// Held here.
+    Local(Box<Broadcast>),
+    /// Held by another node.
+    Remote(RemoteBroadcast),
+}
+
 /// A live broadcast.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Broadcast {
     /// Its name.
     pub name: String,
+    /// Always true: held by this node.
+    pub local: bool,
     /// When it went live, RFC 3339.
     pub since: String,
     /// The node that holds it.
@@ -210,6 +233,7 @@ impl Control {
         let since = UNIX_EPOCH + Duration::from_millis(info.since_ms);
         Broadcast {
             name: info.name.clone(),
+            local: true,
             since: time::OffsetDateTime::from(since)
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
@@ -255,15 +279,17 @@ pub(crate) async fn list(State(c): State<Control>, headers: HeaderMap) -> Respon
     Json(c.live()).into_response()
 }
 
-/// One live broadcast.
+/// One live broadcast; in a cluster, one held by another node is answered
+/// with that node (from the Redis directory).
 #[utoipa::path(
     get, path = "/api/v1/broadcasts/{name}", tag = "broadcasts", security(("admin" = [])),
     params(("name" = String, Path, description = "The broadcast's name")),
     responses(
-        (status = 200, description = "The broadcast", body = Broadcast),
+        (status = 200, description = "The broadcast, or the node that holds it", body = BroadcastAnswer),
         (status = 400, description = "Invalid name", body = crate::api::Error),
         (status = 401, description = "Missing or wrong admin token", body = crate::api::Error),
-        (status = 404, description = "Not live on this node", body = crate::api::Error),
+        (status = 404, description = "Not live (here, nor in the cluster's directory)", body = crate::api::Error),
+        (status = 502, description = "The cluster's directory did not answer", body = crate::api::Error),
     )
 )]
 pub(crate) async fn get_one(State(c): State<Control>, headers: HeaderMap, Path(name): Path<String>) -> Response {
@@ -273,9 +299,22 @@ pub(crate) async fn get_one(State(c): State<Control>, headers: HeaderMap, Path(n
     if let Err(e) = gopbus_store::keys::validate_name(&name) {
         return store_error(&e);
     }
-    match c.live().into_iter().find(|b| b.name == name) {
-        Some(b) => Json(b).into_response(),
-        None => not_found(&format!("broadcast {name:?} is not live on this node")),
+    if let Some(b) = c.live().into_iter().find(|b| b.name == name) {
+        return Json(BroadcastAnswer::Local(Box::new(b))).into_response();
+    }
+    let Some(directory) = c.inner.directory.get() else {
+        return not_found(&format!("broadcast {name:?} is not live on this node"));
+    };
+    match directory.lookup(&name).await {
+        Ok(Some(node)) => {
+            let remote = RemoteBroadcast { name, local: false, node: NodeInfo { id: node.clone(), quic: Some(node) } };
+            Json(BroadcastAnswer::Remote(remote)).into_response()
+        }
+        Ok(None) => not_found(&format!("broadcast {name:?} is not live in the cluster")),
+        Err(e) => {
+            tracing::warn!(error = %e, "API: the directory failed");
+            crate::json_error(StatusCode::BAD_GATEWAY, &format!("the cluster's directory did not answer: {e}"))
+        }
     }
 }
 

@@ -17,7 +17,8 @@
 //!   skipped; `DELETE /api/v1/broadcasts/NAME/publisher[?revoke=true]` kicks
 //!   the publisher;
 //!
-//! and, without a token, `GET /api/v1/openapi.json`, generated from these
+//! and, without a token, `GET /metrics` (OpenMetrics text: totals only, no
+//! stream names), `GET /readyz` and `GET /api/v1/openapi.json`, generated from these
 //! handlers with `utoipa` (plus what other parts add: the recordings API).
 //!
 //! # Contract
@@ -32,14 +33,18 @@ mod api;
 mod auth;
 mod broadcasts;
 pub mod hook;
+pub mod metrics;
 mod openapi;
 mod streams;
 pub mod webhooks;
 
 pub use api::Error as ApiError;
 pub use auth::{json_error, AdminToken};
-pub use broadcasts::{Broadcast, NodeInfo, PublisherInfo, Track, VideoInfo, ViewerCounts};
+pub use broadcasts::{
+    Broadcast, BroadcastAnswer, NodeInfo, PublisherInfo, RemoteBroadcast, Track, VideoInfo, ViewerCounts,
+};
 pub use hook::{HookConfig, HttpHook};
+pub use metrics::{Family, Kind, MetricsSource};
 pub use openapi::ApiDoc;
 pub use streams::{CreateStream, Stream, StreamCreated, StreamUrls};
 pub use webhooks::{RecordingReady, WebhookConfig, Webhooks};
@@ -96,6 +101,9 @@ struct Inner {
     webhooks: Option<Webhooks>,
     rates: broadcasts::Rates,
     openapi: utoipa::openapi::OpenApi,
+    metrics: std::sync::RwLock<metrics::Sources>,
+    /// The cluster's directory, for broadcasts held elsewhere.
+    directory: std::sync::OnceLock<Arc<dyn gopbus_bus::directory::Directory>>,
 }
 
 impl Control {
@@ -116,12 +124,33 @@ impl Control {
             openapi.merge(more);
         }
         let token = AdminToken::new(&config.admin_token);
-        let inner =
-            Inner { config, token, keys, bus, publishers, webhooks, rates: broadcasts::Rates::default(), openapi };
+        let inner = Inner {
+            config,
+            token,
+            keys,
+            bus,
+            publishers,
+            webhooks,
+            rates: broadcasts::Rates::default(),
+            openapi,
+            metrics: Default::default(),
+            directory: std::sync::OnceLock::new(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
-    /// The HTTP routes (`/api/v1/…`).
+    /// Looks up broadcasts not held here in `directory` (the Redis directory
+    /// of a cluster): `GET /api/v1/broadcasts/NAME` then names their node.
+    pub fn set_directory(&self, directory: Arc<dyn gopbus_bus::directory::Directory>) {
+        let _ = self.inner.directory.set(directory);
+    }
+
+    /// Adds a part's metrics to `/metrics`.
+    pub fn add_metrics(&self, source: Arc<dyn MetricsSource>) {
+        self.inner.metrics.write().unwrap_or_else(|e| e.into_inner()).push(source);
+    }
+
+    /// The HTTP routes (`/api/v1/…`, `/metrics`, `/readyz`).
     pub fn router(&self) -> axum::Router {
         api::router(self.clone())
     }

@@ -174,6 +174,21 @@ struct Inner {
     queue_rx: Mutex<Option<mpsc::Receiver<(String, String, serde_json::Value)>>>,
     /// Woken when rows were written.
     written: Notify,
+    /// Attempts by outcome, for metrics.
+    counts: WebhookCounts,
+}
+
+/// Webhook attempts by outcome since the start.
+#[derive(Debug, Default)]
+pub struct WebhookCounts {
+    /// Delivered (2xx).
+    pub delivered: std::sync::atomic::AtomicU64,
+    /// Failed and to be retried.
+    pub failed_attempts: std::sync::atomic::AtomicU64,
+    /// Given up after the retry time.
+    pub given_up: std::sync::atomic::AtomicU64,
+    /// Events dropped (the queue or the outbox was full).
+    pub dropped: std::sync::atomic::AtomicU64,
 }
 
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -224,9 +239,21 @@ impl Webhooks {
             .build()
             .map_err(|e| WebhookError::Client(e.to_string()))?;
         let (queue, rx) = mpsc::channel(4096);
-        let inner =
-            Inner { config, db: Mutex::new(db), client, queue, queue_rx: Mutex::new(Some(rx)), written: Notify::new() };
+        let inner = Inner {
+            config,
+            db: Mutex::new(db),
+            client,
+            queue,
+            queue_rx: Mutex::new(Some(rx)),
+            written: Notify::new(),
+            counts: WebhookCounts::default(),
+        };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Attempts by outcome since the start.
+    pub fn counts(&self) -> &WebhookCounts {
+        &self.inner.counts
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -237,6 +264,7 @@ impl Webhooks {
     pub fn emit(&self, kind: &str, stream: &str, data: serde_json::Value) {
         if let Err(e) = self.inner.queue.try_send((kind.to_owned(), stream.to_owned(), data)) {
             tracing::warn!(kind, stream, error = %e, "webhook event dropped: the outbox writer is 4096 events behind");
+            self.inner.counts.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -257,6 +285,7 @@ impl Webhooks {
                 limit = self.inner.config.max_pending,
                 "webhook outbox full; event dropped"
             );
+            self.inner.counts.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }
         let tx = db.transaction()?;
@@ -487,6 +516,7 @@ impl Webhooks {
                     params![row.id, attempts, status, now],
                 )?;
                 tracing::info!(kind = %row.kind, stream = %row.stream, url = %row.url, attempts, "webhook delivered");
+                self.inner.counts.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err((status, why)) => {
                 let age = Duration::from_millis((now - row.created_ms).max(0) as u64);
@@ -497,7 +527,9 @@ impl Webhooks {
                     )?;
                     tracing::warn!(kind = %row.kind, stream = %row.stream, url = %row.url, attempts, error = %why,
                         "webhook given up after its retry time; the stream's next event goes");
+                    self.inner.counts.given_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 } else {
+                    self.inner.counts.failed_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let backoff = Duration::from_secs(1u64 << (attempts - 1).min(16)).min(BACKOFF_MAX);
                     db.execute(
                         "UPDATE outbox SET attempts = ?2, last_status = ?3, last_error = ?4, next_ms = ?5 WHERE id = ?1",

@@ -162,6 +162,8 @@ struct Inner {
     id: String,
     leases: Arc<dyn Leases>,
     jobs: DashMap<String, Running>,
+    /// Frames published by jobs that have ended (for a monotonic total).
+    ended_frames: std::sync::atomic::AtomicU64,
     /// Jobs given back for falling behind, not taken again before the instant.
     cooldown: Mutex<HashMap<String, Instant>>,
     /// Broadcasts whose SPS does not say whether they have B-frames: what
@@ -192,6 +194,7 @@ impl Transcoder {
                 id: id.to_owned(),
                 leases,
                 jobs: DashMap::new(),
+                ended_frames: 0.into(),
                 cooldown: Mutex::new(HashMap::new()),
                 refused: Mutex::new(HashMap::new()),
                 next_claim: Mutex::new(Instant::now()),
@@ -216,6 +219,17 @@ impl Transcoder {
     pub fn router(&self) -> axum::Router {
         let me = self.clone();
         axum::Router::new().route("/transcode", axum::routing::get(move || async move { axum::Json(me.status()) }))
+    }
+
+    /// Rendition frames this worker has published since it started.
+    pub fn frames_out(&self) -> u64 {
+        let live: u64 = self.inner.jobs.iter().map(|j| j.stats.frames_out.load(Ordering::Relaxed)).sum();
+        self.inner.ended_frames.load(Ordering::Relaxed) + live
+    }
+
+    /// Jobs running now.
+    pub fn jobs(&self) -> usize {
+        self.inner.jobs.len()
     }
 
     /// The work taken on now, megapixels per second.
@@ -442,7 +456,9 @@ impl Transcoder {
                 }
             };
             stop.cancel();
-            me.inner.jobs.remove(&job);
+            if let Some((_, ended)) = me.inner.jobs.remove(&job) {
+                me.inner.ended_frames.fetch_add(ended.stats.frames_out.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
             let _ = me.inner.leases.release(&job, &me.inner.id).await;
             match end {
                 Ok(JobEnd::Failed) => {

@@ -380,12 +380,14 @@ pub(crate) async fn run(
                     }
                     let parts = f.payload.parts();
                     let last = parts.len().saturating_sub(1);
+                    let mut sent = 0;
                     for (i, p) in parts.iter().enumerate() {
                         if video.0.write_rtp(v.packet(p.clone(), ts, i == last)).await.is_err() {
                             break;
                         }
-                        counted.sent(p.len() as u64);
+                        sent += p.len() as u64;
                     }
+                    counted.sent_frame(sent);
                     // Steady state only: not while catching up after a join or a skip.
                     live_frames = if behind { 0 } else { live_frames + 1 };
                     if live_frames > 30 && !parts.is_empty() {
@@ -400,7 +402,7 @@ pub(crate) async fn run(
                     let Some(ts) = clock.audio(f.header.dts) else { continue };
                     if let Some(p) = f.payload.parts().first() {
                         if audio.0.write_rtp(a.packet(p.clone(), ts, false)).await.is_ok() {
-                            counted.sent(p.len() as u64);
+                            counted.sent_frame(p.len() as u64);
                         }
                     }
                 }
