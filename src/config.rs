@@ -64,6 +64,11 @@ pub(crate) struct File {
     pub(crate) advertise: Option<String>,
     pub(crate) directory_ttl: Option<u64>,
     pub(crate) bus: Option<String>,
+    pub(crate) max_connections_per_ip: Option<usize>,
+    pub(crate) command_timeout: Option<u64>,
+    pub(crate) play_wait_timeout: Option<u64>,
+    pub(crate) max_gop_bytes: Option<usize>,
+    pub(crate) max_gop_secs: Option<u64>,
     pub(crate) hls_segment: Option<f64>,
     pub(crate) hls_max_segment: Option<f64>,
     pub(crate) hls_part: Option<f64>,
@@ -148,36 +153,64 @@ pub(crate) struct RtmpArgs {
     /// Seconds of silence after which an RTMP connection is closed [default: 30].
     #[arg(long, env = "GOPBUS_IDLE_TIMEOUT")]
     pub(crate) idle_timeout: Option<u64>,
+    /// Most RTMP connections at once from one IP address [default: 256].
+    #[arg(long, env = "GOPBUS_MAX_CONNECTIONS_PER_IP")]
+    pub(crate) max_connections_per_ip: Option<usize>,
+    /// Seconds after the RTMP handshake for connect and then publish or play [default: 10].
+    #[arg(long, env = "GOPBUS_COMMAND_TIMEOUT")]
+    pub(crate) command_timeout: Option<u64>,
+    /// Seconds an RTMP player may wait for a name nobody publishes [default: 600].
+    #[arg(long, env = "GOPBUS_PLAY_WAIT_TIMEOUT")]
+    pub(crate) play_wait_timeout: Option<u64>,
+    /// Largest GoP in bytes: past it the GoP is cut and frames dropped until the next keyframe [default: 67108864].
+    #[arg(long, env = "GOPBUS_MAX_GOP_BYTES")]
+    pub(crate) max_gop_bytes: Option<usize>,
+    /// Longest GoP in seconds (a keyframe at least this often) [default: 60].
+    #[arg(long, env = "GOPBUS_MAX_GOP_SECS")]
+    pub(crate) max_gop_secs: Option<u64>,
 }
 
 /// Resolved [`RtmpArgs`].
 #[derive(Debug, Clone)]
 pub(crate) struct Rtmp {
     pub(crate) listen: SocketAddr,
-    pub(crate) max_connections: usize,
-    pub(crate) idle_timeout: Duration,
+    pub(crate) config: gopbus_ingest::IngestConfig,
 }
 
 impl Rtmp {
     /// The ingest server's settings.
     pub(crate) fn ingest(&self) -> gopbus_ingest::IngestConfig {
-        gopbus_ingest::IngestConfig {
-            max_connections: self.max_connections,
-            idle_timeout: self.idle_timeout,
-            ..gopbus_ingest::IngestConfig::default()
-        }
+        self.config.clone()
     }
 }
 
 impl RtmpArgs {
     pub(crate) fn resolve(&self, f: &File) -> Rtmp {
-        Rtmp {
-            listen: self.rtmp.or(f.rtmp).unwrap_or_else(|| parse(defaults::RTMP, "rtmp")),
-            max_connections: self.max_connections.or(f.max_connections).unwrap_or(defaults::MAX_CONNECTIONS),
-            idle_timeout: Duration::from_secs(
-                self.idle_timeout.or(f.idle_timeout).unwrap_or(defaults::IDLE_TIMEOUT_SECS).max(1),
-            ),
-        }
+        let max_connections = self.max_connections.or(f.max_connections).unwrap_or(defaults::MAX_CONNECTIONS);
+        let idle_timeout =
+            Duration::from_secs(self.idle_timeout.or(f.idle_timeout).unwrap_or(defaults::IDLE_TIMEOUT_SECS).max(1));
+        let d = gopbus_ingest::IngestConfig::default();
+        let secs = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+            flag.or(file).map_or(default, |s| Duration::from_secs(s.max(1)))
+        };
+        let config = gopbus_ingest::IngestConfig {
+            max_connections,
+            idle_timeout,
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(f.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip)
+                .max(1),
+            command_timeout: secs(self.command_timeout, f.command_timeout, d.command_timeout),
+            play_wait_timeout: secs(self.play_wait_timeout, f.play_wait_timeout, d.play_wait_timeout),
+            gop_limits: gopbus_ingest::publish::GopLimits {
+                max_bytes: self.max_gop_bytes.or(f.max_gop_bytes).unwrap_or(d.gop_limits.max_bytes).max(64 * 1024),
+                max_ms: secs(self.max_gop_secs, f.max_gop_secs, Duration::from_millis(d.gop_limits.max_ms as u64))
+                    .as_millis() as i64,
+            },
+            ..d
+        };
+        Rtmp { listen: self.rtmp.or(f.rtmp).unwrap_or_else(|| parse(defaults::RTMP, "rtmp")), config }
     }
 }
 
@@ -750,7 +783,7 @@ mod tests {
         // serve's blocks
         let rtmp = RtmpArgs::default().resolve(&file);
         assert_eq!(rtmp.listen, "127.0.0.1:2000".parse::<SocketAddr>().unwrap()); // file
-        assert_eq!(rtmp.max_connections, defaults::MAX_CONNECTIONS); // default
+        assert_eq!(rtmp.config.max_connections, defaults::MAX_CONNECTIONS); // default
         let http = HttpArgs { http: Some("127.0.0.1:3001".parse().unwrap()) }.resolve(&file);
         assert_eq!(http, "127.0.0.1:3001".parse::<SocketAddr>().unwrap()); // flag
         assert_eq!(BusArgs::default().resolve(&file).window, 5);

@@ -85,7 +85,7 @@ impl Target {
             .args(["serve", "--rtmp", &rtmp.to_string()])
             .args(["--http", &http.to_string(), "--quic", &free_addr()?.to_string()])
             .args(flags)
-            .args(["--max-connections", "4096", "--data"])
+            .args(["--max-connections", "4096", "--max-connections-per-ip", "4096", "--data"])
             .arg(&data)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -144,6 +144,17 @@ impl Publisher {
         Ok(())
     }
 
+    /// Cuts the current GoP short (subscribers get [`Event::CutShort`](crate::Event::CutShort)
+    /// at its end); frames are refused until the next [`open_gop`](Self::open_gop).
+    /// For a GoP that grew past a limit: its memory stays bounded by that limit
+    /// and goes when it leaves the window.
+    pub fn cut_gop(&mut self) {
+        if let Some(gop) = self.current.take() {
+            gop.close(GopState::CutShort);
+            self.shared.wake_all();
+        }
+    }
+
     /// Ends the broadcast. [`EndReason::PublisherLeft`] closes the current GoP as
     /// complete (a clean stop); any other reason marks it cut short.
     pub fn end(mut self, reason: EndReason) {

@@ -6,8 +6,8 @@ pub enum ChunkError {
     /// A type 3 header on a chunk stream that has no previous header.
     #[error("chunk stream {0} continues a message that never started")]
     NoPreviousHeader(u32),
-    /// Set Chunk Size outside 1..=0x7FFFFFFF.
-    #[error("invalid chunk size {0}")]
+    /// Set Chunk Size outside 128..=0x7FFFFFFF.
+    #[error("invalid chunk size {0} (128 to 2147483647)")]
     BadChunkSize(u32),
     /// A message longer than the configured limit.
     #[error("message of {0} bytes exceeds the limit")]
@@ -15,6 +15,9 @@ pub enum ChunkError {
     /// More concurrent chunk streams than allowed.
     #[error("too many chunk streams")]
     TooManyChunkStreams,
+    /// Incomplete messages hold more bytes than the largest message allowed.
+    #[error("{0} bytes held in incomplete messages, more than the limit")]
+    TooMuchHeld(usize),
 }
 
 /// Why an RTMP connection was closed.

@@ -26,6 +26,7 @@
 //! - [`timeline`]: 32-bit timestamp unwrapping and takeover rebasing.
 #![warn(missing_docs)]
 
+pub mod amf;
 pub mod chunk;
 mod error;
 pub mod play;

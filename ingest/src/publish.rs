@@ -25,9 +25,30 @@ use crate::timeline::Timeline;
 /// GoP length of audio-only broadcasts.
 pub const AUDIO_GOP_MS: i64 = 1000;
 
+/// The largest GoP a publisher may send: past either limit, the GoP is cut
+/// short and its frames are dropped until the next keyframe.
+#[derive(Debug, Clone, Copy)]
+pub struct GopLimits {
+    /// Payload bytes.
+    pub max_bytes: usize,
+    /// Milliseconds from its keyframe.
+    pub max_ms: i64,
+}
+
+impl Default for GopLimits {
+    fn default() -> Self {
+        Self { max_bytes: 64 << 20, max_ms: 60_000 }
+    }
+}
+
 /// Turns one publisher's messages into bus GoPs and frames.
 pub struct MediaIngest {
     publisher: Publisher,
+    limits: GopLimits,
+    /// Payload bytes in the current GoP.
+    gop_bytes: usize,
+    /// GoPs cut for exceeding the limits.
+    pub cut_gops: u64,
     timeline: Timeline,
     video: Option<VideoConfig>,
     audio: Option<AudioConfig>,
@@ -43,9 +64,17 @@ pub struct MediaIngest {
 impl MediaIngest {
     /// Starts ingesting onto `publisher`, rebasing timestamps after a takeover.
     pub fn new(publisher: Publisher) -> Self {
+        Self::with_limits(publisher, GopLimits::default())
+    }
+
+    /// Like [`new`](Self::new), with GoP `limits`.
+    pub fn with_limits(publisher: Publisher, limits: GopLimits) -> Self {
         let timeline = Timeline::new(publisher.previous_last_dts());
         Self {
             publisher,
+            limits,
+            gop_bytes: 0,
+            cut_gops: 0,
             timeline,
             video: None,
             audio: None,
@@ -207,6 +236,7 @@ impl MediaIngest {
         };
         self.publisher.open_gop(header).map_err(|e| SessionError::Refused(e.to_string()))?;
         self.gop_start = Some(dts);
+        self.gop_bytes = 0;
         Ok(())
     }
 
@@ -222,6 +252,21 @@ impl MediaIngest {
         if payload.is_empty() {
             return Ok(());
         }
+        let start = self.gop_start.unwrap_or(dts);
+        if self.gop_bytes + payload.len() > self.limits.max_bytes || dts.saturating_sub(start) > self.limits.max_ms {
+            tracing::warn!(
+                broadcast = %self.publisher.name(), bytes = self.gop_bytes, ms = dts.saturating_sub(start),
+                max_bytes = self.limits.max_bytes, max_ms = self.limits.max_ms,
+                "GoP over the limit (no keyframe for too long); cut, frames dropped until the next keyframe"
+            );
+            self.publisher.cut_gop();
+            self.gop_start = None;
+            self.gop_bytes = 0;
+            self.cut_gops += 1;
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.gop_bytes += payload.len();
         let header = FrameHeader { track, dts, cts, flags, len: payload.len() as u32 };
         self.publisher.push(Frame { header, payload }).map_err(|e| SessionError::Refused(e.to_string()))?;
         self.frames += 1;

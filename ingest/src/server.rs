@@ -36,6 +36,14 @@ pub struct IngestConfig {
     pub out_chunk_size: usize,
     /// Bytes queued for one player before gopbus stops pulling from the bus for it.
     pub player_queue: usize,
+    /// Most connections at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Time after the handshake for `connect` and then `publish` or `play`.
+    pub command_timeout: Duration,
+    /// How long a player may wait for a broadcast that is not live.
+    pub play_wait_timeout: Duration,
+    /// The largest GoP a publisher may send (bytes, duration).
+    pub gop_limits: crate::publish::GopLimits,
 }
 
 impl Default for IngestConfig {
@@ -48,6 +56,10 @@ impl Default for IngestConfig {
             max_message: 8 << 20,
             out_chunk_size: 4096,
             player_queue: 512 * 1024,
+            max_connections_per_ip: 256,
+            command_timeout: Duration::from_secs(10),
+            play_wait_timeout: Duration::from_secs(600),
+            gop_limits: crate::publish::GopLimits::default(),
         }
     }
 }
@@ -81,6 +93,11 @@ pub struct Ingest {
     pub(crate) live: DashMap<String, LivePublisher>,
     pub(crate) hook: Option<Arc<dyn PublishHook>>,
     next_session: AtomicU64,
+    /// Connections open per IP address.
+    per_ip: DashMap<std::net::IpAddr, usize>,
+    /// When the per-address limit was last logged (ms since the start), to log it once a second.
+    per_ip_logged: AtomicU64,
+    started: std::time::Instant,
     /// Counters for metrics.
     pub(crate) stats: IngestStats,
 }
@@ -113,6 +130,9 @@ impl Ingest {
             live: DashMap::new(),
             hook,
             next_session: AtomicU64::new(1),
+            per_ip: DashMap::new(),
+            per_ip_logged: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             stats: IngestStats::default(),
         })
     }
@@ -159,7 +179,12 @@ impl Ingest {
                     }
                 },
             };
+            if !self.admit(peer.ip()) {
+                drop(stream);
+                continue;
+            }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.leave(peer.ip());
                 tracing::warn!(%peer, limit = self.config.max_connections, "connection refused: too many connections");
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 drop(stream);
@@ -176,6 +201,7 @@ impl Ingest {
                     let ingest = this.clone();
                     let result = session::run(this, stream, id, shutdown).await;
                     ingest.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                    ingest.leave(peer.ip());
                     match result {
                         Ok(()) => tracing::info!("connection closed"),
                         Err(crate::SessionError::ClosedEarly) => {
@@ -192,6 +218,32 @@ impl Ingest {
         if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
             tracing::warn!("connections still open 5 s after shutdown");
         }
+    }
+
+    /// Counts a connection from `ip`; false (logged at most once a second) past the per-address limit.
+    fn admit(&self, ip: std::net::IpAddr) -> bool {
+        let mut n = self.per_ip.entry(ip).or_insert(0);
+        if *n >= self.config.max_connections_per_ip {
+            drop(n);
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let now = self.started.elapsed().as_millis() as u64;
+            let last = self.per_ip_logged.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && self.per_ip_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            {
+                tracing::warn!(%ip, limit = self.config.max_connections_per_ip, "connection refused: too many connections from one address");
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: std::net::IpAddr) {
+        self.per_ip.remove_if_mut(&ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
     }
 
     /// Checks every live publisher's key against the store and disconnects those

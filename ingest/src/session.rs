@@ -33,6 +33,11 @@ use gopbus_store::PublishRequest;
 const READ_BUF: usize = 64 * 1024;
 /// Read buffer size of any other connection (players send little: acks, pings).
 const SMALL_READ_BUF: usize = 4 * 1024;
+/// Largest message before a publish is accepted: only commands come then.
+const PRE_PUBLISH_MAX_MESSAGE: usize = 64 * 1024;
+/// Bytes of replies (statuses, pings) that may wait for a peer beyond a
+/// player's media queue; past it the peer is not reading and is disconnected.
+const OUT_SLACK: usize = 256 * 1024;
 /// The one message stream id gopbus hands out.
 const STREAM_ID: u32 = 1;
 /// Window acknowledgement size and peer bandwidth we announce.
@@ -121,6 +126,8 @@ struct Conn {
     playing: Option<Playing>,
     /// Set when the connection should close once `out` is flushed.
     close: Option<Result<(), SessionError>>,
+    /// While a player waits for a broadcast that is not live: when it gives up.
+    play_wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Runs one connection to its end.
@@ -140,7 +147,7 @@ pub(crate) async fn run(
     rbuf.extend_from_slice(&leftover);
     let mut conn = Conn {
         peer,
-        dec: ChunkDecoder::new(ingest.config.max_message),
+        dec: ChunkDecoder::new(PRE_PUBLISH_MAX_MESSAGE.min(ingest.config.max_message)),
         enc: ChunkEncoder::new(),
         out: OutQueue::default(),
         ingest,
@@ -153,6 +160,7 @@ pub(crate) async fn run(
         publishing: None,
         playing: None,
         close: None,
+        play_wait: None,
     };
     let result = conn.drive(&mut rd, &mut wr, &mut rbuf, &shutdown).await;
     let reason = match &result {
@@ -201,6 +209,13 @@ async fn publisher_stop(p: Option<&mut Publishing>) -> Stop {
     }
 }
 
+async fn expired(t: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
+    match t {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_event(p: Option<&mut Playing>) -> Event {
     match p {
         Some(p) => p.sub.next().await,
@@ -225,6 +240,11 @@ impl Conn {
         tokio::pin!(shutdown_signal);
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
+        // `connect` and then `publish` or `play` must come within this.
+        let command_timeout = self.ingest.config.command_timeout;
+        let role_deadline = tokio::time::sleep(command_timeout);
+        tokio::pin!(role_deadline);
+        let mut role_taken = false;
         loop {
             while self.close.is_none() {
                 let Some(msg) = self.dec.decode(rbuf)? else { break };
@@ -234,6 +254,14 @@ impl Conn {
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.out.flush_to(wr)).await;
                 return result;
             }
+            let out_limit = if self.playing.is_some() { queue_limit + OUT_SLACK } else { OUT_SLACK };
+            if self.out.len() > out_limit {
+                return Err(SessionError::Refused(format!(
+                    "{} bytes queued for a peer that does not read them (limit {out_limit})",
+                    self.out.len()
+                )));
+            }
+            role_taken |= self.publishing.is_some() || self.playing.is_some();
             let want = if self.publishing.is_some() { READ_BUF } else { SMALL_READ_BUF };
             if rbuf.capacity() - rbuf.len() < want / 8 {
                 // Only a partial chunk header is left in the buffer: this copies no payload.
@@ -284,6 +312,20 @@ impl Conn {
                         self.send(csid::CONTROL, 0, RtmpMessage::Acknowledgement { sequence_number: self.received as u32 });
                     }
                 }
+                _ = &mut role_deadline, if !role_taken => {
+                    return Err(SessionError::Refused(format!(
+                        "no publish or play within {} s of connecting",
+                        command_timeout.as_secs_f64()
+                    )));
+                }
+                _ = expired(self.play_wait.as_mut()) => {
+                    let wait = self.ingest.config.play_wait_timeout.as_secs();
+                    tracing::info!(wait_s = wait, "player gave up: nothing published under this name");
+                    self.send_status("error", "NetStream.Play.StreamNotFound", &format!("nothing published within {wait} s"));
+                    self.playing = None;
+                    self.play_wait = None;
+                    self.close = Some(Ok(()));
+                }
                 _ = &mut idle_timer, if idle_armed => {
                     let deadline = last_activity + idle;
                     if tokio::time::Instant::now() >= deadline {
@@ -312,6 +354,7 @@ impl Conn {
 
     fn play_one(&mut self, ev: Event) {
         let Some(playing) = self.playing.as_mut() else { return };
+        self.play_wait = None;
         match &ev {
             Event::Frame(f) => playing.viewer.sent_frame(f.payload.len() as u64),
             Event::Skipped { from, to } => playing.viewer.skipped(to - from),
@@ -357,13 +400,30 @@ impl Conn {
                 Ok(())
             }
             _ => {
+                let data = msg.contiguous();
+                // AMF commands and data: checked before the library parses them
+                // (it recurses without a limit and panics on short commands).
+                // The library reads types 15 and 17 (AMF3) as AMF0 too, 17 after a leading zero.
+                let command = matches!(msg.type_id, types::COMMAND_AMF0 | types::COMMAND_AMF3);
+                if command || matches!(msg.type_id, types::DATA_AMF0 | types::DATA_AMF3) {
+                    let amf = if msg.type_id == types::COMMAND_AMF3 && data.first() == Some(&0) {
+                        &data[1..]
+                    } else {
+                        &data[..]
+                    };
+                    crate::amf::check(amf, crate::amf::AmfLimits::default(), command)
+                        .map_err(|why| malformed(if command { "AMF command" } else { "AMF data" }, why))?;
+                }
                 let payload = MessagePayload {
                     timestamp: RtmpTimestamp::new(msg.timestamp),
                     type_id: msg.type_id,
                     message_stream_id: msg.stream_id,
-                    data: msg.contiguous(),
+                    data,
                 };
-                let parsed = payload.to_rtmp_message().map_err(|e| malformed("message", e.to_string()))?;
+                // A panic in the library is this connection's error, not the task's.
+                let parsed = std::panic::catch_unwind(move || payload.to_rtmp_message())
+                    .map_err(|_| malformed("message", "the RTMP library could not parse it"))?
+                    .map_err(|e| malformed("message", e.to_string()))?;
                 self.handle_control(parsed).await
             }
         }
@@ -531,7 +591,10 @@ impl Conn {
                 _ = kicked_signal => Stop::Kicked,
             }
         });
-        self.publishing = Some(Publishing { media: MediaIngest::new(publisher), name, revoked, kicked, stop });
+        let media = MediaIngest::with_limits(publisher, self.ingest.config.gop_limits);
+        self.publishing = Some(Publishing { media, name, revoked, kicked, stop });
+        // Media comes now: messages up to the configured size.
+        self.dec.set_max_message(self.ingest.config.max_message);
         self.stream_begin();
         self.send_status("status", "NetStream.Publish.Start", "publishing");
         Ok(())
@@ -577,6 +640,10 @@ impl Conn {
             },
         );
         let viewer = self.ingest.bus.audience().join(broadcast, gopbus_bus::Protocol::Rtmp);
+        if !self.ingest.bus.is_live(broadcast) {
+            // Waits for a publisher, for a while.
+            self.play_wait = Some(Box::pin(tokio::time::sleep(self.ingest.config.play_wait_timeout)));
+        }
         self.playing = Some(Playing { sub, egress: Egress::new(STREAM_ID), viewer });
         Ok(())
     }

@@ -70,21 +70,38 @@ pub struct ChunkDecoder {
     streams: HashMap<u32, ChunkStream>,
     /// The chunk whose payload is still arriving: (csid, bytes left in this chunk).
     in_chunk: Option<(u32, usize)>,
+    /// Payload bytes held in messages not yet complete, all chunk streams.
+    held: usize,
 }
 
 /// Largest number of chunk streams a peer may use at once.
 const MAX_CHUNK_STREAMS: usize = 64;
 
+/// Smallest chunk size a peer may set: the protocol's initial size, which no
+/// encoder goes below. Smaller chunks only multiply the per-chunk overhead
+/// of everything that holds them.
+pub(crate) const MIN_CHUNK_SIZE: u32 = 128;
+
+/// Bytes of incomplete messages a connection may hold beyond its largest
+/// message (an audio message in progress beside a video one).
+const HELD_SLACK: usize = 128 * 1024;
+
 impl ChunkDecoder {
     /// A decoder with the protocol's initial chunk size of 128 bytes.
     pub fn new(max_message: usize) -> Self {
-        Self { chunk_size: 128, max_message, streams: HashMap::new(), in_chunk: None }
+        Self { chunk_size: 128, max_message, streams: HashMap::new(), in_chunk: None, held: 0 }
+    }
+
+    /// Changes the largest message accepted (ingest raises it once a publish
+    /// is accepted: before that, only commands come).
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = max_message;
     }
 
     /// Applies the peer's Set Chunk Size.
     pub fn set_chunk_size(&mut self, size: u32) -> Result<(), ChunkError> {
-        // §5.4.1: 1 ..= 0x7FFFFFFF; the top bit must be zero.
-        if size == 0 || size > 0x7fff_ffff {
+        // §5.4.1: 1 ..= 0x7FFFFFFF; the top bit must be zero. Below 128: refused.
+        if !(MIN_CHUNK_SIZE..=0x7fff_ffff).contains(&size) {
             return Err(ChunkError::BadChunkSize(size));
         }
         self.chunk_size = size as usize;
@@ -94,6 +111,7 @@ impl ChunkDecoder {
     /// Drops the partial message of chunk stream `csid` (Abort Message, §5.4.2).
     pub fn abort(&mut self, csid: u32) {
         if let Some(s) = self.streams.get_mut(&csid) {
+            self.held -= s.received;
             s.parts.clear();
             s.received = 0;
         }
@@ -119,6 +137,10 @@ impl ChunkDecoder {
             if take > 0 {
                 stream.parts.push(buf.split_to(take).freeze());
                 stream.received += take;
+                self.held += take;
+                if self.held > self.max_message + HELD_SLACK {
+                    return Err(ChunkError::TooMuchHeld(self.held));
+                }
             }
             if take < left {
                 self.in_chunk = Some((csid, left - take));
@@ -127,6 +149,7 @@ impl ChunkDecoder {
             self.in_chunk = None;
             if stream.received == stream.len {
                 let parts = std::mem::take(&mut stream.parts);
+                self.held -= stream.received;
                 stream.received = 0;
                 return Ok(Some(RawMessage {
                     csid,
@@ -174,6 +197,7 @@ impl ChunkDecoder {
         if fmt < 3 && mid_message {
             // A new header on a stream whose message is incomplete: the peer gave up on it.
             tracing::debug!(csid, "new message header mid-message; dropping the partial message");
+            self.held -= stream.received;
             stream.parts.clear();
             stream.received = 0;
         }
@@ -312,5 +336,55 @@ mod tests {
         assert!(matches!(dec.decode(&mut buf), Err(ChunkError::MessageTooLarge(_))));
         assert!(dec.set_chunk_size(0).is_err());
         assert!(dec.set_chunk_size(0x8000_0000).is_err());
+        assert!(dec.set_chunk_size(1).is_err(), "below the floor");
+        assert!(dec.set_chunk_size(127).is_err(), "below the floor");
+        assert!(dec.set_chunk_size(128).is_ok());
+    }
+
+    #[test]
+    fn incomplete_messages_hold_a_bounded_number_of_bytes() {
+        // Many chunk streams, each with a large message begun and never finished.
+        let mut dec = ChunkDecoder::new(64 * 1024);
+        let mut wire = Vec::new();
+        for csid in 4..60u8 {
+            // Type 0 header: a 60000-byte video message, then its first 128 bytes.
+            wire.extend_from_slice(&[csid, 0, 0, 0, 0, 0xea, 0x60, 9, 1, 0, 0, 0]);
+            wire.extend_from_slice(&[0u8; 128]);
+        }
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut result = Ok(None);
+        while !buf.is_empty() {
+            result = dec.decode(&mut buf);
+            if result.is_err() {
+                break;
+            }
+        }
+        // 56 × 128 bytes fit: the limit is the largest message plus slack, so this passes...
+        assert!(result.is_ok());
+        // ...but continuing every one of them does not.
+        let mut buf = BytesMut::new();
+        let mut failed = false;
+        for _ in 0..40 {
+            for csid in 4..60u8 {
+                buf.extend_from_slice(&[0xc0 | csid]);
+                buf.extend_from_slice(&[0u8; 128]);
+            }
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        assert!(matches!(e, ChunkError::TooMuchHeld(_)), "{e}");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        assert!(failed, "the decoder held {} bytes of incomplete messages", dec.held);
+        assert!(dec.held <= 64 * 1024 + HELD_SLACK + 128);
     }
 }
