@@ -12,8 +12,10 @@
 //!
 //! # Contract
 //!
-//! - Counting is a relaxed atomic add on counters the reporter holds: no lock
-//!   and no map lookup per frame or packet.
+//! - Counting costs no lock, no map lookup and no shared write per frame: a
+//!   [`Viewer`] adds to plain counters of its own and flushes them into the
+//!   shared ones every [`FLUSH_FRAMES`] frames, on a skip and when dropped
+//!   (readers see bytes and frames at most that many frames late).
 //! - Per-broadcast entries are bounded by the broadcasts there are: an entry
 //!   without viewers for a broadcast that is not live goes at [`Audience::prune`].
 //! - Totals per protocol ([`Audience::totals`]) only grow (bytes, skipped GoPs)
@@ -118,7 +120,7 @@ impl Audience {
         let total = self.inner.totals[protocol.index()].clone();
         counters.viewers.fetch_add(1, Ordering::Relaxed);
         total.viewers.fetch_add(1, Ordering::Relaxed);
-        Viewer { counters, total }
+        Viewer { counters, total, pending: std::cell::Cell::new((0, 0)) }
     }
 
     /// Sets the viewers of `broadcast` over `protocol` to an estimate (for
@@ -155,31 +157,51 @@ impl Audience {
     }
 }
 
+/// Frames a [`Viewer`] counts on its own before it adds them to the shared counters.
+pub const FLUSH_FRAMES: u64 = 64;
+
 /// One viewer's counters ([`Audience::join`]); it leaves when dropped.
 #[derive(Debug)]
 pub struct Viewer {
     counters: Arc<Counters>,
     total: Arc<Counters>,
+    /// (bytes, frames) not yet added to the shared counters.
+    pending: std::cell::Cell<(u64, u64)>,
 }
 
 impl Viewer {
     /// A frame of `bytes` was sent to this viewer.
     pub fn sent_frame(&self, bytes: u64) {
-        for c in [&self.counters, &self.total] {
-            c.bytes.fetch_add(bytes, Ordering::Relaxed);
-            c.frames.fetch_add(1, Ordering::Relaxed);
+        let (b, f) = self.pending.get();
+        self.pending.set((b + bytes, f + 1));
+        if f + 1 >= FLUSH_FRAMES {
+            self.flush();
         }
     }
 
     /// This viewer skipped `gops` GoPs (it fell behind).
     pub fn skipped(&self, gops: u64) {
+        self.flush();
         self.counters.skipped_gops.fetch_add(gops, Ordering::Relaxed);
         self.total.skipped_gops.fetch_add(gops, Ordering::Relaxed);
+    }
+
+    /// Adds what was counted here to the shared counters.
+    pub fn flush(&self) {
+        let (bytes, frames) = self.pending.replace((0, 0));
+        if frames == 0 && bytes == 0 {
+            return;
+        }
+        for c in [&self.counters, &self.total] {
+            c.bytes.fetch_add(bytes, Ordering::Relaxed);
+            c.frames.fetch_add(frames, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for Viewer {
     fn drop(&mut self) {
+        self.flush();
         self.counters.viewers.fetch_sub(1, Ordering::Relaxed);
         self.total.viewers.fetch_sub(1, Ordering::Relaxed);
     }
@@ -195,6 +217,7 @@ mod tests {
         let v1 = a.join("cam", Protocol::Rtmp);
         let v2 = a.join("cam", Protocol::Rtmp);
         v1.sent_frame(100);
+        v1.flush();
         v2.sent_frame(50);
         v2.skipped(2);
         a.set_viewers("cam", Protocol::Hls, 3);
