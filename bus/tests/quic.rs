@@ -22,6 +22,7 @@ struct Node {
     url: String,
     ca: std::path::PathBuf,
     shutdown: CancellationToken,
+    bus: Bus,
 }
 
 async fn node(tag: &str) -> Node {
@@ -40,7 +41,7 @@ async fn node(tag: &str) -> Node {
     let url = format!("quic://127.0.0.1:{}", server.local_addr().unwrap().port());
     let shutdown = CancellationToken::new();
     tokio::spawn(server.run(shutdown.clone()));
-    Node { url, ca, shutdown }
+    Node { url, ca, shutdown, bus }
 }
 
 fn gop(seq: u64) -> GopHeader {
@@ -165,5 +166,57 @@ async fn wrong_token_and_unknown_broadcast_are_clear_errors() {
     let foreign = tls::server_identity(None, None, &other, &[]).unwrap();
     let bad = tls::client_config(Some(&foreign.cert_path)).unwrap();
     assert!(BusClient::connect(&server.url, "secret", bad).await.is_err());
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_longer_than_the_limit_is_refused_before_it_is_buffered() {
+    tls::install_crypto_provider();
+    let server = node("big-frame").await;
+    let config = tls::client_config(Some(&server.ca)).unwrap();
+    let mut on_server = server.bus.subscribe("cam", SubscribeOptions::default());
+    let pub_bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut publisher = pub_bus.publish("cam");
+    let client = BusClient::connect(&server.url, "secret", config).await.unwrap();
+    let _publication = client.publish_from("cam", pub_bus.subscribe("cam", SubscribeOptions::default())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // GoP 0: a frame of 17 MiB (over the 16 MiB limit). GoP 1: ordinary frames.
+    publisher.open_gop(gop(0)).unwrap();
+    let big = Payload::from_bytes(Bytes::from(vec![1u8; 17 << 20]));
+    let header =
+        FrameHeader { track: TrackId::VIDEO, dts: 0, cts: 0, flags: FrameFlags::KEYFRAME, len: big.len() as u32 };
+    publisher.push(Frame { header, payload: big }).unwrap();
+    // The server refuses the frame's stream instead of buffering 17 MiB: nothing of it arrives.
+    let mut largest = 0;
+    while let Ok(ev) = tokio::time::timeout(Duration::from_secs(2), on_server.next()).await {
+        if let Event::Frame(f) = ev {
+            largest = largest.max(f.payload.len());
+        }
+    }
+    assert!(largest <= gopbus_proto::wire::MAX_FRAME, "a {largest}-byte frame got through");
+    drop(publisher);
+    // The server carries on: another broadcast goes through whole.
+    let mut other = server.bus.subscribe("cam2", SubscribeOptions::default());
+    let bus2 = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut p2 = bus2.publish("cam2");
+    let client2 =
+        BusClient::connect(&server.url, "secret", tls::client_config(Some(&server.ca)).unwrap()).await.unwrap();
+    let _p2 = client2.publish_from("cam2", bus2.subscribe("cam2", SubscribeOptions::default())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p2.open_gop(gop(0)).unwrap();
+    for f in frames(1) {
+        p2.push(f).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p2.end(EndReason::PublisherLeft);
+    let mut got = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), other.next()).await.expect("stalled") {
+            Event::Frame(_) => got += 1,
+            Event::End(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(got, frames(1).len());
     server.shutdown.cancel();
 }

@@ -24,6 +24,9 @@ pub const VERSION: u8 = 2;
 pub const PREFIX_LEN: usize = 6;
 /// Largest archive accepted; bus messages are headers, never media payloads.
 pub const MAX_BODY: usize = 1 << 20;
+/// Largest frame payload a peer may announce (twice RTMP ingest's largest
+/// message): checked before any of it is buffered.
+pub const MAX_FRAME: usize = 16 << 20;
 
 /// Where a new subscriber starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

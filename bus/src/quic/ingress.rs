@@ -48,6 +48,15 @@ pub(crate) async fn read_stream(
     loop {
         let (index, frame) = match reader.message().await {
             Ok(Some(Message::Frame(wf))) => {
+                if wf.header.len as usize > gopbus_proto::wire::MAX_FRAME {
+                    tracing::warn!(
+                        len = wf.header.len,
+                        limit = gopbus_proto::wire::MAX_FRAME,
+                        "frame longer than the limit announced on a GoP stream; stream dropped"
+                    );
+                    reader.stop();
+                    break;
+                }
                 if let Some(p) = &pacer {
                     p.take(wf.header.len as usize).await;
                 }
