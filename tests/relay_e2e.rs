@@ -4,6 +4,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -442,4 +443,51 @@ fn the_api_on_ingest_nodes_manages_redis_keys_and_names_the_node_that_holds_a_br
     let (status, _, metrics) = http(api_a, "GET", "/metrics", "", b"");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&metrics).contains("gopbus_rtmp_connections_accepted_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_does_not_hold_up_fetches_of_other_broadcasts() {
+    use gopbus_bus::quic::{tls, Relay, Source, Upstream};
+    let redis = Redis::start();
+    let origin_port = udp_port();
+    let origin_url = format!("quic://127.0.0.1:{origin_port}");
+    let origin =
+        relay("slow-origin", origin_port, &["--redis".into(), redis.url(), "--advertise".into(), origin_url.clone()]);
+    let origin_ca = origin.dir.join("bus-cert.pem");
+    let (_ingest, rtmp, key) = ingest_node(&origin_url, &origin_ca.display().to_string());
+    let _publisher = ffmpeg_publish(&Fixture::av(48000, 40), &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["GET", "gopbus:broadcast:cam"]).trim() != origin_url {
+        assert!(Instant::now() < deadline, "cam never registered:\n{}", origin.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // "slow" points at a node that never answers (a socket that reads nothing):
+    // fetching it takes until QUIC gives up (about 4 s here).
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = format!("quic://127.0.0.1:{}", black_hole.local_addr().unwrap().port());
+    redis.cli(&["SET", "gopbus:broadcast:slow", &dead, "EX", "60"]);
+
+    // An edge relay's fetcher, finding broadcasts through the directory.
+    tls::install_crypto_provider();
+    let directory = gopbus_store::RedisDirectory::connect(&redis.url(), Duration::from_secs(10)).await.unwrap();
+    let bus = gopbus_bus::Bus::default();
+    let edge = Relay::new(
+        bus.clone(),
+        Source::Directory(Arc::new(directory)),
+        TOKEN.into(),
+        tls::client_config(Some(&origin_ca)).unwrap(),
+    );
+    let slow = tokio::spawn({
+        let edge = edge.clone();
+        async move { edge.fetch("slow".into()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile "cam" is fetched at once, not after the slow one gives up.
+    let started = Instant::now();
+    edge.fetch("cam".into()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "cam waited {:?} behind the slow fetch", started.elapsed());
+    assert!(!slow.is_finished(), "the slow fetch is still trying");
+    let slow = slow.await.unwrap();
+    assert!(slow.is_err(), "a node that never answers: {slow:?}");
+    assert!(bus.is_live("cam"));
 }

@@ -37,11 +37,26 @@ pub struct Relay {
     /// This node's own address, never fetched from.
     own_url: Option<String>,
     linger: Duration,
-    clients: tokio::sync::Mutex<HashMap<String, Arc<BusClient>>>,
+    clients: Mutex<HashMap<String, Arc<BusClient>>>,
     active: Mutex<HashMap<String, Fetch>>,
-    /// One fetch at a time, so two local subscribers never start two upstream
-    /// subscriptions (and two local publishers) for one broadcast.
-    fetch_lock: tokio::sync::Mutex<()>,
+    /// One fetch at a time per broadcast, so two local subscribers never start
+    /// two upstream subscriptions (and two local publishers) for one broadcast;
+    /// fetches of different broadcasts never wait for each other.
+    fetch_locks: KeyedLocks,
+    /// One connection attempt at a time per upstream URL.
+    connect_locks: KeyedLocks,
+}
+
+/// An async lock per key; a key's lock goes once nobody holds or waits for it.
+#[derive(Default)]
+struct KeyedLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl KeyedLocks {
+    fn of(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(key.to_owned()).or_default().clone()
+    }
 }
 
 impl Relay {
@@ -56,7 +71,8 @@ impl Relay {
             linger: Duration::from_secs(5),
             clients: Default::default(),
             active: Default::default(),
-            fetch_lock: Default::default(),
+            fetch_locks: KeyedLocks::default(),
+            connect_locks: KeyedLocks::default(),
         })
     }
 
@@ -106,20 +122,25 @@ impl Relay {
     }
 
     async fn client(&self, url: &str) -> Result<Arc<BusClient>, QuicError> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(url) {
-            if !c.is_closed() {
-                return Ok(c.clone());
-            }
+        let open = |clients: &HashMap<String, Arc<BusClient>>| clients.get(url).filter(|c| !c.is_closed()).cloned();
+        if let Some(c) = open(&self.clients.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(c);
+        }
+        // One attempt per upstream at a time; other upstreams do not wait for it.
+        let lock = self.connect_locks.of(url);
+        let _connecting = lock.lock().await;
+        if let Some(c) = open(&self.clients.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(c);
         }
         let c = Arc::new(BusClient::connect(url, &self.token, self.client_config.clone()).await?);
         tracing::info!(upstream = %url, "connected upstream");
-        clients.insert(url.to_owned(), c.clone());
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(url.to_owned(), c.clone());
         Ok(c)
     }
 
     async fn fetch_inner(&self, broadcast: String) -> Result<(), QuicError> {
-        let _one_at_a_time = self.fetch_lock.lock().await;
+        let lock = self.fetch_locks.of(&broadcast);
+        let _one_at_a_time = lock.lock().await;
         {
             let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
             if active.get(&broadcast).is_some_and(|f| !f.sub.is_finished()) {
