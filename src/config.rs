@@ -65,6 +65,7 @@ pub(crate) struct File {
     pub(crate) directory_ttl: Option<u64>,
     pub(crate) bus: Option<String>,
     pub(crate) max_connections_per_ip: Option<usize>,
+    pub(crate) max_bus_connections: Option<usize>,
     pub(crate) command_timeout: Option<u64>,
     pub(crate) play_wait_timeout: Option<u64>,
     pub(crate) max_gop_bytes: Option<usize>,
@@ -254,6 +255,9 @@ pub(crate) struct QuicArgs {
     /// TLS private key (PEM) for `--tls-cert`.
     #[arg(long, env = "GOPBUS_TLS_KEY")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Most QUIC bus connections at once; past half, clients prove their address (Retry) first [default: 4096].
+    #[arg(long, env = "GOPBUS_MAX_BUS_CONNECTIONS")]
+    pub(crate) max_bus_connections: Option<usize>,
 }
 
 /// Resolved [`QuicArgs`].
@@ -262,6 +266,7 @@ pub(crate) struct Quic {
     pub(crate) listen: SocketAddr,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) max_connections: usize,
 }
 
 impl QuicArgs {
@@ -270,6 +275,10 @@ impl QuicArgs {
             listen: self.quic.or(f.quic).unwrap_or_else(|| parse(defaults::QUIC, "quic")),
             tls_cert: self.tls_cert.clone().or_else(|| f.tls_cert.clone()),
             tls_key: self.tls_key.clone().or_else(|| f.tls_key.clone()),
+            max_connections: self
+                .max_bus_connections
+                .or(f.max_bus_connections)
+                .unwrap_or(gopbus_bus::quic::MAX_CONNECTIONS),
         }
     }
 }

@@ -82,7 +82,8 @@ pub(crate) fn bind_server(quic: &Quic, bus: Bus, token: String, data: &Path) -> 
     let identity = tls::server_identity(quic.tls_cert.as_deref(), quic.tls_key.as_deref(), data, &[])
         .context("QUIC bus certificate")?;
     let cert_path = identity.cert_path.clone();
-    let server =
-        BusServer::bind(quic.listen, tls::server_config(identity)?, bus, token).context("binding the QUIC bus")?;
+    let server = BusServer::bind(quic.listen, tls::server_config(identity)?, bus, token)
+        .context("binding the QUIC bus")?
+        .with_max_connections(quic.max_connections);
     Ok((server, cert_path))
 }

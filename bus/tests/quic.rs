@@ -26,6 +26,10 @@ struct Node {
 }
 
 async fn node(tag: &str) -> Node {
+    node_with(tag, gopbus_bus::quic::MAX_CONNECTIONS).await
+}
+
+async fn node_with(tag: &str, max_connections: usize) -> Node {
     let dir = tmpdir(tag);
     let identity = tls::server_identity(None, None, &dir, &[]).unwrap();
     let ca = identity.cert_path.clone();
@@ -37,7 +41,8 @@ async fn node(tag: &str) -> Node {
         "secret".into(),
     )
     .unwrap()
-    .with_not_found_after(Duration::from_millis(500));
+    .with_not_found_after(Duration::from_millis(500))
+    .with_max_connections(max_connections);
     let url = format!("quic://127.0.0.1:{}", server.local_addr().unwrap().port());
     let shutdown = CancellationToken::new();
     tokio::spawn(server.run(shutdown.clone()));
@@ -218,5 +223,29 @@ async fn a_frame_longer_than_the_limit_is_refused_before_it_is_buffered() {
         }
     }
     assert_eq!(got, frames(1).len());
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_and_slots_come_back() {
+    tls::install_crypto_provider();
+    let server = node_with("conn-limit", 2).await;
+    let connect = || BusClient::connect(&server.url, "secret", tls::client_config(Some(&server.ca)).unwrap());
+    // The second one goes through QUIC Retry (half the limit is in use): transparent to the client.
+    let a = connect().await.unwrap();
+    let b = connect().await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(15), connect()).await;
+    assert!(matches!(refused, Ok(Err(_))), "a third connection was taken: {:?}", refused.map(|r| r.is_ok()));
+    drop(a);
+    // The slot comes back once the server sees the connection gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if connect().await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the freed slot never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(b);
     server.shutdown.cancel();
 }

@@ -41,7 +41,12 @@ struct Shared {
     upstream: Option<Arc<dyn Upstream>>,
     not_found_after: Duration,
     stats: ServerStats,
+    /// Most connections at once (handshaking or open).
+    max_connections: usize,
 }
+
+/// Connections a bus server takes at once by default.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// What a [`BusServer`] counts, for metrics: cheap to clone, readable while it runs.
 #[derive(Clone, Default)]
@@ -57,6 +62,8 @@ struct StatsInner {
     lost_closed: std::sync::atomic::AtomicU64,
     /// Connections accepted (past the hello) since the start.
     accepted: std::sync::atomic::AtomicU64,
+    /// Connections being handled now (handshaking or open).
+    handling: std::sync::atomic::AtomicUsize,
 }
 
 impl ServerStats {
@@ -107,6 +114,7 @@ impl BusServer {
                 upstream: None,
                 not_found_after: Duration::from_secs(3),
                 stats: ServerStats::default(),
+                max_connections: MAX_CONNECTIONS,
             }),
         })
     }
@@ -120,6 +128,14 @@ impl BusServer {
     /// How long a subscription to a broadcast nobody publishes waits before "not found".
     pub fn with_not_found_after(mut self, wait: Duration) -> Self {
         Arc::get_mut(&mut self.shared).expect("not yet shared").not_found_after = wait;
+        self
+    }
+
+    /// Takes at most `n` connections at once (handshaking or open); past half
+    /// of it, a client must prove its address (QUIC Retry) before it costs a
+    /// handshake; past it, connections are refused.
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        Arc::get_mut(&mut self.shared).expect("not yet shared").max_connections = n.max(1);
         self
     }
 
@@ -138,6 +154,7 @@ impl BusServer {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let mut next_conn = 0u64;
+        let (mut refused, mut last_refusal_log) = (0u64, None);
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -146,7 +163,23 @@ impl BusServer {
                     None => break,
                 },
             };
+            let load = self.shared.stats.inner.handling.load(std::sync::atomic::Ordering::Relaxed);
+            if load >= self.shared.max_connections {
+                refused += 1;
+                if last_refusal_log.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(limit = self.shared.max_connections, refused, peer = %incoming.remote_address(), "bus connection refused: too many connections");
+                    last_refusal_log = Some(std::time::Instant::now());
+                }
+                incoming.refuse();
+                continue;
+            }
+            if load >= self.shared.max_connections / 2 && !incoming.remote_address_validated() {
+                // Under load: the client proves its address before it costs a handshake.
+                let _ = incoming.retry();
+                continue;
+            }
             next_conn += 1;
+            self.shared.stats.inner.handling.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
             let span = tracing::info_span!("bus", conn = next_conn, peer = %incoming.remote_address());
@@ -155,6 +188,7 @@ impl BusServer {
                     let stats = shared.stats.clone();
                     let result = handle(incoming, shared, shutdown, next_conn).await;
                     stats.closed(next_conn);
+                    stats.inner.handling.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     match result {
                         Ok(()) => tracing::debug!("bus connection closed"),
                         Err(e) => tracing::info!(error = %e, "bus connection closed"),
