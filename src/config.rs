@@ -66,6 +66,7 @@ pub(crate) struct File {
     pub(crate) bus: Option<String>,
     pub(crate) max_connections_per_ip: Option<usize>,
     pub(crate) max_bus_connections: Option<usize>,
+    pub(crate) bus_subscribe_token: Option<String>,
     pub(crate) command_timeout: Option<u64>,
     pub(crate) play_wait_timeout: Option<u64>,
     pub(crate) max_gop_bytes: Option<usize>,
@@ -295,6 +296,21 @@ pub(crate) struct TokenArgs {
 impl TokenArgs {
     pub(crate) fn resolve(&self, f: &File) -> Option<String> {
         self.bus_token.clone().or_else(|| f.bus_token.clone())
+    }
+}
+
+/// The subscribe-only token of a listening node.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct SubscribeTokenArgs {
+    /// A second bus token that may only subscribe (for `dump` users, edges, subscriber nodes that add no tracks)
+    /// [default: made on first start, kept in DATA/bus-subscribe-token].
+    #[arg(long, env = "GOPBUS_BUS_SUBSCRIBE_TOKEN", hide_env_values = true)]
+    pub(crate) bus_subscribe_token: Option<String>,
+}
+
+impl SubscribeTokenArgs {
+    pub(crate) fn resolve(&self, f: &File) -> Option<String> {
+        self.bus_subscribe_token.clone().or_else(|| f.bus_subscribe_token.clone())
     }
 }
 

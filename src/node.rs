@@ -14,6 +14,12 @@ pub(crate) fn bus_token(given: Option<String>, data: &Path) -> anyhow::Result<(S
     secret(given, &data.join("bus-token"))
 }
 
+/// The subscribe-only bus token of a listening node: given, or made once and
+/// kept in `DATA/bus-subscribe-token`. The flag says whether it was just made.
+pub(crate) fn bus_subscribe_token(given: Option<String>, data: &Path) -> anyhow::Result<(String, bool)> {
+    secret(given, &data.join("bus-subscribe-token"))
+}
+
 /// The admin token of the HTTP API: given, or made once and kept in
 /// `DATA/admin-token` (then printed, the only time it is shown).
 pub(crate) fn admin_token(given: Option<String>, data: &Path) -> anyhow::Result<String> {
@@ -78,12 +84,19 @@ fn secret_made_by(
 }
 
 /// Binds the QUIC bus server for `bus`; returns it and where its certificate is.
-pub(crate) fn bind_server(quic: &Quic, bus: Bus, token: String, data: &Path) -> anyhow::Result<(BusServer, PathBuf)> {
+pub(crate) fn bind_server(
+    quic: &Quic,
+    bus: Bus,
+    token: String,
+    subscribe_token: String,
+    data: &Path,
+) -> anyhow::Result<(BusServer, PathBuf)> {
     let identity = tls::server_identity(quic.tls_cert.as_deref(), quic.tls_key.as_deref(), data, &[])
         .context("QUIC bus certificate")?;
     let cert_path = identity.cert_path.clone();
     let server = BusServer::bind(quic.listen, tls::server_config(identity)?, bus, token)
         .context("binding the QUIC bus")?
-        .with_max_connections(quic.max_connections);
+        .with_max_connections(quic.max_connections)
+        .with_subscribe_token(subscribe_token);
     Ok((server, cert_path))
 }

@@ -16,7 +16,14 @@ fn dump_over_quic_writes_a_clean_flv_from_the_join_point() {
     let publisher = ffmpeg_publish(&fixture, &server.url(&key));
     std::thread::sleep(Duration::from_millis(700));
     let out = tmpdir("dump-out").join("cam.flv");
-    let d = dump(&bus, &token, &ca, "cam", &out, &[]);
+    // `dump` needs only the subscribe-only token (kept like the bus token, owner-only).
+    let reader_file = server.data.join("bus-subscribe-token");
+    let reader = std::fs::read_to_string(&reader_file).unwrap().trim().to_owned();
+    assert_ne!(reader, token);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&reader_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(server.data.join("bus-token")).unwrap().permissions().mode() & 0o777, 0o600);
+    let d = dump(&bus, &reader, &ca, "cam", &out, &[]);
     let p = publisher.wait_output(Duration::from_secs(60));
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let r = d.wait_output(Duration::from_secs(20));

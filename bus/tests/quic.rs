@@ -42,7 +42,8 @@ async fn node_with(tag: &str, max_connections: usize) -> Node {
     )
     .unwrap()
     .with_not_found_after(Duration::from_millis(500))
-    .with_max_connections(max_connections);
+    .with_max_connections(max_connections)
+    .with_subscribe_token("reader".into());
     let url = format!("quic://127.0.0.1:{}", server.local_addr().unwrap().port());
     let shutdown = CancellationToken::new();
     tokio::spawn(server.run(shutdown.clone()));
@@ -247,5 +248,46 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(b);
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_only_token_subscribes_but_cannot_publish() {
+    tls::install_crypto_provider();
+    let server = node("reader").await;
+    let config = || tls::client_config(Some(&server.ca)).unwrap();
+    let pub_bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let reader = BusClient::connect(&server.url, "reader", config()).await.unwrap();
+    // Publishing (or taking over a name) with it is refused...
+    let refused = reader.publish_from("cam", pub_bus.subscribe("cam", SubscribeOptions::default())).await;
+    let e = refused.err().expect("a subscribe-only token published");
+    assert!(e.to_string().contains("may only subscribe"), "{e}");
+    // ...while the bus token publishes, and the subscribe-only token reads it.
+    let mut publisher = pub_bus.publish("cam");
+    let writer = BusClient::connect(&server.url, "secret", config()).await.unwrap();
+    let _publication = writer.publish_from("cam", pub_bus.subscribe("cam", SubscribeOptions::default())).await.unwrap();
+    let sub_bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut local = sub_bus.subscribe("cam", SubscribeOptions::default());
+    let subscribe = reader.subscribe_into("cam", StartAt::CurrentGop, &sub_bus);
+    let feed = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        publisher.open_gop(gop(0)).unwrap();
+        for f in frames(0) {
+            publisher.push(f).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publisher.end(EndReason::PublisherLeft);
+    };
+    let (sub, ()) = tokio::join!(subscribe, feed);
+    let _sub = sub.unwrap();
+    let mut got = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), local.next()).await.expect("stalled") {
+            Event::Frame(_) => got += 1,
+            Event::End(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(got, frames(0).len());
     server.shutdown.cancel();
 }

@@ -10,8 +10,10 @@ use gopbus_bus::Bus;
 use gopbus_store::RedisDirectory;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{defaults, BusArgs, CaArgs, ClusterArgs, CommonArgs, QuicArgs, RedisArgs, TokenArgs};
-use crate::node::{bind_server, bus_token};
+use crate::config::{
+    defaults, BusArgs, CaArgs, ClusterArgs, CommonArgs, QuicArgs, RedisArgs, SubscribeTokenArgs, TokenArgs,
+};
+use crate::node::{bind_server, bus_subscribe_token, bus_token};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -21,6 +23,8 @@ pub(crate) struct Args {
     quic: QuicArgs,
     #[command(flatten)]
     token: TokenArgs,
+    #[command(flatten)]
+    subscribe_token: SubscribeTokenArgs,
     /// CA for the upstream nodes.
     #[command(flatten)]
     ca: CaArgs,
@@ -41,7 +45,8 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let redis = a.redis.resolve(&file);
     let bus = Bus::new(a.bus.resolve(&file));
     let (token, _) = bus_token(a.token.resolve(&file), &data)?;
-    let (server, cert) = bind_server(&quic, bus.clone(), token.clone(), &data)?;
+    let (subscribe_token, _) = bus_subscribe_token(a.subscribe_token.resolve(&file), &data)?;
+    let (server, cert) = bind_server(&quic, bus.clone(), token.clone(), subscribe_token, &data)?;
     let client_config = a.ca.resolve(&file)?;
     if redis.is_some() && cluster.advertise.is_none() {
         anyhow::bail!("--redis needs --advertise quic://HOST:PORT (how other nodes reach this relay)");

@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::streams::{print_created, Urls};
 use crate::config::{
-    AdminArgs, AuthHookArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs, TokenArgs,
-    TranscodeArgs, WebRtcArgs, WebhookArgs,
+    AdminArgs, AuthHookArgs, BusArgs, CommonArgs, HlsArgs, HttpArgs, PublicArgs, QuicArgs, RtmpArgs,
+    SubscribeTokenArgs, TokenArgs, TranscodeArgs, WebRtcArgs, WebhookArgs,
 };
-use crate::node::{admin_token, bind_server, bus_token};
+use crate::node::{admin_token, bind_server, bus_subscribe_token, bus_token};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -28,6 +28,8 @@ pub(crate) struct Args {
     quic: QuicArgs,
     #[command(flatten)]
     token: TokenArgs,
+    #[command(flatten)]
+    subscribe_token: SubscribeTokenArgs,
     #[command(flatten)]
     bus: BusArgs,
     #[command(flatten)]
@@ -86,12 +88,19 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let rtmp_listener =
         tokio::net::TcpListener::bind(rtmp.listen).await.with_context(|| format!("binding RTMP on {}", rtmp.listen))?;
     let (token, new_token) = bus_token(a.token.resolve(&file), &data)?;
-    let (quic_server, cert) = bind_server(&quic, bus.clone(), token.clone(), &data)?;
+    let (subscribe_token, new_subscribe_token) = bus_subscribe_token(a.subscribe_token.resolve(&file), &data)?;
+    let (quic_server, cert) = bind_server(&quic, bus.clone(), token.clone(), subscribe_token.clone(), &data)?;
     if new_token {
         println!(
             "QUIC bus: token {token} (kept in {}), certificate {}",
             data.join("bus-token").display(),
             cert.display()
+        );
+    }
+    if new_subscribe_token {
+        println!(
+            "QUIC bus: subscribe-only token {subscribe_token} (kept in {}; give it to `gopbus dump` users and edges)",
+            data.join("bus-subscribe-token").display()
         );
     }
     let admin = admin_token(a.admin.resolve(&file), &data)?;

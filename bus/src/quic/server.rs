@@ -38,6 +38,8 @@ pub struct BusServer {
 struct Shared {
     bus: Bus,
     token: String,
+    /// A second token that may only subscribe, watch and list.
+    subscribe_token: Option<String>,
     upstream: Option<Arc<dyn Upstream>>,
     not_found_after: Duration,
     stats: ServerStats,
@@ -111,6 +113,7 @@ impl BusServer {
             shared: Arc::new(Shared {
                 bus,
                 token,
+                subscribe_token: None,
                 upstream: None,
                 not_found_after: Duration::from_secs(3),
                 stats: ServerStats::default(),
@@ -136,6 +139,14 @@ impl BusServer {
     /// handshake; past it, connections are refused.
     pub fn with_max_connections(mut self, n: usize) -> Self {
         Arc::get_mut(&mut self.shared).expect("not yet shared").max_connections = n.max(1);
+        self
+    }
+
+    /// Also accepts `token` for connections that may only subscribe (and
+    /// watch and list): announcing a broadcast or adding a track with it is
+    /// refused. Hand it to `dump` users and edges instead of the bus token.
+    pub fn with_subscribe_token(mut self, token: String) -> Self {
+        Arc::get_mut(&mut self.shared).expect("not yet shared").subscribe_token = Some(token);
         self
     }
 
@@ -220,6 +231,7 @@ async fn handle(
     let hello = tokio::time::timeout(CONTROL_TIMEOUT, reader.message())
         .await
         .map_err(|_| QuicError::Timeout("hello".into()))??;
+    let may_publish;
     match hello {
         Some(Message::Control(Control::Hello { version, token })) => {
             if version != VERSION {
@@ -228,11 +240,15 @@ async fn handle(
                 return Err(QuicError::Refused(message));
             }
             // Constant time: the comparison must not tell a guesser how much of it was right.
-            if !bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), shared.token.as_bytes())) {
+            let same = |a: &str, b: &str| bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()));
+            let full = same(&token, &shared.token);
+            let reader_only = shared.subscribe_token.as_deref().is_some_and(|t| same(&token, t));
+            if !full && !reader_only {
                 refuse(&conn, &mut writer, "invalid bus token").await;
                 tracing::warn!("bus connection refused: invalid bus token");
                 return Err(QuicError::Refused("invalid bus token".into()));
             }
+            may_publish = full;
         }
         _ => {
             refuse(&conn, &mut writer, "expected hello").await;
@@ -276,6 +292,13 @@ async fn handle(
                 let _ = control_tx.send(Control::Error { id, code: ErrorCode::Invalid, message }).await;
                 continue;
             }
+        }
+        if !may_publish && matches!(msg, Control::Announce { .. } | Control::AddTrack { .. }) {
+            let id = request_id(&msg);
+            tracing::warn!(id, "publish refused: this connection's token may only subscribe");
+            let message = "this bus token may only subscribe; publishing needs the bus token".to_owned();
+            let _ = control_tx.send(Control::Error { id, code: ErrorCode::Refused, message }).await;
+            continue;
         }
         match msg {
             Control::Announce { id, broadcast } => {

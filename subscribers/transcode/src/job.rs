@@ -181,6 +181,9 @@ pub async fn run(
     };
     match tokio::task::spawn_blocking(move || codec.join()).await {
         Ok(Ok(Some(publisher))) => publisher.end(reason),
+        // The codec gave up (a source that does not decode, an encoder error):
+        // its publisher is gone too, but this is a failure, not a takeover.
+        Ok(Ok(None)) => return JobEnd::Failed,
         _ if end == JobEnd::PublisherGone => {}
         _ => return JobEnd::Failed,
     }

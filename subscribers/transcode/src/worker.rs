@@ -605,6 +605,41 @@ mod tests {
         first_frames_reorder(sub).await
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_that_does_not_decode_is_given_up_and_not_taken_again_at_once() {
+        let bus = Bus::new(BusConfig::default());
+        let mut config = TranscodeConfig::new();
+        config.ladder = "240p@100k".parse().unwrap();
+        let leases = std::sync::Arc::new(gopbus_bus::lease::LocalLeases::default());
+        let t = super::Transcoder::new(config, "t", leases);
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(t.clone().run(bus.clone(), stop.clone()));
+        let mut p = bus.publish("junk");
+        let video =
+            VideoConfig { avcc: vec![1, 100, 0, 31, 0xff, 0xe0, 0], width: 640, height: 360, profile: 100, level: 31 };
+        // Ten GoPs of bytes that are not H.264, a GoP every 300 ms; the job list sampled meanwhile.
+        let (mut appeared, mut present) = (0, false);
+        for g in 0..10i64 {
+            let header =
+                GopHeader { seq: 0, start_dts: g * 300, tracks: vec![TrackInfo::video(video.clone())], metadata: None };
+            p.open_gop(header).unwrap();
+            for i in 0..9i64 {
+                let flags = if i == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };
+                let header = FrameHeader { track: TrackId::VIDEO, dts: g * 300 + i * 33, cts: 0, flags, len: 64 };
+                p.push(Frame { header, payload: Payload::from_bytes(bytes::Bytes::from(vec![0x5a; 64])) }).unwrap();
+            }
+            for _ in 0..6 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let now = !t.status()["jobs"].as_array().unwrap().is_empty();
+                appeared += usize::from(now && !present);
+                present = now;
+            }
+        }
+        assert!(!present, "the job is still running on a source that does not decode");
+        assert_eq!(appeared, 1, "the failed job was taken again during its cooldown");
+        stop.cancel();
+    }
+
     #[tokio::test]
     async fn the_probe_tells_b_frames_from_timestamps() {
         // I P B B: the P is shown after the two Bs decoded after it.
