@@ -50,7 +50,8 @@ impl<'a> BitReader<'a> {
     /// se(v), H.264 §9.1.1.
     pub(crate) fn se(&mut self) -> Result<i32, Error> {
         let k = self.ue()?;
-        let magnitude = k.div_ceil(2) as i32;
+        let magnitude = i32::try_from(k.div_ceil(2))
+            .map_err(|_| Error::invalid(self.what, "signed exp-golomb value out of range"))?;
         Ok(if k % 2 == 1 { magnitude } else { -magnitude })
     }
 }

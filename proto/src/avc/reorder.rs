@@ -20,17 +20,26 @@ pub enum Reorder {
 /// restriction.
 pub fn reorders(avcc: &[u8]) -> Reorder {
     use h264_reader::avcc::AvcDecoderConfigurationRecord;
-    let Ok(record) = AvcDecoderConfigurationRecord::try_from(avcc) else { return Reorder::Unknown };
-    let Ok(ctx) = record.create_context() else { return Reorder::Unknown };
-    let Some(sps) = ctx.sps().next() else { return Reorder::Unknown };
-    if u8::from(sps.profile_idc) == 66 {
-        return Reorder::No;
+    // Our own parser first: the record's structure, bounds-checked.
+    if crate::avc::DecoderConfigurationRecord::parse(avcc).is_err() {
+        return Reorder::Unknown;
     }
-    match sps.vui_parameters.as_ref().and_then(|v| v.bitstream_restrictions.as_ref()) {
-        Some(r) if r.max_num_reorder_frames == 0 => Reorder::No,
-        Some(_) => Reorder::Yes,
-        None => Reorder::Unknown,
-    }
+    // h264-reader 0.9 panics on some malformed parameter-set lists (an
+    // out-of-range slice; found by fuzzing): a panic here is "unknown".
+    std::panic::catch_unwind(|| {
+        let Ok(record) = AvcDecoderConfigurationRecord::try_from(avcc) else { return Reorder::Unknown };
+        let Ok(ctx) = record.create_context() else { return Reorder::Unknown };
+        let Some(sps) = ctx.sps().next() else { return Reorder::Unknown };
+        if u8::from(sps.profile_idc) == 66 {
+            return Reorder::No;
+        }
+        match sps.vui_parameters.as_ref().and_then(|v| v.bitstream_restrictions.as_ref()) {
+            Some(r) if r.max_num_reorder_frames == 0 => Reorder::No,
+            Some(_) => Reorder::Yes,
+            None => Reorder::Unknown,
+        }
+    })
+    .unwrap_or(Reorder::Unknown)
 }
 
 /// Whether a video stream reorders frames (B-frames), from its timestamps:
@@ -79,6 +88,13 @@ impl ReorderDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_record_is_unknown_not_a_panic() {
+        // Found by the `records` fuzz target: h264-reader sliced out of range on it.
+        assert_eq!(reorders(&[0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00]), Reorder::Unknown);
+        assert_eq!(reorders(&[]), Reorder::Unknown);
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()

@@ -127,6 +127,11 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), Error> {
     for _ in 0..size {
         if next != 0 {
             let delta = r.se()?;
+            // delta_scale is -128..=127 (§7.4.2.1.1.1); anything else is not an SPS
+            // (and would overflow the sum below).
+            if !(-128..=127).contains(&delta) {
+                return Err(Error::invalid(WHAT, "delta_scale out of range"));
+            }
             next = (last + delta + 256).rem_euclid(256);
         }
         if next != 0 {
@@ -154,6 +159,16 @@ fn unescape(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_out_of_range_scaling_delta_is_an_error_not_an_overflow() {
+        // Found by the `records` fuzz target (an i32 overflow in skip_scaling_list).
+        let nal = [
+            0x87, 0x87, 0xff, 0xff, 0xff, 0x00, 0x1a, 0x01, 0x18, 0x07, 0x82, 0x18, 0x2b, 0x0f, 0, 0, 0, 0, 0xff, 0xff,
+            0xff, 0xfe, 0xff, 0xff, 0xf6,
+        ];
+        let _ = Sps::parse(&nal);
+    }
 
     #[test]
     fn unescape_removes_emulation_prevention() {
