@@ -98,22 +98,31 @@ fn first_segment(server: &Server, base: &str, tag: &str) -> std::path::PathBuf {
     path
 }
 
+/// `/hls/cam/master.m3u8` (200) and its variants as (`#EXT-X-STREAM-INF` line, URI).
+fn multivariant(server: &Server) -> (String, Vec<(String, String)>) {
+    let (status, body) = http_get(server.http, "/hls/cam/master.m3u8");
+    let master = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{master}");
+    let lines: Vec<&str> = master.lines().collect();
+    let variants = lines
+        .windows(2)
+        .filter(|w| w[0].starts_with("#EXT-X-STREAM-INF:"))
+        .map(|w| (w[0].to_owned(), w[1].to_owned()))
+        .collect();
+    (master, variants)
+}
+
 #[test]
 fn the_multivariant_playlist_lists_each_rendition_with_an_audio_group_and_hls_js_plays_it() {
     let server = Server::start_with("hls-renditions", &["--ladder", "240p@400k"]);
     let key = server.create_stream("cam");
     let _publisher = ffmpeg_publish(&Fixture::av(48000, 40), &server.url(&key));
     std::thread::sleep(Duration::from_secs(7));
-    let (status, body) = http_get(server.http, "/hls/cam/master.m3u8");
-    let master = String::from_utf8(body).unwrap();
-    assert_eq!(status, 200, "{master}");
+    let (master, variants) = multivariant(&server);
     assert!(
         master.contains("#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"source\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/audio/index.m3u8\""),
         "{master}"
     );
-    let lines: Vec<&str> = master.lines().collect();
-    let variants: Vec<(&str, &str)> =
-        lines.windows(2).filter(|w| w[0].starts_with("#EXT-X-STREAM-INF:")).map(|w| (w[0], w[1])).collect();
     assert_eq!(variants.len(), 2, "{master}");
     // The source first (the higher bit rate), then the rendition; both video only, naming the audio group.
     assert_eq!(variants[0].1, "r/video/index.m3u8", "{master}");
@@ -158,9 +167,7 @@ fn with_hls_opus_the_opus_track_is_a_second_audio_group_and_hls_js_plays_it() {
     let key = server.create_stream("cam");
     let _publisher = ffmpeg_publish(&Fixture::av(48000, 40), &server.url(&key));
     std::thread::sleep(Duration::from_secs(7));
-    let (status, body) = http_get(server.http, "/hls/cam/master.m3u8");
-    let master = String::from_utf8(body).unwrap();
-    assert_eq!(status, 200, "{master}");
+    let (master, variants) = multivariant(&server);
     assert!(
         master.contains("GROUP-ID=\"audio\",NAME=\"source\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/audio/index.m3u8\""),
         "{master}"
@@ -169,9 +176,6 @@ fn with_hls_opus_the_opus_track_is_a_second_audio_group_and_hls_js_plays_it() {
         master.contains("GROUP-ID=\"opus\",NAME=\"opus\",DEFAULT=YES,AUTOSELECT=YES,URI=\"r/opus/index.m3u8\""),
         "{master}"
     );
-    let lines: Vec<&str> = master.lines().collect();
-    let variants: Vec<(&str, &str)> =
-        lines.windows(2).filter(|w| w[0].starts_with("#EXT-X-STREAM-INF:")).map(|w| (w[0], w[1])).collect();
     // The source's video once per audio group, AAC first.
     assert_eq!(variants.len(), 2, "{master}");
     assert!(variants.iter().all(|(_, uri)| *uri == "r/video/index.m3u8"), "{master}");

@@ -273,7 +273,7 @@ impl Control {
     )
 )]
 pub(crate) async fn list(State(c): State<Control>, headers: HeaderMap) -> Response {
-    if let Err(r) = c.inner.token.check(&headers) {
+    if let Err(r) = c.admit(&headers, None) {
         return r;
     }
     Json(c.live()).into_response()
@@ -293,11 +293,8 @@ pub(crate) async fn list(State(c): State<Control>, headers: HeaderMap) -> Respon
     )
 )]
 pub(crate) async fn get_one(State(c): State<Control>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Err(r) = c.inner.token.check(&headers) {
+    if let Err(r) = c.admit(&headers, Some(&name)) {
         return r;
-    }
-    if let Err(e) = gopbus_store::keys::validate_name(&name) {
-        return store_error(&e);
     }
     if let Some(b) = c.live().into_iter().find(|b| b.name == name) {
         return Json(BroadcastAnswer::Local(Box::new(b))).into_response();
@@ -350,16 +347,13 @@ pub(crate) async fn kick(
     Path(name): Path<String>,
     query: Result<Query<KickOptions>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = c.inner.token.check(&headers) {
+    if let Err(r) = c.admit(&headers, Some(&name)) {
         return r;
     }
     let options = match query {
         Ok(Query(o)) => o,
         Err(e) => return crate::json_error(StatusCode::BAD_REQUEST, &format!("bad query: {}", e.body_text())),
     };
-    if let Err(e) = gopbus_store::keys::validate_name(&name) {
-        return store_error(&e);
-    }
     let kicked = c.inner.publishers.as_ref().is_some_and(|p| p.kick(&name));
     if !kicked {
         return not_found(&format!("no publisher of {name:?} on this node"));

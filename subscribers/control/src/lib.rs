@@ -145,6 +145,21 @@ impl Control {
         let _ = self.inner.directory.set(directory);
     }
 
+    /// `Ok` when `headers` carry the admin token and `name` (if any) is a valid
+    /// stream name; otherwise the 401 or 400 to answer with.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn admit(
+        &self,
+        headers: &axum::http::HeaderMap,
+        name: Option<&str>,
+    ) -> Result<(), axum::response::Response> {
+        self.inner.token.check(headers)?;
+        match name.map(gopbus_store::keys::validate_name) {
+            Some(Err(e)) => Err(api::store_error(&e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Adds a part's metrics to `/metrics`.
     pub fn add_metrics(&self, source: Arc<dyn MetricsSource>) {
         self.inner.metrics.write().unwrap_or_else(|e| e.into_inner()).push(source);

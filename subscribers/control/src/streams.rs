@@ -127,7 +127,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateStream>,
 ) -> Response {
-    if let Err(r) = c.inner.token.check(&headers) {
+    if let Err(r) = c.admit(&headers, None) {
         return r;
     }
     match c.inner.keys.create(&body.name).await {
@@ -148,7 +148,7 @@ pub(crate) async fn create(
     )
 )]
 pub(crate) async fn list(State(c): State<Control>, headers: HeaderMap) -> Response {
-    if let Err(r) = c.inner.token.check(&headers) {
+    if let Err(r) = c.admit(&headers, None) {
         return r;
     }
     match c.inner.keys.list().await {
@@ -169,11 +169,8 @@ pub(crate) async fn list(State(c): State<Control>, headers: HeaderMap) -> Respon
     )
 )]
 pub(crate) async fn get_one(State(c): State<Control>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Err(r) = c.inner.token.check(&headers) {
+    if let Err(r) = c.admit(&headers, Some(&name)) {
         return r;
-    }
-    if let Err(e) = gopbus_store::keys::validate_name(&name) {
-        return store_error(&e);
     }
     match c.inner.keys.list().await {
         Ok(list) => match list.into_iter().find(|r| r.name == name) {
@@ -197,11 +194,8 @@ pub(crate) async fn get_one(State(c): State<Control>, headers: HeaderMap, Path(n
     )
 )]
 pub(crate) async fn rotate(State(c): State<Control>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Err(r) = c.inner.token.check(&headers) {
+    if let Err(r) = c.admit(&headers, Some(&name)) {
         return r;
-    }
-    if let Err(e) = gopbus_store::keys::validate_name(&name) {
-        return store_error(&e);
     }
     match c.inner.keys.rotate(&name).await {
         Ok(key) => {
@@ -224,11 +218,8 @@ pub(crate) async fn rotate(State(c): State<Control>, headers: HeaderMap, Path(na
     )
 )]
 pub(crate) async fn remove(State(c): State<Control>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Err(r) = c.inner.token.check(&headers) {
+    if let Err(r) = c.admit(&headers, Some(&name)) {
         return r;
-    }
-    if let Err(e) = gopbus_store::keys::validate_name(&name) {
-        return store_error(&e);
     }
     match c.inner.keys.delete(&name).await {
         Ok(()) => {
