@@ -291,3 +291,146 @@ async fn the_subscribe_only_token_subscribes_but_cannot_publish() {
     assert_eq!(got, frames(0).len());
     server.shutdown.cancel();
 }
+
+/// A heavy GoP: 20 video frames of 50 KB (about 1 MB) with audio between them,
+/// frame bytes telling GoP and position apart.
+fn heavy_frames(g: i64) -> Vec<Frame> {
+    let mut v = Vec::new();
+    for i in 0..20i64 {
+        let payload = Payload::from_bytes(Bytes::from(vec![(g * 20 + i) as u8; 50_000]));
+        let flags = if i == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };
+        let header = FrameHeader { track: TrackId::VIDEO, dts: g * 1000 + i * 7, cts: 0, flags, len: 50_000 };
+        v.push(Frame { header, payload });
+    }
+    for i in 0..30i64 {
+        let payload = Payload::from_bytes(Bytes::from(vec![(g * 30 + i) as u8; 300]));
+        let header = FrameHeader {
+            track: TrackId::AUDIO,
+            dts: g * 1000 + i * 5,
+            cts: 0,
+            flags: FrameFlags::default(),
+            len: 300,
+        };
+        v.push(Frame { header, payload });
+    }
+    v.sort_by_key(|f| f.header.dts);
+    v
+}
+
+/// What one subscriber saw, checked against the bus contract: each GoP's frames
+/// are the sent GoP's first frames in order, and a GoP that stops short is
+/// followed by a cut-short or skip event. Returns (whole GoPs, GoPs told cut or skipped).
+fn check_contract(who: &str, sent: &[Vec<(FrameHeader, Vec<u8>)>], events: &[Event]) -> (usize, usize) {
+    let (mut whole, mut told) = (0, 0);
+    // The GoP being read: its index in `sent`, frames so far, and whether a cut/skip was reported.
+    let mut cur: Option<(usize, usize, bool)> = None;
+    let mut finish = |cur: Option<(usize, usize, bool)>, at: &str| {
+        if let Some((g, n, reported)) = cur {
+            if n == sent[g].len() {
+                whole += 1;
+            } else {
+                assert!(reported, "{who}: GoP {g} stopped after {n} of {} frames with no event ({at})", sent[g].len());
+                told += 1;
+            }
+        }
+    };
+    for ev in events {
+        match ev {
+            Event::Gop(h) => {
+                finish(cur.take(), "next GoP");
+                cur = Some(((h.start_dts / 1000) as usize, 0, false));
+            }
+            Event::Frame(f) => {
+                let (g, n, reported) = cur.as_mut().unwrap_or_else(|| panic!("{who}: a frame outside a GoP"));
+                assert!(!*reported, "{who}: a frame of GoP {g} after it was cut short");
+                let (h, bytes) = &sent[*g][*n];
+                assert_eq!(
+                    (&f.header, f.payload.to_vec()),
+                    (h, bytes.clone()),
+                    "{who}: GoP {g} frame {n} is not the one sent"
+                );
+                *n += 1;
+            }
+            Event::CutShort { .. } | Event::Skipped { .. } => {
+                if let Some((_, _, reported)) = cur.as_mut() {
+                    *reported = true;
+                }
+            }
+            Event::End(_) => finish(cur.take(), "end"),
+        }
+    }
+    (whole, told)
+}
+
+/// The contract under load: a relay sends a 7 MB/s broadcast to subscribers that
+/// read at full speed and to subscribers that read at 1 MB/s. The slow ones fall
+/// behind; every GoP any subscriber gets is whole or reported cut short/skipped
+/// (a receiver that gave up on a frame released the rest of the GoP with a hole
+/// in it, without a word, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_gets_whole_gops_or_is_told() {
+    tls::install_crypto_provider();
+    let server = node("saturate").await;
+    let config = || tls::client_config(Some(&server.ca)).unwrap();
+    let mut publisher = server.bus.publish("hot");
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let rate = (i >= 2).then_some(1_000_000);
+        let client = BusClient::connect_paced(&server.url, "secret", config(), rate).await.unwrap();
+        clients.push((if rate.is_some() { format!("slow{i}") } else { format!("fast{i}") }, client));
+    }
+    let mut readers = Vec::new();
+    let feed = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut sent = Vec::new();
+        for g in 0..15i64 {
+            let mut header = gop(0);
+            header.start_dts = g * 1000;
+            publisher.open_gop(header).unwrap();
+            let frames = heavy_frames(g);
+            sent.push(frames.iter().map(|f| (f.header, f.payload.to_vec())).collect::<Vec<_>>());
+            for f in frames {
+                publisher.push(f).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        publisher.end(EndReason::PublisherLeft);
+        sent
+    };
+    let (subscribed, sent) = tokio::join!(
+        async {
+            for (who, client) in &clients {
+                let sub = client.subscribe("hot", StartAt::CurrentGop, BusConfig { window: 4, max_lag: 4 }).await;
+                let mut r = sub.unwrap_or_else(|e| panic!("{who}: {e}"));
+                let who = who.clone();
+                readers.push(tokio::spawn(async move {
+                    let mut events = Vec::new();
+                    loop {
+                        let ev = tokio::time::timeout(Duration::from_secs(30), r.next())
+                            .await
+                            .unwrap_or_else(|_| panic!("{who}: stalled"));
+                        let end = matches!(ev, Event::End(_));
+                        events.push(ev);
+                        if end {
+                            break (who, events);
+                        }
+                    }
+                }));
+            }
+        },
+        feed
+    );
+    let () = subscribed;
+    let mut slow_told = 0;
+    for reader in readers {
+        let (who, events) = reader.await.unwrap();
+        let (whole, told) = check_contract(&who, &sent, &events);
+        eprintln!("{who}: {whole} whole GoPs, {told} cut short or skipped");
+        assert!(whole + told > 0, "{who}: got nothing");
+        if who.starts_with("slow") {
+            slow_told += told;
+        }
+    }
+    assert!(slow_told > 0, "the slow subscribers never fell behind: the test did not load the relay");
+    server.shutdown.cancel();
+}

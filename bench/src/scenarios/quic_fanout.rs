@@ -29,6 +29,10 @@ struct SubStats {
     frames: u64,
     bytes: u64,
     latencies: Vec<f64>,
+    /// GoPs reported cut short (frames that did not arrive, accounted for).
+    cut_gops: u64,
+    /// GoPs reported skipped (the reader fell behind its own bus).
+    skipped_gops: u64,
 }
 
 /// Publishes 30 fps video + 47 fps audio into `bus` for `secs`, noting send times.
@@ -86,8 +90,9 @@ async fn consume(sub: &mut gopbus_bus::Subscriber, sent: Sent, deadline: Instant
                     }
                 }
             }
+            Event::CutShort { .. } => s.cut_gops += 1,
+            Event::Skipped { from, to } => s.skipped_gops += to - from,
             Event::End(_) => break,
-            _ => {}
         }
     }
     s
@@ -141,6 +146,8 @@ struct Outcome {
     relay_cpu: Option<f64>,
     relay_rss: Option<f64>,
     failed: usize,
+    /// GoPs reported cut short or skipped, per subscriber.
+    told_gops: f64,
 }
 
 impl Outcome {
@@ -168,6 +175,8 @@ impl Outcome {
             relay_cpu: cpu.0.zip(cpu.1).map(|(a, b)| procstat::cpu_percent(a, b)),
             relay_rss: rss_kib.map(|k| k as f64 / 1024.0),
             failed,
+            told_gops: stats.iter().map(|s| s.cut_gops + s.skipped_gops).sum::<u64>() as f64
+                / stats.len().max(1) as f64,
         }
     }
 }
@@ -333,6 +342,7 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
                     .col("transport", transport)
                     .col("delivered Mb/s", med(&|o| o.mbps))
                     .col("frames delivered %", med(&|o| o.delivered_ratio * 100.0))
+                    .col("GoPs cut or skipped per sub", med(&|o| o.told_gops))
                     .col("latency p50 ms", med(&|o| o.p50))
                     .col("latency p99 ms", med(&|o| o.p99))
                     .col("CPU % of a core", med(&|o| o.relay_cpu.unwrap_or(0.0)))
@@ -348,7 +358,8 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
          one in-process bus; CPU and RSS are the bench process's. The publisher and all QUIC subscribers (each with its \
          own connection, UDP socket and local bus) run in the bench process on the same 2 cores as the relay, so at large \
          N the subscribers' own QUIC receive work competes with the relay. 'frames delivered' below 100 % means \
-         subscribers fell behind and the relay skipped GoPs for them. 'join': while the N subscribers run, a new \
+         subscribers fell behind and the relay skipped GoPs for them; every frame not delivered is in a GoP the \
+         subscriber was told about ('GoPs cut or skipped': cut-short and skip events, per subscriber). 'join': while the N subscribers run, a new \
          subscriber joins every second and is timed from nothing (QUIC: a new connection with its TLS handshake, \
          the subscription, the first frame) to its first frame; QUIC probes run on a thread and runtime of their own, \
          as a new viewer process would; a failed or hung join counts as 30 s."

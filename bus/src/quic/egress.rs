@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use gopbus_proto::wire::{Control, Message, StreamHeader, WireFrame};
+use gopbus_proto::wire::{Control, Message, StreamHeader, WireFrame, PREV_ABANDONED};
 use gopbus_proto::{GopHeader, TrackId, TrackKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -59,9 +59,10 @@ pub(crate) async fn send_broadcast(
         };
         match ev {
             Event::Gop(header) => {
-                abandoned = false;
                 retire(&mut current, &mut in_flight);
-                (prev_frames, index) = (index, 0);
+                // An abandoned GoP is not whole whatever reached the peer: say so.
+                prev_frames = if abandoned { PREV_ABANDONED } else { index };
+                (index, abandoned) = (0, false);
                 for track in header.tracks.iter().map(|t| t.id) {
                     current.push(open(&conn, &mut enc, id, track, &header, prev_frames).await?);
                 }
@@ -122,6 +123,7 @@ pub(crate) async fn send_broadcast(
                 for mut o in current.drain(..) {
                     let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));
                 }
+                abandoned = true;
             }
             Event::CutShort { .. } => retire(&mut current, &mut in_flight),
             Event::End(reason) => {

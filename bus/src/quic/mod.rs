@@ -29,6 +29,7 @@ mod egress;
 mod error;
 mod ingress;
 mod io;
+mod merge;
 pub mod relay;
 mod server;
 pub mod tls;
