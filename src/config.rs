@@ -66,6 +66,7 @@ pub(crate) struct File {
     pub(crate) bus: Option<String>,
     pub(crate) max_connections_per_ip: Option<usize>,
     pub(crate) max_bus_connections: Option<usize>,
+    pub(crate) upstream_grace: Option<u64>,
     pub(crate) bus_subscribe_token: Option<String>,
     pub(crate) command_timeout: Option<u64>,
     pub(crate) play_wait_timeout: Option<u64>,
@@ -259,6 +260,10 @@ pub(crate) struct QuicArgs {
     /// Most QUIC bus connections at once; past half, clients prove their address (Retry) first [default: 4096].
     #[arg(long, env = "GOPBUS_MAX_BUS_CONNECTIONS")]
     pub(crate) max_bus_connections: Option<usize>,
+    /// Seconds a broadcast whose upstream link dropped (an announcing node's, or a relay's fetch) is held open
+    /// for the link to come back; 0 ends it at once [default: 10].
+    #[arg(long, env = "GOPBUS_UPSTREAM_GRACE")]
+    pub(crate) upstream_grace: Option<u64>,
 }
 
 /// Resolved [`QuicArgs`].
@@ -268,6 +273,7 @@ pub(crate) struct Quic {
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
     pub(crate) max_connections: usize,
+    pub(crate) upstream_grace: Duration,
 }
 
 impl QuicArgs {
@@ -280,6 +286,10 @@ impl QuicArgs {
                 .max_bus_connections
                 .or(f.max_bus_connections)
                 .unwrap_or(gopbus_bus::quic::MAX_CONNECTIONS),
+            upstream_grace: self
+                .upstream_grace
+                .or(f.upstream_grace)
+                .map_or(gopbus_bus::quic::RESUME_GRACE, Duration::from_secs),
         }
     }
 }

@@ -97,6 +97,7 @@ pub(crate) fn bind_server(
     let server = BusServer::bind(quic.listen, tls::server_config(identity)?, bus, token)
         .context("binding the QUIC bus")?
         .with_max_connections(quic.max_connections)
+        .with_resume_grace(quic.upstream_grace)
         .with_subscribe_token(subscribe_token);
     Ok((server, cert_path))
 }

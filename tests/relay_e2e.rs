@@ -491,3 +491,84 @@ async fn a_slow_upstream_does_not_hold_up_fetches_of_other_broadcasts() {
     assert!(slow.is_err(), "a node that never answers: {slow:?}");
     assert!(bus.is_live("cam"));
 }
+
+/// The dump's video packets, checked for what a lost-and-resumed link may do to
+/// a stream: it starts on a keyframe, never goes back or repeats, decodes, and
+/// goes on to the source's last frame. Returns the gaps (ms) longer than 2 s.
+fn resumed_without_repeats(file: &std::path::Path, src: &[Packet], what: &str) -> Vec<i64> {
+    let got = packets(file, "v:0");
+    assert!(!got.is_empty(), "{what}: no video");
+    assert!(got[0].key, "{what}: must start on a keyframe");
+    let back: Vec<_> = got.windows(2).filter(|w| w[1].dts <= w[0].dts).map(|w| (w[0].dts, w[1].dts)).collect();
+    assert!(back.is_empty(), "{what}: timestamps repeat or go back (a GoP replayed after resuming): {back:?}");
+    let tail = 30;
+    assert_eq!(&src[src.len() - tail..], &got[got.len() - tail..], "{what}: every frame to the source's end");
+    let errors = decode_errors(file);
+    assert!(errors.is_empty(), "{what}: decode errors: {errors}");
+    got.windows(2).map(|w| w[1].dts - w[0].dts).filter(|&g| g > 2000).collect()
+}
+
+/// Upstream loss is not an end: the ingest → origin link, then the origin →
+/// edge link, go dark for 6 s each (longer than QUIC's 4 s idle timeout, so
+/// the connections die) while ffmpeg keeps publishing. The origin and the edge
+/// hold the broadcast open, the links come back, and a dump on each node
+/// carries on in the same file to the stream's end: a gap, no repeated GoP, no
+/// end. (Before, the origin ended the broadcast when the ingest's connection
+/// dropped, and both dumps stopped there.)
+#[test]
+fn a_dropped_link_holds_the_broadcast_and_subscribers_resume_in_the_same_file() {
+    let origin_port = udp_port();
+    let origin = relay("l-origin", origin_port, &[]);
+    let origin_url = format!("quic://127.0.0.1:{origin_port}");
+    let origin_ca = origin.dir.join("bus-cert.pem");
+    let origin_addr: std::net::SocketAddr = format!("127.0.0.1:{origin_port}").parse().unwrap();
+    let (ingest_link, edge_link) = (UdpLink::start(origin_addr), UdpLink::start(origin_addr));
+    let edge_port = udp_port();
+    let edge_args = ["--upstream".to_owned(), edge_link.url(), "--bus-ca".into(), origin_ca.display().to_string()];
+    let edge = relay("l-edge", edge_port, &edge_args);
+    let edge_url = format!("quic://127.0.0.1:{edge_port}");
+    let (ingest, rtmp, key) = ingest_node(&ingest_link.url(), &origin_ca.display().to_string());
+
+    let fixture = Fixture::av(48000, 30);
+    let publisher = ffmpeg_publish(&fixture, &format!("rtmp://127.0.0.1:{rtmp}/live/{key}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = tmpdir("link-out");
+    let (at_origin, at_edge) = (out.join("origin.flv"), out.join("edge.flv"));
+    let d_origin = dump(&origin_url, TOKEN, &origin_ca, "cam", &at_origin, &[]);
+    let d_edge = dump(&edge_url, TOKEN, &edge.dir.join("bus-cert.pem"), "cam", &at_edge, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+
+    ingest_link.cut(true);
+    std::thread::sleep(Duration::from_secs(6));
+    ingest_link.cut(false);
+    std::thread::sleep(Duration::from_secs(5));
+    edge_link.cut(true);
+    std::thread::sleep(Duration::from_secs(6));
+    edge_link.cut(false);
+
+    let p = publisher.wait_output(Duration::from_secs(60));
+    assert!(p.status.success(), "the RTMP publisher was disturbed: {}", String::from_utf8_lossy(&p.stderr));
+    let logs = || format!("origin:\n{}\nedge:\n{}\ningest:\n{}", origin.log_text(), edge.log_text(), ingest.log_text());
+    let src = packets(&fixture, "v:0");
+    for (d, file, what, gaps) in [(d_origin, &at_origin, "origin dump", 1), (d_edge, &at_edge, "edge dump", 2)] {
+        let r = d.wait_output(Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{what}: {stderr}\n{}", logs());
+        assert!(
+            stderr.contains("broadcast ended: publisher left"),
+            "{what} did not run to the end: {stderr}\n{}",
+            logs()
+        );
+        let long = resumed_without_repeats(file, &src, what);
+        // One gap per cut it is behind: ~6 s dark, plus the reconnection and the wait for the next GoP.
+        assert_eq!(long.len(), gaps, "{what}: gaps {long:?}\n{}", logs());
+        assert!(long.iter().all(|&g| g < 14_000), "{what}: gaps {long:?}");
+    }
+    let (o, e) = (origin.log_text(), edge.log_text());
+    assert!(o.contains("upstream lost; the broadcast is held open"), "{o}");
+    assert!(o.contains("upstream back; the broadcast resumes"), "{o}");
+    assert!(e.contains("upstream lost; the broadcast is held open"), "{e}");
+    assert!(e.contains("upstream back; the broadcast resumes"), "{e}");
+    assert!(ingest.log_text().contains("bus connection lost; reconnecting"), "{}", ingest.log_text());
+    drop((origin.proc, edge.proc, ingest.proc));
+}

@@ -177,9 +177,10 @@ enum Remotely {
 }
 
 /// A remote subscriber that survives its connection: when the connection drops
-/// mid-stream it reconnects with [`Backoff`] and resumes at the newest GoP
-/// (the next event is then that GoP's header). The broadcast's own end, or
-/// `stop`, ends it.
+/// mid-stream it reconnects with [`Backoff`] and resumes at the first GoP it
+/// has not passed on yet (the next event is then that GoP's header; the GoP
+/// it was in when the link dropped was cut short, and is not replayed). The
+/// broadcast's own end, or `stop`, ends it.
 pub struct Resubscriber {
     config: ResubscribeConfig,
     stop: CancellationToken,
@@ -187,13 +188,20 @@ pub struct Resubscriber {
     sub: Remotely,
     /// Times the connection was re-established.
     pub reconnects: u64,
+    /// Start dts of the last GoP passed on.
+    last_start: Option<i64>,
+    /// After a reconnection: GoPs starting at or before this were passed on
+    /// already (a node replays its current GoP from the start) and are left out.
+    resume_after: Option<i64>,
+    /// Inside a GoP being left out.
+    passing_over: bool,
 }
 
 impl Resubscriber {
     /// Subscribes; an error here (a wrong token, an unknown broadcast) is final.
     pub async fn connect(config: ResubscribeConfig, stop: CancellationToken) -> Result<Self, QuicError> {
         let (client, sub) = Self::attempt(&config).await?;
-        Ok(Self { config, stop, client, sub, reconnects: 0 })
+        Ok(Self { config, stop, client, sub, reconnects: 0, last_start: None, resume_after: None, passing_over: false })
     }
 
     async fn attempt(c: &ResubscribeConfig) -> Result<(BusClient, Remotely), QuicError> {
@@ -227,6 +235,16 @@ impl Resubscriber {
                     if !self.reconnect().await {
                         return Event::End(EndReason::Shutdown);
                     }
+                    self.resume_after = self.last_start;
+                }
+                Event::Gop(h) if self.resume_after.is_some_and(|after| h.start_dts <= after) => {
+                    self.passing_over = true;
+                }
+                Event::Frame(_) | Event::CutShort { .. } if self.passing_over => {}
+                Event::Gop(h) => {
+                    (self.resume_after, self.passing_over) = (None, false);
+                    self.last_start = Some(h.start_dts);
+                    return Event::Gop(h);
                 }
                 ev => return ev,
             }

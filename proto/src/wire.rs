@@ -160,14 +160,15 @@ pub struct StreamHeader {
     pub gop: GopHeader,
     /// How many frames (all tracks) the sender sent of the previous GoP of this
     /// request: once that many are out, the receiver may start this GoP without
-    /// waiting for the previous GoP's streams to finish. [`PREV_ABANDONED`] when
-    /// the sender stopped sending the previous GoP part way (this receiver fell
-    /// behind): the receiver reports it cut short.
+    /// waiting for the previous GoP's streams to finish. [`PREV_CUT`] when
+    /// the previous GoP did not end whole: the sender stopped sending it part way
+    /// (this receiver fell behind) or it was cut short at the source. The
+    /// receiver reports it cut short.
     pub prev_frames: u32,
 }
 
-/// [`StreamHeader::prev_frames`] of a GoP whose predecessor the sender abandoned.
-pub const PREV_ABANDONED: u32 = u32::MAX;
+/// [`StreamHeader::prev_frames`] of a GoP whose predecessor did not end whole.
+pub const PREV_CUT: u32 = u32::MAX;
 
 /// A frame on a GoP sub-channel: its place in the GoP across all tracks, so the
 /// receiver restores the exact interleaving of the tracks' streams.

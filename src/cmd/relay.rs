@@ -68,6 +68,7 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         Some(source) => {
             let mut relay = Relay::new(bus.clone(), source, token.clone(), client_config);
             relay.configure(cluster.advertise.clone(), Duration::from_secs(defaults::RELAY_LINGER_SECS));
+            relay.with_resume_grace(quic.upstream_grace);
             tasks.push(tokio::spawn(relay.clone().reap(shutdown.clone())));
             relay_handle = Some(relay.clone());
             server.with_upstream(relay)

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Path of a required external tool; panics with instructions when it is missing.
@@ -635,5 +635,76 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
         b = &b[eol + 4 + n..];
+    }
+}
+
+/// A UDP link between a bus client and a node that the test can cut: it
+/// forwards datagrams from 127.0.0.1:`port` to `target` and back (one upstream
+/// socket per client address), and drops every datagram both ways while cut.
+/// It runs on threads of its own until dropped.
+pub struct UdpLink {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpLink {
+    pub fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let front = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        front.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let port = front.local_addr().unwrap().port();
+        let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (c, s) = (cut.clone(), stop.clone());
+        let main = std::thread::spawn(move || {
+            let mut peers: HashMap<SocketAddr, Arc<std::net::UdpSocket>> = HashMap::new();
+            let mut backs = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = front.recv_from(&mut buf) else { continue };
+                let up = peers.entry(from).or_insert_with(|| {
+                    let up = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+                    up.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                    up.connect(target).unwrap();
+                    let (up2, front2, c2, s2) = (up.clone(), front.clone(), c.clone(), s.clone());
+                    backs.push(std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 65536];
+                        while !s2.load(Ordering::Relaxed) {
+                            let Ok(n) = up2.recv(&mut buf) else { continue };
+                            if !c2.load(Ordering::Relaxed) {
+                                let _ = front2.send_to(&buf[..n], from);
+                            }
+                        }
+                    }));
+                    up
+                });
+                if !c.load(Ordering::Relaxed) {
+                    let _ = up.send(&buf[..n]);
+                }
+            }
+            for b in backs {
+                let _ = b.join();
+            }
+        });
+        Self { port, cut, stop, threads: vec![main] }
+    }
+
+    /// Cuts the link (`true`: every datagram dropped) or mends it.
+    pub fn cut(&self, on: bool) {
+        self.cut.store(on, Ordering::Relaxed);
+    }
+
+    pub fn url(&self) -> String {
+        format!("quic://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for UdpLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::{accept_streams, write_control, Routes};
 use super::egress::send_broadcast;
-use super::ingress::{merge_into, Piece};
+use super::ingress::{merge_into, Hold, Merger, Piece};
 use super::io::{Encoder, Reader, Writer};
 use super::{parse_url, QuicError};
 use crate::{Bus, BusConfig, SubscribeOptions, Subscriber, TrackSubscriber};
@@ -134,6 +134,19 @@ impl BusClient {
         start: StartAt,
         bus: &Bus,
     ) -> Result<RemoteSubscription, QuicError> {
+        self.subscribe_merging(broadcast, start, bus, Merger::default(), None).await
+    }
+
+    /// [`subscribe_into`](Self::subscribe_into) with a merger (possibly
+    /// resuming a held broadcast) and what to do when the connection drops.
+    pub(crate) async fn subscribe_merging(
+        &self,
+        broadcast: &str,
+        start: StartAt,
+        bus: &Bus,
+        merger: Merger,
+        hold: Option<Hold>,
+    ) -> Result<RemoteSubscription, QuicError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel::<Piece>(256);
         self.routes.insert(id, tx);
@@ -146,7 +159,7 @@ impl BusClient {
         let publisher = bus.publish(broadcast);
         let name = broadcast.to_owned();
         let task = tokio::spawn(async move {
-            if let Err(e) = merge_into(rx, publisher).await {
+            if let Err(e) = merge_into(rx, publisher, merger, hold).await {
                 tracing::warn!(broadcast = %name, error = %e, "remote broadcast dropped");
             }
         });
@@ -248,8 +261,13 @@ impl BusClient {
         let cancel = CancellationToken::new();
         let (conn, control, c) = (self.conn.clone(), self.control.clone(), cancel.clone());
         let task = tokio::spawn(async move {
-            if let Err(e) = send_broadcast(conn, id, sub, control, c, None).await {
+            let cancelled = c.clone();
+            if let Err(e) = send_broadcast(conn, id, sub, control.clone(), c, None).await {
                 tracing::info!(broadcast = %name, error = %e, "publishing to the bus stopped");
+            }
+            if cancelled.is_cancelled() {
+                // Stopped on purpose (this node shuts down): an end, not a lost link the node would wait for.
+                let _ = control.try_send(Control::End { id, reason: EndReason::Shutdown });
             }
         });
         RemotePublication { cancel, task }

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use gopbus_proto::wire::{Control, Message, StreamHeader, WireFrame, PREV_ABANDONED};
+use gopbus_proto::wire::{Control, Message, StreamHeader, WireFrame, PREV_CUT};
 use gopbus_proto::{GopHeader, TrackId, TrackKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -60,8 +60,8 @@ pub(crate) async fn send_broadcast(
         match ev {
             Event::Gop(header) => {
                 retire(&mut current, &mut in_flight);
-                // An abandoned GoP is not whole whatever reached the peer: say so.
-                prev_frames = if abandoned { PREV_ABANDONED } else { index };
+                // A GoP abandoned or cut is not whole whatever reached the peer: say so.
+                prev_frames = if abandoned { PREV_CUT } else { index };
                 (index, abandoned) = (0, false);
                 for track in header.tracks.iter().map(|t| t.id) {
                     current.push(open(&conn, &mut enc, id, track, &header, prev_frames).await?);
@@ -125,7 +125,11 @@ pub(crate) async fn send_broadcast(
                 }
                 abandoned = true;
             }
-            Event::CutShort { .. } => retire(&mut current, &mut in_flight),
+            Event::CutShort { .. } => {
+                // Cut at the source: the peer hears it with the next GoP's header.
+                retire(&mut current, &mut in_flight);
+                abandoned = true;
+            }
             Event::End(reason) => {
                 retire(&mut current, &mut in_flight);
                 let _ = control.send(Control::End { id, reason }).await;

@@ -1,14 +1,20 @@
 //! Receiving one broadcast: GoP sub-channel streams read and replayed, through
 //! the [`Merger`], into a local publisher.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use gopbus_proto::wire::Message;
-use gopbus_proto::{Frame, GopHeader, TrackId};
+use gopbus_proto::{EndReason, Frame, GopHeader, TrackId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::io::Reader;
+pub(crate) use super::merge::Merger;
 pub(crate) use super::merge::Piece;
-use super::merge::{Merger, Sink, Step};
+use super::merge::{Sink, Step};
 use super::QuicError;
 use crate::Publisher;
 
@@ -18,7 +24,7 @@ pub(crate) async fn read_stream(
     seq: u64,
     track: TrackId,
     tx: mpsc::Sender<Piece>,
-    pacer: Option<std::sync::Arc<super::conn::Pacer>>,
+    pacer: Option<Arc<super::conn::Pacer>>,
 ) {
     let mut finished = false;
     loop {
@@ -84,11 +90,63 @@ impl Sink for PublisherSink {
     }
 }
 
-/// Replays pieces into `publisher` until the broadcast ends or the senders go away.
-pub(crate) async fn merge_into(mut rx: mpsc::Receiver<Piece>, publisher: Publisher) -> Result<(), QuicError> {
+/// One held broadcast: the hold's id, and the start dts of the last GoP it published.
+type HeldEntry = (u64, Option<i64>);
+
+/// Broadcasts whose upstream link dropped, held open for it to come back, by name.
+#[derive(Clone, Default)]
+pub(crate) struct Held(Arc<Mutex<HashMap<String, HeldEntry>>>);
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeldEntry>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `name` is held, and where it resumes: after the GoP starting at the dts given.
+    pub(crate) fn resume_point(&self, name: &str) -> Option<Option<i64>> {
+        self.lock().get(name).map(|(_, dts)| *dts)
+    }
+
+    /// `name` resumed (or ended): no longer held.
+    pub(crate) fn release(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    fn hold(&self, name: &str, last_start: Option<i64>) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(name.to_owned(), (id, last_start));
+        id
+    }
+
+    fn release_if(&self, name: &str, id: u64) {
+        let mut map = self.lock();
+        if map.get(name).is_some_and(|(i, _)| *i == id) {
+            map.remove(name);
+        }
+    }
+}
+
+/// What a merge does when its link drops without an end notice: keep the
+/// local broadcast open (its GoP cut short) for `grace`, for the link to come
+/// back and a new merge to take the broadcast over where it stopped.
+#[derive(Clone)]
+pub(crate) struct Hold {
+    pub(crate) grace: Duration,
+    pub(crate) held: Held,
+}
+
+/// Replays pieces into `publisher` until the broadcast ends or the senders go
+/// away. `merger` may be resuming a held broadcast; with `hold`, a lost link
+/// holds the broadcast open instead of ending it.
+pub(crate) async fn merge_into(
+    mut rx: mpsc::Receiver<Piece>,
+    publisher: Publisher,
+    mut merger: Merger,
+    hold: Option<Hold>,
+) -> Result<(), QuicError> {
     let name = publisher.name().to_owned();
     let mut sink = PublisherSink(publisher);
-    let mut merger = Merger::default();
     let result = loop {
         let step = tokio::select! {
             p = rx.recv() => match p {
@@ -113,11 +171,36 @@ pub(crate) async fn merge_into(mut rx: mpsc::Receiver<Piece>, publisher: Publish
             "received GoPs cut short: their frames did not all arrive (this receiver fell behind); subscribers were told"
         );
     }
-    // Connection gone (`None`): dropping the publisher ends the broadcast, its GoP cut short.
-    if let Some(reason) = result? {
-        sink.0.end(reason);
+    match (result?, hold) {
+        (Some(reason), _) => sink.0.end(reason),
+        (None, Some(hold)) if !hold.grace.is_zero() && sink.0.is_active() => {
+            hold_open(sink.0, merger.last_start(), hold).await;
+        }
+        // Connection gone: dropping the publisher ends the broadcast, its GoP cut short.
+        (None, _) => {}
     }
     Ok(())
+}
+
+/// Holds a broadcast whose link dropped: subscribers stay attached (their GoP
+/// cut short) until a new merge takes it over, or `grace` passes and it ends.
+async fn hold_open(mut publisher: Publisher, last_start: Option<i64>, hold: Hold) {
+    let name = publisher.name().to_owned();
+    publisher.cut_gop();
+    let id = hold.held.hold(&name, last_start);
+    tracing::warn!(broadcast = %name, grace = ?hold.grace, "upstream lost; the broadcast is held open for it to resume");
+    let replaced = publisher.replaced_owned();
+    tokio::select! {
+        () = replaced => {
+            hold.held.release_if(&name, id);
+            tracing::info!(broadcast = %name, "upstream back; the broadcast resumes at its next GoP");
+        }
+        () = tokio::time::sleep(hold.grace) => {
+            hold.held.release_if(&name, id);
+            tracing::warn!(broadcast = %name, grace = ?hold.grace, "upstream did not come back in time; the broadcast ends");
+            publisher.end(EndReason::Error(format!("upstream lost and not back within {} s", hold.grace.as_secs_f32())));
+        }
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

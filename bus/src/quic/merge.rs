@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gopbus_proto::wire::PREV_ABANDONED;
+use gopbus_proto::wire::PREV_CUT;
 use gopbus_proto::{EndReason, Frame, GopHeader, TrackId};
 use tokio::time::Instant;
 
@@ -129,9 +129,27 @@ pub(crate) struct Merger {
     staged: Option<Staged>,
     ending: Option<EndReason>,
     stats: MergeStats,
+    /// Resuming a held broadcast: GoPs starting at or before this dts were
+    /// delivered (or cut) before the link dropped and are not published again.
+    resume_after: Option<i64>,
+    /// The sender's sequence numbers of GoPs passed over for `resume_after`.
+    passed_over: Option<u64>,
+    /// Start dts of the last GoP published.
+    last_start: Option<i64>,
 }
 
 impl Merger {
+    /// A merger resuming a broadcast whose last GoP published started at `start_dts`:
+    /// it starts with the first GoP that starts later.
+    pub(crate) fn resuming_after(start_dts: Option<i64>) -> Self {
+        Self { resume_after: start_dts, ..Self::default() }
+    }
+
+    /// Start dts of the last GoP published.
+    pub(crate) fn last_start(&self) -> Option<i64> {
+        self.last_start
+    }
+
     pub(crate) fn stats(&self) -> MergeStats {
         self.stats
     }
@@ -188,7 +206,7 @@ impl Merger {
                     st.state.tracks.entry(frame.header.track).or_default().last = Some(index);
                     st.state.received = st.state.received.saturating_add(1);
                     st.state.queue.insert(index, frame);
-                } else {
+                } else if self.passed_over.is_none_or(|p| seq > p) {
                     // A GoP this merger has moved past.
                     self.stats.lost_frames += 1;
                 }
@@ -206,8 +224,8 @@ impl Merger {
             Piece::End(reason) => self.ending = Some(reason),
         }
         if let (Some(c), Some(st)) = (self.cur.as_ref(), self.staged.as_ref()) {
-            // (An abandoned GoP's count is `PREV_ABANDONED`: it is cut at once.)
-            if c.cut || c.next >= st.prev_frames || c.all_closed() || st.prev_frames == PREV_ABANDONED {
+            // (An abandoned GoP's count is `PREV_CUT`: it is cut at once.)
+            if c.cut || c.next >= st.prev_frames || c.all_closed() || st.prev_frames == PREV_CUT {
                 self.advance(sink)?;
             }
         }
@@ -223,8 +241,14 @@ impl Merger {
         sink: &mut impl Sink,
     ) -> Result<(), QuicError> {
         let Some(c) = self.cur.as_mut() else {
+            if self.resume_after.is_some_and(|after| gop.start_dts <= after) {
+                self.passed_over = self.passed_over.max(Some(gop.seq));
+                return Ok(());
+            }
+            self.resume_after = None;
             self.cur = Some(GopState::new(&gop, track));
             self.stats.gops += 1;
+            self.last_start = Some(gop.start_dts);
             return sink.open_gop(gop);
         };
         if gop.seq < c.seq {
@@ -261,10 +285,11 @@ impl Merger {
                 }
             }
             // Frames the sender sent in that GoP that never arrived.
-            if st.prev_frames != PREV_ABANDONED {
+            if st.prev_frames != PREV_CUT {
                 self.stats.lost_frames += u64::from(st.prev_frames.saturating_sub(c.received));
             }
         }
+        self.last_start = Some(st.gop.start_dts);
         sink.open_gop(st.gop)?;
         self.stats.gops += 1;
         let mut state = st.state;
@@ -488,7 +513,7 @@ mod tests {
     fn a_gop_the_sender_abandoned_is_cut_whatever_arrived() {
         let mut r = Run::new();
         r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, V, 0), frame(0, A, 1)]);
-        r.at(1, vec![open(1, V, PREV_ABANDONED), frame(1, V, 0)]);
+        r.at(1, vec![open(1, V, PREV_CUT), frame(1, V, 0)]);
         assert_eq!(r.seen(), "G0 0 1 X G1 100");
         assert_eq!(r.m.stats().lost_frames, 0, "how many were lost is not known");
     }
@@ -535,6 +560,22 @@ mod tests {
         assert_eq!(r.seen(), "G0 0 1 G1 100");
         r.m.closed(&mut r.rec).unwrap();
         assert_eq!(r.seen(), "G0 0 1 G1 100", "in order: nothing to cut (the publisher's end marks the GoP)");
+    }
+
+    #[test]
+    fn a_resumed_broadcast_starts_after_the_gop_it_had_already() {
+        let mut r = Run::new();
+        r.m = Merger::resuming_after(Some(300));
+        let mut g3 = gop(7);
+        g3.start_dts = 300;
+        r.at(0, vec![Piece::Open { track: V, gop: g3, prev_frames: 0 }, frame(7, V, 0), frame(7, V, 1)]);
+        assert_eq!(r.seen(), "", "the GoP the broadcast had when the link dropped is not published again");
+        let mut g4 = gop(8);
+        g4.start_dts = 400;
+        r.at(1, vec![Piece::Open { track: V, gop: g4, prev_frames: 2 }, frame(8, V, 0)]);
+        assert_eq!(r.seen(), "G8 800");
+        assert_eq!(r.m.last_start(), Some(400));
+        assert_eq!(r.m.stats().lost_frames, 0);
     }
 
     #[test]

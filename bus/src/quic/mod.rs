@@ -39,7 +39,7 @@ pub use client::{
 };
 pub use error::QuicError;
 pub use relay::{Relay, Source};
-pub use server::{BusServer, ServerStats, Upstream, MAX_CONNECTIONS, MAX_REQUESTS_PER_CONNECTION};
+pub use server::{BusServer, ServerStats, Upstream, MAX_CONNECTIONS, MAX_REQUESTS_PER_CONNECTION, RESUME_GRACE};
 
 /// The ALPN protocol id of the bus.
 pub const ALPN: &[u8] = b"gopbus/1";

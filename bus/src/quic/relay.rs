@@ -2,7 +2,7 @@
 //! it, once, into the local bus; let go of it a while after its last local
 //! subscriber leaves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use gopbus_proto::wire::StartAt;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusClient, QuicError, RemoteSubscription, Upstream};
+use super::ingress::{Held, Hold, Merger};
+use super::{BusClient, QuicError, RemoteSubscription, Upstream, RESUME_GRACE};
 use crate::directory::Directory;
 use crate::Bus;
 
@@ -45,6 +46,12 @@ pub struct Relay {
     fetch_locks: KeyedLocks,
     /// One connection attempt at a time per upstream URL.
     connect_locks: KeyedLocks,
+    /// Fetched broadcasts whose upstream link dropped, held open while they are fetched again.
+    held: Held,
+    /// How long one is held.
+    grace: Duration,
+    /// Held broadcasts being fetched again now.
+    resuming: Mutex<HashSet<String>>,
 }
 
 /// An async lock per key; a key's lock goes once nobody holds or waits for it.
@@ -73,6 +80,9 @@ impl Relay {
             active: Default::default(),
             fetch_locks: KeyedLocks::default(),
             connect_locks: KeyedLocks::default(),
+            held: Held::default(),
+            grace: RESUME_GRACE,
+            resuming: Mutex::default(),
         })
     }
 
@@ -82,6 +92,16 @@ impl Relay {
         if let Some(me) = Arc::get_mut(self) {
             me.own_url = own_url;
             me.linger = linger;
+        }
+    }
+
+    /// How long a fetched broadcast whose upstream link dropped is held open
+    /// (local subscribers stay attached) while the relay fetches it again,
+    /// from the same upstream or whichever node the directory names; zero ends
+    /// it at once.
+    pub fn with_resume_grace(self: &mut Arc<Self>, grace: Duration) {
+        if let Some(me) = Arc::get_mut(self) {
+            me.grace = grace;
         }
     }
 
@@ -99,6 +119,15 @@ impl Relay {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            let lost: Vec<String> = {
+                let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+                active.keys().filter(|n| self.held.resume_point(n).is_some()).cloned().collect()
+            };
+            for name in lost {
+                if self.resuming.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
+                    tokio::spawn(self.clone().resume(name, shutdown.clone()));
+                }
             }
             let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
@@ -119,6 +148,21 @@ impl Relay {
                 true
             });
         }
+    }
+
+    /// Fetches a held broadcast again until that works or it is no longer held.
+    async fn resume(self: Arc<Self>, name: String, shutdown: CancellationToken) {
+        let mut backoff = crate::node::Backoff::new(Duration::from_secs(2));
+        while self.held.resume_point(&name).is_some() {
+            match self.fetch_inner(name.clone()).await {
+                Ok(()) => break,
+                Err(e) => tracing::debug!(broadcast = %name, error = %e, "fetching a held broadcast again failed"),
+            }
+            if !backoff.wait(&shutdown).await {
+                break;
+            }
+        }
+        self.resuming.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
     }
 
     async fn client(&self, url: &str) -> Result<Arc<BusClient>, QuicError> {
@@ -143,10 +187,13 @@ impl Relay {
         let _one_at_a_time = lock.lock().await;
         {
             let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            if active.get(&broadcast).is_some_and(|f| !f.sub.is_finished()) {
+            if active.get(&broadcast).is_some_and(|f| !f.sub.is_finished())
+                && self.held.resume_point(&broadcast).is_none()
+            {
                 return Ok(());
             }
         }
+        let resume = self.held.resume_point(&broadcast);
         let url = match &self.source {
             Source::Fixed(u) => u.clone(),
             Source::Directory(d) => match d.lookup(&broadcast).await? {
@@ -155,8 +202,11 @@ impl Relay {
             },
         };
         let client = self.client(&url).await?;
-        let sub = client.subscribe_into(&broadcast, StartAt::CurrentGop, &self.bus).await?;
-        tracing::info!(broadcast = %broadcast, upstream = %url, "fetching from upstream");
+        let merger = Merger::resuming_after(resume.flatten());
+        let hold = Hold { grace: self.grace, held: self.held.clone() };
+        let sub = client.subscribe_merging(&broadcast, StartAt::CurrentGop, &self.bus, merger, Some(hold)).await?;
+        self.held.release(&broadcast);
+        tracing::info!(broadcast = %broadcast, upstream = %url, resuming = resume.is_some(), "fetching from upstream");
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         active.insert(broadcast, Fetch { sub, idle_since: None });
         Ok(())

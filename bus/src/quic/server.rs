@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::conn::{accept_streams, write_control, Routes};
 use super::egress::send_broadcast;
-use super::ingress::{merge_into, Piece};
+use super::ingress::{merge_into, Held, Hold, Merger, Piece};
 use super::io::{Encoder, Reader, Writer};
 use super::QuicError;
 use crate::{Bus, SubscribeOptions};
@@ -45,7 +45,13 @@ struct Shared {
     stats: ServerStats,
     /// Most connections at once (handshaking or open).
     max_connections: usize,
+    /// How long an announced broadcast whose publisher's link dropped is held open.
+    resume_grace: Duration,
+    held: Held,
 }
+
+/// How long a broadcast whose upstream link dropped is held open for it to come back, by default.
+pub const RESUME_GRACE: Duration = Duration::from_secs(10);
 
 /// Connections a bus server takes at once by default.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -118,6 +124,8 @@ impl BusServer {
                 not_found_after: Duration::from_secs(3),
                 stats: ServerStats::default(),
                 max_connections: MAX_CONNECTIONS,
+                resume_grace: RESUME_GRACE,
+                held: Held::default(),
             }),
         })
     }
@@ -125,6 +133,15 @@ impl BusServer {
     /// Makes this server a relay: broadcasts it lacks are fetched from `upstream`.
     pub fn with_upstream(mut self, upstream: Arc<dyn Upstream>) -> Self {
         Arc::get_mut(&mut self.shared).expect("not yet shared").upstream = Some(upstream);
+        self
+    }
+
+    /// How long a broadcast announced here is held open when its publisher's
+    /// connection drops without an end notice (subscribers stay attached and
+    /// resume at the next GoP when the publisher announces it again); zero ends
+    /// it at once.
+    pub fn with_resume_grace(mut self, grace: Duration) -> Self {
+        Arc::get_mut(&mut self.shared).expect("not yet shared").resume_grace = grace;
         self
     }
 
@@ -302,13 +319,18 @@ async fn handle(
         }
         match msg {
             Control::Announce { id, broadcast } => {
+                // A broadcast held since its publisher's link dropped resumes after what it had.
+                let resume = shared.held.resume_point(&broadcast);
                 let publisher = shared.bus.publish(&broadcast);
+                shared.held.release(&broadcast);
                 let (tx, rx) = mpsc::channel::<Piece>(256);
                 routes.insert(id, tx);
-                tracing::info!(broadcast = %broadcast, id, "remote publisher announced");
+                tracing::info!(broadcast = %broadcast, id, resuming = resume.is_some(), "remote publisher announced");
+                let merger = Merger::resuming_after(resume.flatten());
+                let hold = Hold { grace: shared.resume_grace, held: shared.held.clone() };
                 tokio::spawn(
                     async move {
-                        if let Err(e) = merge_into(rx, publisher).await {
+                        if let Err(e) = merge_into(rx, publisher, merger, Some(hold)).await {
                             tracing::warn!(error = %e, "remote broadcast dropped");
                         }
                     }
@@ -323,7 +345,7 @@ async fn handle(
                     tracing::info!(broadcast = %broadcast, track = %track, id, "remote worker added a track");
                     tokio::spawn(
                         async move {
-                            if let Err(e) = merge_into(rx, publisher).await {
+                            if let Err(e) = merge_into(rx, publisher, Merger::default(), None).await {
                                 tracing::warn!(error = %e, "remote track dropped");
                             }
                         }
