@@ -237,7 +237,7 @@ impl Resubscriber {
                     }
                     self.resume_after = self.last_start;
                 }
-                Event::Gop(h) if self.resume_after.is_some_and(|after| h.start_dts <= after) => {
+                Event::Gop(h) if self.resume_after.is_some_and(|after| crate::quic::replayed(h.start_dts, after)) => {
                     self.passing_over = true;
                 }
                 Event::Frame(_) | Event::CutShort { .. } if self.passing_over => {}

@@ -49,9 +49,30 @@ pub fn tmpdir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A TCP port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 right now (TCP and UDP), below Linux's ephemeral
+/// range (32768–60999): a port the kernel hands out for port 0 can be taken
+/// by any outgoing connection (ffmpeg's, a browser's) between this call and
+/// the server binding it. Each call of a test process takes the next
+/// candidate, from an offset set by the process id.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOW} and {}", LOW + SPAN)
 }
 
 /// A child process that is killed (by its handle) when dropped.
@@ -576,7 +597,7 @@ pub fn spawn(tag: &str, args: &[String], ready: &str) -> Node {
 
 /// A free UDP port on 127.0.0.1.
 pub fn udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port()
 }
 
 /// Starts `gopbus relay` on 127.0.0.1:`port` with the shared token.

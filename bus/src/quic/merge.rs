@@ -33,6 +33,14 @@ use super::QuicError;
 /// Longest the next GoP waits for the rest of the current one.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(200);
 
+/// Whether a GoP starting at `start_dts`, seen when resuming after the GoP
+/// that started at `after`, is one already delivered (the sender replays its
+/// current GoP). One that starts more than a minute earlier is a new timeline
+/// (the publisher started over while the link was down), not a replay.
+pub(crate) fn replayed(start_dts: i64, after: i64) -> bool {
+    start_dts <= after && start_dts >= after.saturating_sub(60_000)
+}
+
 /// What stream readers tell the merger of one broadcast.
 #[derive(Debug)]
 pub(crate) enum Piece {
@@ -241,7 +249,7 @@ impl Merger {
         sink: &mut impl Sink,
     ) -> Result<(), QuicError> {
         let Some(c) = self.cur.as_mut() else {
-            if self.resume_after.is_some_and(|after| gop.start_dts <= after) {
+            if self.resume_after.is_some_and(|after| replayed(gop.start_dts, after)) {
                 self.passed_over = self.passed_over.max(Some(gop.seq));
                 return Ok(());
             }
@@ -576,6 +584,11 @@ mod tests {
         assert_eq!(r.seen(), "G8 800");
         assert_eq!(r.m.last_start(), Some(400));
         assert_eq!(r.m.stats().lost_frames, 0);
+
+        let mut r = Run::new();
+        r.m = Merger::resuming_after(Some(3_600_000));
+        r.at(0, vec![open(0, V, 0), frame(0, V, 0)]);
+        assert_eq!(r.seen(), "G0 0", "a publisher that started over (timestamps from 0) is not a replay");
     }
 
     #[test]

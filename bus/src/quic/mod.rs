@@ -38,6 +38,7 @@ pub use client::{
     BusClient, RemotePublication, RemoteSubscriber, RemoteSubscription, RemoteTrackSubscriber, RemoteWatch,
 };
 pub use error::QuicError;
+pub(crate) use merge::replayed;
 pub use relay::{Relay, Source};
 pub use server::{BusServer, ServerStats, Upstream, MAX_CONNECTIONS, MAX_REQUESTS_PER_CONNECTION, RESUME_GRACE};
 
@@ -65,10 +66,30 @@ pub fn parse_url(url: &str) -> Result<(String, std::net::SocketAddr), QuicError>
     Ok((host, addr))
 }
 
-/// QUIC transport settings shared by clients and servers.
+/// GoP streams a peer that publishes (announces broadcasts or adds tracks)
+/// may have open toward us at once.
+pub(crate) const PUBLISHER_UNI_STREAMS: u32 = 4096;
+
+/// GoP streams a server lets a new connection open before it publishes
+/// anything. quinn keeps a slot (~17 bytes of hash table) per stream a peer
+/// may open, made up front: 4096 of them cost a subscriber's connection
+/// ~140 KB at the relay for streams a subscriber never opens. A connection is
+/// raised to [`PUBLISHER_UNI_STREAMS`] when it first announces.
+pub(crate) const NEW_PEER_UNI_STREAMS: u32 = 16;
+
+/// QUIC transport settings of a client.
 pub(crate) fn transport() -> quinn::TransportConfig {
+    transport_with(PUBLISHER_UNI_STREAMS)
+}
+
+/// QUIC transport settings of a server: few stream slots until a peer publishes.
+pub(crate) fn server_transport() -> quinn::TransportConfig {
+    transport_with(NEW_PEER_UNI_STREAMS)
+}
+
+fn transport_with(uni_streams: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(4096));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(uni_streams));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));
     // Bounded receive windows: a subscriber that reads slowly pushes back on its
     // sender (which then skips GoPs for it) instead of buffering without limit.

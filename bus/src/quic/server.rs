@@ -280,6 +280,8 @@ async fn handle(
     tokio::spawn(accept_streams(conn.clone(), routes.clone()));
     let cancel = shutdown.child_token();
     let mut subscriptions: HashMap<u64, CancellationToken> = HashMap::new();
+    // Whether this connection has published (and has its full GoP stream allowance).
+    let mut publishing = false;
     let result = loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
@@ -316,6 +318,11 @@ async fn handle(
             let message = "this bus token may only subscribe; publishing needs the bus token".to_owned();
             let _ = control_tx.send(Control::Error { id, code: ErrorCode::Refused, message }).await;
             continue;
+        }
+        if !publishing && matches!(msg, Control::Announce { .. } | Control::AddTrack { .. }) {
+            // A publisher: room for its GoP streams (sent to it before the answer).
+            publishing = true;
+            conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(super::PUBLISHER_UNI_STREAMS));
         }
         match msg {
             Control::Announce { id, broadcast } => {

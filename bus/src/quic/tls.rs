@@ -8,7 +8,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{transport, QuicError, ALPN};
+use super::{server_transport, transport, QuicError, ALPN};
 
 /// Installs the ring crypto provider for the whole process, once. With quinn,
 /// webrtc and reqwest in one binary both ring and aws-lc-rs get compiled in and
@@ -83,7 +83,7 @@ pub fn server_config(identity: ServerIdentity) -> Result<quinn::ServerConfig, Qu
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(crypto).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport()));
+    config.transport_config(Arc::new(server_transport()));
     Ok(config)
 }
 
