@@ -46,8 +46,9 @@ pub(crate) async fn send_broadcast(
     let mut in_flight: VecDeque<Vec<Open>> = VecDeque::new();
     let mut gop: Option<std::sync::Arc<GopHeader>> = None;
     let mut skipped: u64 = 0;
-    // Set when the current GoP was abandoned because the subscriber fell behind:
-    // its remaining frames are not sent; the next GoP starts afresh.
+    // Set when the current GoP will not reach the peer whole: abandoned because
+    // the subscriber fell behind (its remaining frames are not sent), or cut
+    // short at the source. The next GoP's header says so (`PREV_CUT`).
     let mut abandoned = false;
     // Frames sent in the current GoP, and in the previous one.
     let (mut index, mut prev_frames) = (0u32, 0u32);

@@ -26,7 +26,6 @@ pub(crate) async fn read_stream(
     tx: mpsc::Sender<Piece>,
     pacer: Option<Arc<super::conn::Pacer>>,
 ) {
-    let mut finished = false;
     loop {
         let (index, frame) = match reader.message().await {
             Ok(Some(Message::Frame(wf))) => {
@@ -49,10 +48,7 @@ pub(crate) async fn read_stream(
                     Err(_) => break,
                 }
             }
-            Ok(None) => {
-                finished = true;
-                break;
-            }
+            Ok(None) => break,
             Ok(Some(other)) => {
                 tracing::warn!(?other, "unexpected message on a GoP stream");
                 reader.stop();
@@ -70,7 +66,7 @@ pub(crate) async fn read_stream(
             return;
         }
     }
-    let _ = tx.send(Piece::Close { seq, track, finished }).await;
+    let _ = tx.send(Piece::Close { seq, track }).await;
 }
 
 /// The local publisher a merged broadcast goes into.

@@ -48,9 +48,9 @@ pub(crate) enum Piece {
     Open { track: TrackId, gop: GopHeader, prev_frames: u32 },
     /// Frame `index` of GoP `seq`.
     Frame { seq: u64, index: u32, frame: Frame },
-    /// The sub-channel of `track` in GoP `seq` ended: `finished` by the sender,
-    /// or not (reset, or a reading error).
-    Close { seq: u64, track: TrackId, finished: bool },
+    /// The sub-channel of `track` in GoP `seq` ended (finished, reset, or a
+    /// reading error: whether frames are missing follows from the indexes).
+    Close { seq: u64, track: TrackId },
     /// The broadcast ended (from the control stream).
     End(EndReason),
 }
@@ -87,8 +87,8 @@ pub(crate) struct MergeStats {
 struct TrackState {
     /// The last index received on this track's stream.
     last: Option<u32>,
-    /// Closed: `Some(finished)`.
-    closed: Option<bool>,
+    /// Its stream has ended.
+    closed: bool,
 }
 
 /// One GoP being received.
@@ -113,12 +113,12 @@ impl GopState {
     }
 
     fn all_closed(&self) -> bool {
-        self.tracks.values().all(|t| t.closed.is_some())
+        self.tracks.values().all(|t| t.closed)
     }
 
     /// No stream can still carry frame `next`.
     fn gap_is_permanent(&self) -> bool {
-        self.tracks.values().all(|t| t.closed.is_some() || t.last.is_some_and(|l| l > self.next))
+        self.tracks.values().all(|t| t.closed || t.last.is_some_and(|l| l > self.next))
     }
 }
 
@@ -219,14 +219,14 @@ impl Merger {
                     self.stats.lost_frames += 1;
                 }
             }
-            Piece::Close { seq, track, finished } => {
+            Piece::Close { seq, track } => {
                 if let Some(c) = self.cur.as_mut().filter(|c| c.seq == seq) {
-                    c.tracks.entry(track).or_default().closed = Some(finished);
+                    c.tracks.entry(track).or_default().closed = true;
                     if !c.cut && !c.queue.is_empty() && c.gap_is_permanent() {
                         Self::cut(c, sink, &mut self.stats);
                     }
                 } else if let Some(st) = self.staged.as_mut().filter(|s| s.state.seq == seq) {
-                    st.state.tracks.entry(track).or_default().closed = Some(finished);
+                    st.state.tracks.entry(track).or_default().closed = true;
                 }
             }
             Piece::End(reason) => self.ending = Some(reason),
@@ -408,8 +408,8 @@ mod tests {
         Piece::Open { track, gop: gop(seq), prev_frames }
     }
 
-    fn close(seq: u64, track: TrackId, finished: bool) -> Piece {
-        Piece::Close { seq, track, finished }
+    fn close(seq: u64, track: TrackId) -> Piece {
+        Piece::Close { seq, track }
     }
 
     struct Run {
@@ -445,7 +445,7 @@ mod tests {
         assert_eq!(r.seen(), "G0", "frame 0 (video) not here yet: nothing released");
         r.at(1, vec![frame(0, V, 0), frame(0, V, 3)]);
         assert_eq!(r.seen(), "G0 0 1 2 3");
-        r.at(2, vec![close(0, V, true), close(0, A, true), open(1, V, 4), frame(1, V, 0)]);
+        r.at(2, vec![close(0, V), close(0, A), open(1, V, 4), frame(1, V, 0)]);
         assert_eq!(r.seen(), "G0 0 1 2 3 G1 100", "the next GoP starts at once: the previous one is whole");
         assert_eq!(r.m.stats(), MergeStats { gops: 2, frames: 5, cut_gops: 0, lost_frames: 0 });
     }
@@ -455,7 +455,7 @@ mod tests {
         let mut r = Run::new();
         r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, V, 0), frame(0, A, 1)]);
         // The sender sent 4 frames; frames 2 and 3 (video) are still in flight.
-        r.at(5, vec![close(0, A, true), open(1, V, 4), open(1, A, 4), frame(1, V, 0)]);
+        r.at(5, vec![close(0, A), open(1, V, 4), open(1, A, 4), frame(1, V, 0)]);
         assert_eq!(r.seen(), "G0 0 1");
         r.at(50, vec![frame(0, V, 2), frame(0, V, 3)]);
         assert_eq!(r.seen(), "G0 0 1 2 3 G1 100", "whole, then the staged GoP");
@@ -468,9 +468,9 @@ mod tests {
         r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, V, 0), frame(0, A, 1), frame(0, A, 3)]);
         assert_eq!(r.seen(), "G0 0 1", "frame 2 may still come on the video stream");
         // The video stream is reset: frame 2 can come from nowhere (audio is past it).
-        r.at(1, vec![close(0, V, false)]);
+        r.at(1, vec![close(0, V)]);
         assert_eq!(r.seen(), "G0 0 1 X", "cut at the gap; frame 3 is not released");
-        r.at(2, vec![frame(0, A, 4), close(0, A, true)]);
+        r.at(2, vec![frame(0, A, 4), close(0, A)]);
         assert_eq!(r.seen(), "G0 0 1 X", "frames of a cut GoP are dropped");
         r.at(3, vec![open(1, V, 6), frame(1, V, 0)]);
         assert_eq!(r.seen(), "G0 0 1 X G1 100", "a cut GoP does not hold the next one back");
@@ -481,7 +481,7 @@ mod tests {
     #[test]
     fn a_gap_waits_while_an_open_stream_can_still_fill_it() {
         let mut r = Run::new();
-        r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, A, 1), frame(0, A, 2), close(0, A, true)]);
+        r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, A, 1), frame(0, A, 2), close(0, A)]);
         r.at(150, vec![]);
         assert_eq!(r.tick(10_000), Step::Continue);
         assert_eq!(r.seen(), "G0", "no timeout inside a GoP: the video stream is open and reliable");
@@ -529,7 +529,7 @@ mod tests {
     #[test]
     fn a_gop_whose_streams_all_closed_short_of_the_count_is_cut() {
         let mut r = Run::new();
-        r.at(0, vec![open(0, V, 0), frame(0, V, 0), frame(0, V, 1), close(0, V, false), close(0, A, true)]);
+        r.at(0, vec![open(0, V, 0), frame(0, V, 0), frame(0, V, 1), close(0, V), close(0, A)]);
         assert_eq!(r.seen(), "G0 0 1", "nothing queued: whether frames are missing is not known yet");
         r.at(1, vec![open(1, V, 3)]);
         assert_eq!(r.seen(), "G0 0 1 X G1", "the next header says 3: one is missing");
@@ -540,8 +540,8 @@ mod tests {
         let mut r = Run::new();
         r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, V, 0)]);
         assert_eq!(r.at(1, vec![Piece::End(EndReason::PublisherLeft)]), Step::Continue);
-        assert_eq!(r.at(2, vec![frame(0, A, 1), close(0, A, true)]), Step::Continue);
-        let step = r.at(3, vec![frame(0, V, 2), close(0, V, true)]);
+        assert_eq!(r.at(2, vec![frame(0, A, 1), close(0, A)]), Step::Continue);
+        let step = r.at(3, vec![frame(0, V, 2), close(0, V)]);
         assert_eq!(step, Step::End(EndReason::PublisherLeft));
         assert_eq!(r.seen(), "G0 0 1 2", "every frame, no cut");
     }
@@ -549,9 +549,9 @@ mod tests {
     #[test]
     fn the_end_with_a_hole_left_cuts_the_last_gop() {
         let mut r = Run::new();
-        r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, A, 1), close(0, A, true)]);
+        r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, A, 1), close(0, A)]);
         r.at(1, vec![Piece::End(EndReason::PublisherLeft)]);
-        let step = r.at(2, vec![close(0, V, false)]);
+        let step = r.at(2, vec![close(0, V)]);
         assert_eq!(step, Step::End(EndReason::PublisherLeft));
         assert_eq!(r.seen(), "G0 X");
     }
