@@ -21,7 +21,12 @@
 //! # Layout
 //!
 //! - [`chunk`]: the RTMP chunk layer, both directions.
-//! - [`session`](crate::server): the per-connection driver and command flow.
+//! - [`flow`]: a connection's command flow (connect, createStream,
+//!   publish/play, FCPublish/FCUnpublish, deleteStream, deadlines), sans-IO:
+//!   bytes and time in, replies and actions out; key checks are requests the
+//!   driver answers.
+//! - [`session`](crate::server): the per-connection driver: socket, timers, and
+//!   what the flow asks of the bus and the key store.
 //! - [`publish`], [`play`]: sans-IO media adapters to and from the bus.
 //! - [`timeline`]: 32-bit timestamp unwrapping and takeover rebasing.
 #![warn(missing_docs)]
@@ -29,6 +34,7 @@
 pub mod amf;
 pub mod chunk;
 mod error;
+pub mod flow;
 pub mod play;
 pub mod publish;
 mod server;

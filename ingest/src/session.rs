@@ -1,8 +1,9 @@
-//! One RTMP connection: handshake, the command flow (connect, createStream,
-//! publish, play), and a single driver loop that reads, writes and pulls from the
-//! bus without ever blocking one on another.
+//! One RTMP connection's driver: the handshake, then a single loop that reads,
+//! writes, keeps time and pulls from the bus without ever blocking one on
+//! another. The command flow itself is sans-IO ([`crate::flow::Flow`]); this
+//! file does what it asks of the world: key checks, bus publications and
+//! subscriptions, the socket.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,20 +13,17 @@ use bytes::BytesMut;
 use gopbus_bus::{Event, SubscribeOptions, Subscriber, TrackSubscriber};
 use gopbus_proto::EndReason;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::messages::{MessagePayload, PeerBandwidthLimitType, RtmpMessage, UserControlEventType};
-use rml_rtmp::rml_amf0::Amf0Value;
-use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::chunk::{csid, types, ChunkDecoder, ChunkEncoder, MessageHeader, OutQueue, RawMessage};
 use crate::error::SessionError;
+use crate::flow::{Action, Flow, FlowConfig, PublishCheck, Refusal, STREAM_ID};
 use crate::play::Egress;
 use crate::publish::MediaIngest;
 use crate::server::{Ingest, LivePublisher};
-use gopbus_store::keys::{validate_name, KeyHash};
+use gopbus_store::keys::KeyHash;
 use gopbus_store::PublishRequest;
 
 /// Read buffer size of a publisher: payload slices keep a buffer alive while the
@@ -33,15 +31,9 @@ use gopbus_store::PublishRequest;
 const READ_BUF: usize = 64 * 1024;
 /// Read buffer size of any other connection (players send little: acks, pings).
 const SMALL_READ_BUF: usize = 4 * 1024;
-/// Largest message before a publish is accepted: only commands come then.
-const PRE_PUBLISH_MAX_MESSAGE: usize = 64 * 1024;
 /// Bytes of replies (statuses, pings) that may wait for a peer beyond a
 /// player's media queue; past it the peer is not reading and is disconnected.
 const OUT_SLACK: usize = 256 * 1024;
-/// The one message stream id gopbus hands out.
-const STREAM_ID: u32 = 1;
-/// Window acknowledgement size and peer bandwidth we announce.
-const WINDOW: u32 = 2_500_000;
 
 struct Publishing {
     media: MediaIngest,
@@ -90,44 +82,15 @@ impl PlaySource {
     }
 }
 
-/// `alice/480p` → (`alice`, `Some("video/480p")`); `alice` → (`alice`, `None`).
-/// `None` when the name is neither a valid broadcast name nor one with a
-/// rendition (`HEIGHTp`) after a slash.
-fn play_target(name: &str) -> Option<(&str, Option<String>)> {
-    let (broadcast, rendition) = match name.split_once('/') {
-        Some((b, r)) => (b, Some(r)),
-        None => (name, None),
-    };
-    validate_name(broadcast).ok()?;
-    match rendition {
-        None => Some((broadcast, None)),
-        Some(r) => {
-            let height = r.strip_suffix('p')?;
-            let ok = !height.is_empty() && height.len() <= 5 && height.bytes().all(|b| b.is_ascii_digit());
-            ok.then(|| (broadcast, Some(format!("video/{r}"))))
-        }
-    }
-}
-
 struct Conn {
     ingest: Arc<Ingest>,
     id: u64,
     peer: std::net::SocketAddr,
-    dec: ChunkDecoder,
-    enc: ChunkEncoder,
-    out: OutQueue,
-    received: u64,
-    acked: u64,
-    peer_window: u64,
-    connected: bool,
-    /// The part of the application after `live/` (see `on_connect`).
-    app_prefix: Option<String>,
+    flow: Flow,
     publishing: Option<Publishing>,
     playing: Option<Playing>,
-    /// Set when the connection should close once `out` is flushed.
+    /// Set when the connection should close once what is queued is flushed.
     close: Option<Result<(), SessionError>>,
-    /// While a player waits for a broadcast that is not live: when it gives up.
-    play_wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Runs one connection to its end.
@@ -145,22 +108,22 @@ pub(crate) async fn run(
         .map_err(|_| SessionError::HandshakeTimeout)??;
     let mut rbuf = BytesMut::with_capacity(SMALL_READ_BUF.max(leftover.len()));
     rbuf.extend_from_slice(&leftover);
+    let config = &ingest.config;
+    let flow_config = FlowConfig {
+        app: config.app.clone(),
+        out_chunk_size: config.out_chunk_size,
+        max_message: config.max_message,
+        command_timeout: config.command_timeout,
+        play_wait_timeout: config.play_wait_timeout,
+    };
     let mut conn = Conn {
+        flow: Flow::new(flow_config, std::time::Instant::now()),
         peer,
-        dec: ChunkDecoder::new(PRE_PUBLISH_MAX_MESSAGE.min(ingest.config.max_message)),
-        enc: ChunkEncoder::new(),
-        out: OutQueue::default(),
         ingest,
         id,
-        received: 0,
-        acked: 0,
-        peer_window: 0,
-        connected: false,
-        app_prefix: None,
         publishing: None,
         playing: None,
         close: None,
-        play_wait: None,
     };
     let result = conn.drive(&mut rd, &mut wr, &mut rbuf, &shutdown).await;
     let reason = match &result {
@@ -209,13 +172,6 @@ async fn publisher_stop(p: Option<&mut Publishing>) -> Stop {
     }
 }
 
-async fn expired(t: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
-    match t {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn next_event(p: Option<&mut Playing>) -> Event {
     match p {
         Some(p) => p.sub.next().await,
@@ -240,44 +196,47 @@ impl Conn {
         tokio::pin!(shutdown_signal);
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
-        // `connect` and then `publish` or `play` must come within this.
-        let command_timeout = self.ingest.config.command_timeout;
-        let role_deadline = tokio::time::sleep(command_timeout);
-        tokio::pin!(role_deadline);
-        let mut role_taken = false;
+        // The flow's deadlines (connect/role, a player's wait): one timer, reset
+        // only when the flow's next deadline changes.
+        let flow_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(flow_timer);
+        let mut flow_deadline: Option<std::time::Instant> = None;
         loop {
             while self.close.is_none() {
-                let Some(msg) = self.dec.decode(rbuf)? else { break };
-                self.handle_message(msg).await?;
+                let Some(action) = self.flow.next(rbuf)? else { break };
+                self.act(action).await?;
             }
             if let Some(result) = self.close.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.out.flush_to(wr)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.flow.out().flush_to(wr)).await;
                 return result;
             }
             let out_limit = if self.playing.is_some() { queue_limit + OUT_SLACK } else { OUT_SLACK };
-            if self.out.len() > out_limit {
+            let queued = self.flow.queued();
+            if queued > out_limit {
                 return Err(SessionError::Refused(format!(
-                    "{} bytes queued for a peer that does not read them (limit {out_limit})",
-                    self.out.len()
+                    "{queued} bytes queued for a peer that does not read them (limit {out_limit})"
                 )));
             }
-            role_taken |= self.publishing.is_some() || self.playing.is_some();
             let want = if self.publishing.is_some() { READ_BUF } else { SMALL_READ_BUF };
             if rbuf.capacity() - rbuf.len() < want / 8 {
                 // Only a partial chunk header is left in the buffer: this copies no payload.
                 rbuf.reserve(want);
             }
+            let next_deadline = self.flow.poll_timeout();
+            if next_deadline != flow_deadline {
+                flow_deadline = next_deadline;
+                if let Some(at) = next_deadline {
+                    flow_timer.as_mut().reset(tokio::time::Instant::from_std(at));
+                }
+            }
             // A player waiting for a publisher (nothing to send) is not idle; a
             // publisher, a connection without a role, or a player whose queue does
             // not drain is.
-            let idle_armed = self.playing.is_none() || !self.out.is_empty();
+            let idle_armed = self.playing.is_none() || self.flow.queued() > 0;
             tokio::select! {
                 biased;
                 _ = &mut shutdown_signal => {
-                    if self.playing.is_some() {
-                        self.send_status("status", "NetStream.Play.UnpublishNotify", "server shutting down");
-                    }
-                    self.close = Some(Ok(()));
+                    self.flow.shutdown();
                 }
                 stop = publisher_stop(self.publishing.as_mut()) => {
                     let why = match stop {
@@ -287,8 +246,8 @@ impl Conn {
                     };
                     self.close = Some(Err(SessionError::Refused(why.into())));
                 }
-                r = self.out.write_to(wr), if !self.out.is_empty() => { r?; }
-                ev = next_event(self.playing.as_mut()), if self.out.len() < queue_limit => self.play_event(ev),
+                r = self.flow.out().write_to(wr), if self.flow.queued() > 0 => { r?; }
+                ev = next_event(self.playing.as_mut()), if self.flow.queued() < queue_limit => self.play_event(ev),
                 r = rd.read_buf(rbuf) => {
                     let n = match r {
                         Ok(n) => n,
@@ -305,26 +264,12 @@ impl Conn {
                     if n == 0 {
                         return Ok(());
                     }
-                    self.received += n as u64;
+                    self.flow.received(n);
                     self.ingest.stats.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    if self.peer_window > 0 && self.received - self.acked >= self.peer_window {
-                        self.acked = self.received;
-                        self.send(csid::CONTROL, 0, RtmpMessage::Acknowledgement { sequence_number: self.received as u32 });
-                    }
                 }
-                _ = &mut role_deadline, if !role_taken => {
-                    return Err(SessionError::Refused(format!(
-                        "no publish or play within {} s of connecting",
-                        command_timeout.as_secs_f64()
-                    )));
-                }
-                _ = expired(self.play_wait.as_mut()) => {
-                    let wait = self.ingest.config.play_wait_timeout.as_secs();
-                    tracing::info!(wait_s = wait, "player gave up: nothing published under this name");
-                    self.send_status("error", "NetStream.Play.StreamNotFound", &format!("nothing published within {wait} s"));
-                    self.playing = None;
-                    self.play_wait = None;
-                    self.close = Some(Ok(()));
+                _ = &mut flow_timer, if flow_deadline.is_some() => {
+                    flow_deadline = None;
+                    self.flow.handle_timeout(std::time::Instant::now());
                 }
                 _ = &mut idle_timer, if idle_armed => {
                     let deadline = last_activity + idle;
@@ -339,241 +284,55 @@ impl Conn {
         }
     }
 
-    /// Queues `ev` and whatever else is ready, up to the queue limit, so that one
-    /// `writev` carries as many frames as are waiting.
-    fn play_event(&mut self, ev: Event) {
-        let limit = self.ingest.config.player_queue;
-        let mut next = Some(ev);
-        while let Some(ev) = next.take() {
-            self.play_one(ev);
-            if self.out.len() < limit {
-                next = self.playing.as_mut().and_then(|p| p.sub.try_next());
-            }
-        }
-    }
-
-    fn play_one(&mut self, ev: Event) {
-        let Some(playing) = self.playing.as_mut() else { return };
-        self.play_wait = None;
-        match &ev {
-            Event::Frame(f) => playing.viewer.sent_frame(f.payload.len() as u64),
-            Event::Skipped { from, to } => playing.viewer.skipped(to - from),
-            _ => {}
-        }
-        if let Some(reason) = playing.egress.handle(ev, &mut self.enc, &mut self.out) {
-            tracing::info!(%reason, frames = playing.egress.frames, skipped_gops = playing.egress.skipped_gops, "broadcast ended; closing player");
-            // User Control "Stream EOF" (event 1) for our stream.
-            let header =
-                MessageHeader { csid: csid::CONTROL, timestamp: 0, type_id: types::USER_CONTROL, stream_id: 0 };
-            self.enc.encode(header, &[0, 1, 0, 0, 0, STREAM_ID as u8], &[], &mut self.out);
-            self.send_status("status", "NetStream.Play.UnpublishNotify", &format!("broadcast ended: {reason}"));
-            self.send_status("status", "NetStream.Play.Stop", "stopped");
-            self.playing = None;
-            self.close = Some(Ok(()));
-        }
-    }
-
-    async fn handle_message(&mut self, msg: RawMessage) -> Result<(), SessionError> {
-        match msg.type_id {
-            types::VIDEO | types::AUDIO => {
-                let Some(p) = self.publishing.as_mut() else {
-                    tracing::debug!("media from a connection that is not publishing; ignored");
-                    return Ok(());
-                };
-                if msg.type_id == types::VIDEO {
-                    p.media.handle_video(msg.timestamp, msg.parts, msg.len)
-                } else {
-                    p.media.handle_audio(msg.timestamp, msg.parts, msg.len)
+    /// Does what the flow asks. An error ends the connection at once.
+    async fn act(&mut self, action: Action) -> Result<(), SessionError> {
+        match action {
+            Action::Video { timestamp, parts, len } => {
+                if let Some(p) = self.publishing.as_mut() {
+                    p.media.handle_video(timestamp, parts, len)?;
                 }
             }
-            types::SET_CHUNK_SIZE => {
-                let b = msg.contiguous();
-                let size = b.get(..4).ok_or_else(|| malformed("Set Chunk Size", "shorter than 4 bytes"))?;
-                self.dec.set_chunk_size(u32::from_be_bytes([size[0], size[1], size[2], size[3]]) & 0x7fff_ffff)?;
-                Ok(())
-            }
-            types::ABORT => {
-                let b = msg.contiguous();
-                if let Some(c) = b.get(..4) {
-                    self.dec.abort(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+            Action::Audio { timestamp, parts, len } => {
+                if let Some(p) = self.publishing.as_mut() {
+                    p.media.handle_audio(timestamp, parts, len)?;
                 }
-                Ok(())
             }
-            _ => {
-                let data = msg.contiguous();
-                // AMF commands and data: checked before the library parses them
-                // (it recurses without a limit and panics on short commands).
-                // The library reads types 15 and 17 (AMF3) as AMF0 too, 17 after a leading zero.
-                let command = matches!(msg.type_id, types::COMMAND_AMF0 | types::COMMAND_AMF3);
-                if command || matches!(msg.type_id, types::DATA_AMF0 | types::DATA_AMF3) {
-                    let amf = if msg.type_id == types::COMMAND_AMF3 && data.first() == Some(&0) {
-                        &data[1..]
-                    } else {
-                        &data[..]
-                    };
-                    crate::amf::check(amf, crate::amf::AmfLimits::default(), command)
-                        .map_err(|why| malformed(if command { "AMF command" } else { "AMF data" }, why))?;
-                }
-                let payload = MessagePayload {
-                    timestamp: RtmpTimestamp::new(msg.timestamp),
-                    type_id: msg.type_id,
-                    message_stream_id: msg.stream_id,
-                    data,
-                };
-                // A panic in the library is this connection's error, not the task's.
-                let parsed = std::panic::catch_unwind(move || payload.to_rtmp_message())
-                    .map_err(|_| malformed("message", "the RTMP library could not parse it"))?
-                    .map_err(|e| malformed("message", e.to_string()))?;
-                self.handle_control(parsed).await
-            }
-        }
-    }
-
-    async fn handle_control(&mut self, msg: RtmpMessage) -> Result<(), SessionError> {
-        match msg {
-            RtmpMessage::WindowAcknowledgement { size } => self.peer_window = u64::from(size),
-            RtmpMessage::UserControl { event_type: UserControlEventType::PingRequest, timestamp, .. } => {
-                let ts = timestamp.unwrap_or(RtmpTimestamp::new(0));
-                let reply = RtmpMessage::UserControl {
-                    event_type: UserControlEventType::PingResponse,
-                    stream_id: None,
-                    buffer_length: None,
-                    timestamp: Some(ts),
-                };
-                self.send(csid::CONTROL, 0, reply);
-            }
-            RtmpMessage::Amf0Data { values } => {
+            Action::Data(values) => {
                 if let Some(p) = self.publishing.as_mut() {
                     p.media.handle_data(values);
                 }
             }
-            RtmpMessage::Amf0Command { command_name, transaction_id, command_object, additional_arguments } => {
-                self.handle_command(&command_name, transaction_id, command_object, additional_arguments).await?;
-            }
-            _ => {}
+            Action::Authorize(check) => self.authorize(check).await,
+            Action::Play { name, broadcast, rendition } => self.play(&name, &broadcast, rendition.as_deref()),
+            Action::StopPublishing => self.stop_publishing(EndReason::PublisherLeft, true),
+            Action::StopPlaying => self.playing = None,
+            Action::Close(result) => self.close = Some(result),
         }
         Ok(())
     }
 
-    async fn handle_command(
-        &mut self,
-        name: &str,
-        txn: f64,
-        object: Amf0Value,
-        args: Vec<Amf0Value>,
-    ) -> Result<(), SessionError> {
-        tracing::debug!(command = name, "command");
-        match name {
-            "connect" => self.on_connect(txn, &object),
-            "createStream" => {
-                self.require_connected()?;
-                self.result(txn, vec![Amf0Value::Null, Amf0Value::Number(f64::from(STREAM_ID))]);
-                Ok(())
-            }
-            "releaseStream" | "FCPublish" | "getStreamLength" | "FCSubscribe" => {
-                if txn != 0.0 {
-                    self.result(txn, vec![Amf0Value::Null, Amf0Value::Undefined]);
-                }
-                Ok(())
-            }
-            "publish" => self.on_publish(&args).await,
-            "play" => self.on_play(&args),
-            "deleteStream" | "closeStream" | "FCUnpublish" => {
-                if self.publishing.is_some() {
-                    self.stop_publishing(EndReason::PublisherLeft, true);
-                }
-                self.playing = None;
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn on_connect(&mut self, txn: f64, object: &Amf0Value) -> Result<(), SessionError> {
-        let app = match object {
-            Amf0Value::Object(props) => match props.get("app") {
-                Some(Amf0Value::Utf8String(s)) => s.clone(),
-                _ => String::new(),
-            },
-            _ => String::new(),
-        };
-        let app = app.split('?').next().unwrap_or_default().trim_end_matches('/');
-        // ffmpeg and others take everything up to the last slash as the
-        // application, so `rtmp://HOST/live/alice/480p` (a rendition) arrives
-        // as application `live/alice`, stream `480p`.
-        let (app, prefix) = match app.split_once('/') {
-            Some((a, p)) if validate_name(p).is_ok() => (a, Some(p.to_owned())),
-            _ => (app, None),
-        };
-        if app != self.ingest.config.app {
-            let why = format!("unknown application {app:?}; use rtmp://HOST/{}/...", self.ingest.config.app);
-            self.command(
-                "_error",
-                txn,
-                vec![Amf0Value::Null, status_object("error", "NetConnection.Connect.Rejected", &why)],
-            );
-            self.close = Some(Err(SessionError::Refused(why)));
-            return Ok(());
-        }
-        self.send(csid::CONTROL, 0, RtmpMessage::WindowAcknowledgement { size: WINDOW });
-        self.send(
-            csid::CONTROL,
-            0,
-            RtmpMessage::SetPeerBandwidth { size: WINDOW, limit_type: PeerBandwidthLimitType::Dynamic },
-        );
-        let chunk = self.ingest.config.out_chunk_size;
-        self.send(csid::CONTROL, 0, RtmpMessage::SetChunkSize { size: chunk as u32 });
-        self.enc.set_chunk_size(chunk);
-        let mut props = HashMap::new();
-        props.insert("fmsVer".to_owned(), Amf0Value::Utf8String("FMS/3,0,1,123".into()));
-        props.insert("capabilities".to_owned(), Amf0Value::Number(31.0));
-        let mut info = status_props("status", "NetConnection.Connect.Success", "Connection succeeded.");
-        info.insert("objectEncoding".to_owned(), Amf0Value::Number(0.0));
-        self.result(txn, vec![Amf0Value::Object(props), Amf0Value::Object(info)]);
-        self.connected = true;
-        self.app_prefix = prefix;
-        Ok(())
-    }
-
-    async fn on_publish(&mut self, args: &[Amf0Value]) -> Result<(), SessionError> {
-        self.require_connected()?;
-        let key = stream_arg(args);
-        let name = match self.ingest.keys.authorize(&key).await {
+    /// Checks a publish's key (and the hook), then starts the broadcast.
+    async fn authorize(&mut self, check: PublishCheck) {
+        let name = match self.ingest.keys.authorize(&check.key).await {
             Ok(Some(name)) => name,
-            Ok(None) => {
-                self.send_status("error", "NetStream.Publish.BadName", "invalid stream key");
-                self.close = Some(Err(SessionError::Refused("publish with an invalid stream key".into())));
-                return Ok(());
-            }
+            Ok(None) => return self.flow.publish_refused(Refusal::InvalidKey),
             Err(e) => {
                 tracing::error!(error = %e, "stream key lookup failed");
-                self.send_status("error", "NetStream.Publish.Failed", "stream key lookup failed");
-                self.close = Some(Err(SessionError::Refused(format!("key lookup failed: {e}"))));
-                return Ok(());
+                return self.flow.publish_refused(Refusal::LookupFailed(e.to_string()));
             }
         };
-        if self.publishing.is_some() || self.playing.is_some() {
-            return Err(SessionError::Refused("publish on a connection that already publishes or plays".into()));
-        }
         if let Some(hook) = self.ingest.hook.clone() {
-            let app = format!(
-                "{}{}",
-                self.ingest.config.app,
-                self.app_prefix.as_deref().map(|p| format!("/{p}")).unwrap_or_default()
-            );
-            let request = PublishRequest { name: name.clone(), key: key.clone(), peer: self.peer, app };
+            let request =
+                PublishRequest { name: name.clone(), key: check.key.clone(), peer: self.peer, app: check.app };
             if let Err(why) = hook.check(request).await {
                 tracing::info!(broadcast = %name, reason = %why, "publish refused by the authorization hook");
-                self.send_status("error", "NetStream.Publish.BadName", &format!("publish refused: {why}"));
-                self.close =
-                    Some(Err(SessionError::Refused(format!("publish refused by the authorization hook: {why}"))));
-                return Ok(());
+                return self.flow.publish_refused(Refusal::Hook(why.to_string()));
             }
         }
         let publisher = self.ingest.bus.publish(&name);
         let (revoked, kicked) = (CancellationToken::new(), CancellationToken::new());
         let live = LivePublisher {
-            key: KeyHash::of(&key),
+            key: KeyHash::of(&check.key),
             session: self.id,
             revoked: revoked.clone(),
             kicked: kicked.clone(),
@@ -593,31 +352,16 @@ impl Conn {
         });
         let media = MediaIngest::with_limits(publisher, self.ingest.config.gop_limits);
         self.publishing = Some(Publishing { media, name, revoked, kicked, stop });
-        // Media comes now: messages up to the configured size.
-        self.dec.set_max_message(self.ingest.config.max_message);
-        self.stream_begin();
-        self.send_status("status", "NetStream.Publish.Start", "publishing");
-        Ok(())
+        self.flow.publish_started();
     }
 
-    fn on_play(&mut self, args: &[Amf0Value]) -> Result<(), SessionError> {
-        self.require_connected()?;
-        let name = match &self.app_prefix {
-            Some(prefix) => format!("{prefix}/{}", stream_arg(args)),
-            None => stream_arg(args),
-        };
-        let Some((broadcast, rendition)) = play_target(&name) else {
-            self.send_status("error", "NetStream.Play.StreamNotFound", &format!("no stream named {name:?}"));
-            self.close = Some(Err(SessionError::Refused(format!("play of invalid name {name:?}"))));
-            return Ok(());
-        };
-        if self.publishing.is_some() || self.playing.is_some() {
-            return Err(SessionError::Refused("play on a connection that already publishes or plays".into()));
-        }
-        tracing::Span::current().record("broadcast", name.as_str());
+    /// Subscribes a player to what it asked for.
+    fn play(&mut self, name: &str, broadcast: &str, rendition: Option<&str>) {
+        tracing::Span::current().record("broadcast", name);
         let bus = &self.ingest.bus;
-        tracing::info!(live = bus.is_live(broadcast), rendition = rendition.as_deref(), "playing");
-        let sub = match &rendition {
+        let live = bus.is_live(broadcast);
+        tracing::info!(live, rendition, "playing");
+        let sub = match rendition {
             None => PlaySource::Published(bus.subscribe(broadcast, SubscribeOptions::default())),
             Some(track) => PlaySource::Rendition(bus.subscribe_tracks(
                 broadcast,
@@ -625,27 +369,41 @@ impl Conn {
                 SubscribeOptions::default(),
             )),
         };
-        self.stream_begin();
-        self.send_status("status", "NetStream.Play.Reset", "resetting");
-        self.send_status("status", "NetStream.Play.Start", &format!("playing {name}"));
-        self.send(
-            csid::STREAM,
-            STREAM_ID,
-            RtmpMessage::Amf0Data {
-                values: vec![
-                    Amf0Value::Utf8String("|RtmpSampleAccess".into()),
-                    Amf0Value::Boolean(true),
-                    Amf0Value::Boolean(true),
-                ],
-            },
-        );
-        let viewer = self.ingest.bus.audience().join(broadcast, gopbus_bus::Protocol::Rtmp);
-        if !self.ingest.bus.is_live(broadcast) {
+        let viewer = bus.audience().join(broadcast, gopbus_bus::Protocol::Rtmp);
+        if !live {
             // Waits for a publisher, for a while.
-            self.play_wait = Some(Box::pin(tokio::time::sleep(self.ingest.config.play_wait_timeout)));
+            self.flow.play_waits(std::time::Instant::now());
         }
         self.playing = Some(Playing { sub, egress: Egress::new(STREAM_ID), viewer });
-        Ok(())
+    }
+
+    /// Queues `ev` and whatever else is ready, up to the queue limit, so that one
+    /// `writev` carries as many frames as are waiting.
+    fn play_event(&mut self, ev: Event) {
+        let limit = self.ingest.config.player_queue;
+        let mut next = Some(ev);
+        while let Some(ev) = next.take() {
+            self.play_one(ev);
+            if self.flow.queued() < limit {
+                next = self.playing.as_mut().and_then(|p| p.sub.try_next());
+            }
+        }
+    }
+
+    fn play_one(&mut self, ev: Event) {
+        let Some(playing) = self.playing.as_mut() else { return };
+        self.flow.play_started();
+        match &ev {
+            Event::Frame(f) => playing.viewer.sent_frame(f.payload.len() as u64),
+            Event::Skipped { from, to } => playing.viewer.skipped(to - from),
+            _ => {}
+        }
+        let (enc, out) = self.flow.media_out();
+        if let Some(reason) = playing.egress.handle(ev, enc, out) {
+            tracing::info!(%reason, frames = playing.egress.frames, skipped_gops = playing.egress.skipped_gops, "broadcast ended; closing player");
+            self.playing = None;
+            self.flow.play_ended(&reason.to_string());
+        }
     }
 
     /// Ends this connection's broadcast, if it publishes. `clean` marks the GoP complete.
@@ -663,94 +421,5 @@ impl Conn {
             publisher.end(reason);
         }
         // Otherwise dropping the handle ends the broadcast with its GoP cut short.
-    }
-
-    fn require_connected(&self) -> Result<(), SessionError> {
-        if self.connected {
-            Ok(())
-        } else {
-            Err(SessionError::Refused("command before connect".into()))
-        }
-    }
-
-    fn stream_begin(&mut self) {
-        let msg = RtmpMessage::UserControl {
-            event_type: UserControlEventType::StreamBegin,
-            stream_id: Some(STREAM_ID),
-            buffer_length: None,
-            timestamp: None,
-        };
-        self.send(csid::CONTROL, 0, msg);
-    }
-
-    fn result(&mut self, txn: f64, values: Vec<Amf0Value>) {
-        self.command("_result", txn, values);
-    }
-
-    fn command(&mut self, name: &str, txn: f64, mut values: Vec<Amf0Value>) {
-        let object = if values.is_empty() { Amf0Value::Null } else { values.remove(0) };
-        let msg = RtmpMessage::Amf0Command {
-            command_name: name.to_owned(),
-            transaction_id: txn,
-            command_object: object,
-            additional_arguments: values,
-        };
-        self.send(csid::COMMAND, 0, msg);
-    }
-
-    fn send_status(&mut self, level: &str, code: &str, description: &str) {
-        let msg = RtmpMessage::Amf0Command {
-            command_name: "onStatus".into(),
-            transaction_id: 0.0,
-            command_object: Amf0Value::Null,
-            additional_arguments: vec![status_object(level, code, description)],
-        };
-        self.send(csid::STREAM, STREAM_ID, msg);
-    }
-
-    fn send(&mut self, chunk_stream: u32, stream_id: u32, msg: RtmpMessage) {
-        match msg.into_message_payload(RtmpTimestamp::new(0), stream_id) {
-            Ok(p) => {
-                let header = MessageHeader { csid: chunk_stream, timestamp: 0, type_id: p.type_id, stream_id };
-                self.enc.encode(header, &[], &[p.data], &mut self.out);
-            }
-            Err(e) => tracing::error!(error = %e, "could not serialize an outgoing message"),
-        }
-    }
-}
-
-fn malformed(what: &'static str, why: impl Into<String>) -> SessionError {
-    SessionError::Malformed { what, why: why.into() }
-}
-
-/// The stream name or key argument of `publish`/`play`, without a `?query`.
-fn stream_arg(args: &[Amf0Value]) -> String {
-    let raw = args.iter().find_map(|v| if let Amf0Value::Utf8String(s) = v { Some(s.as_str()) } else { None });
-    raw.unwrap_or_default().split('?').next().unwrap_or_default().to_owned()
-}
-
-fn status_props(level: &str, code: &str, description: &str) -> HashMap<String, Amf0Value> {
-    let mut props = HashMap::new();
-    props.insert("level".to_owned(), Amf0Value::Utf8String(level.into()));
-    props.insert("code".to_owned(), Amf0Value::Utf8String(code.into()));
-    props.insert("description".to_owned(), Amf0Value::Utf8String(description.into()));
-    props
-}
-
-fn status_object(level: &str, code: &str, description: &str) -> Amf0Value {
-    Amf0Value::Object(status_props(level, code, description))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::play_target;
-
-    #[test]
-    fn play_names() {
-        assert_eq!(play_target("alice"), Some(("alice", None)));
-        assert_eq!(play_target("alice/480p"), Some(("alice", Some("video/480p".to_owned()))));
-        for bad in ["alice/480", "alice/p", "alice/audio/opus", "Alice/480p", "../480p", "alice/4800000p"] {
-            assert_eq!(play_target(bad), None, "{bad}");
-        }
     }
 }
