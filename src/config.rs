@@ -67,6 +67,7 @@ pub(crate) struct File {
     pub(crate) max_connections_per_ip: Option<usize>,
     pub(crate) max_bus_connections: Option<usize>,
     pub(crate) upstream_grace: Option<u64>,
+    pub(crate) bus_announce: Option<BusAnnounce>,
     pub(crate) bus_subscribe_token: Option<String>,
     pub(crate) command_timeout: Option<u64>,
     pub(crate) play_wait_timeout: Option<u64>,
@@ -264,6 +265,30 @@ pub(crate) struct QuicArgs {
     /// for the link to come back; 0 ends it at once [default: 10].
     #[arg(long, env = "GOPBUS_UPSTREAM_GRACE")]
     pub(crate) upstream_grace: Option<u64>,
+    /// Which broadcasts a holder of the bus token may announce: `keyed` — a name this node has a stream key
+    /// for only with a proof of that key (an ingest node that checked it), others freely; `strict` — only
+    /// names with a key here, with the proof; `any` — every name [default: keyed].
+    #[arg(long, env = "GOPBUS_BUS_ANNOUNCE", value_enum)]
+    pub(crate) bus_announce: Option<BusAnnounce>,
+}
+
+/// `--bus-announce`: see [`gopbus_bus::quic::AnnouncePolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BusAnnounce {
+    Keyed,
+    Strict,
+    Any,
+}
+
+impl From<BusAnnounce> for gopbus_bus::quic::AnnouncePolicy {
+    fn from(b: BusAnnounce) -> Self {
+        match b {
+            BusAnnounce::Keyed => Self::Keyed,
+            BusAnnounce::Strict => Self::Strict,
+            BusAnnounce::Any => Self::Any,
+        }
+    }
 }
 
 /// Resolved [`QuicArgs`].
@@ -274,6 +299,7 @@ pub(crate) struct Quic {
     pub(crate) tls_key: Option<PathBuf>,
     pub(crate) max_connections: usize,
     pub(crate) upstream_grace: Duration,
+    pub(crate) announce: gopbus_bus::quic::AnnouncePolicy,
 }
 
 impl QuicArgs {
@@ -290,6 +316,7 @@ impl QuicArgs {
                 .upstream_grace
                 .or(f.upstream_grace)
                 .map_or(gopbus_bus::quic::RESUME_GRACE, Duration::from_secs),
+            announce: self.bus_announce.or(f.bus_announce).map(Into::into).unwrap_or_default(),
         }
     }
 }

@@ -1,10 +1,12 @@
 //! What the listening node commands share: the bus token and the QUIC server.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
-use gopbus_bus::quic::{tls, BusServer};
+use gopbus_bus::quic::{tls, AnnounceKeys, BusServer, KeyHashFut};
 use gopbus_bus::Bus;
+use gopbus_store::Keys;
 
 use crate::config::Quic;
 
@@ -89,6 +91,7 @@ pub(crate) fn bind_server(
     bus: Bus,
     token: String,
     subscribe_token: String,
+    keys: Keys,
     data: &Path,
 ) -> anyhow::Result<(BusServer, PathBuf)> {
     let identity = tls::server_identity(quic.tls_cert.as_deref(), quic.tls_key.as_deref(), data, &[])
@@ -98,6 +101,16 @@ pub(crate) fn bind_server(
         .context("binding the QUIC bus")?
         .with_max_connections(quic.max_connections)
         .with_resume_grace(quic.upstream_grace)
-        .with_subscribe_token(subscribe_token);
+        .with_subscribe_token(subscribe_token)
+        .with_announce_check(quic.announce, Arc::new(AnnounceStore(keys)));
     Ok((server, cert_path))
+}
+
+/// A node's stream keys, for checking announces on its bus.
+struct AnnounceStore(Keys);
+
+impl AnnounceKeys for AnnounceStore {
+    fn key_hash<'a>(&'a self, broadcast: &'a str) -> KeyHashFut<'a> {
+        Box::pin(async move { self.0.key_hash(broadcast).await.map(|h| h.map(|h| h.0)).map_err(|e| e.to_string()) })
+    }
 }

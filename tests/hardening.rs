@@ -296,3 +296,49 @@ fn a_gop_that_never_ends_is_cut_at_the_limit() {
     let grown = rss_kib(&mut server).saturating_sub(before);
     assert!(grown < 64 * 1024, "the server grew by {grown} KiB");
 }
+
+/// A holder of the bus token (an ingest node's, a transcoder's) announces the
+/// RTMP-published "other" over QUIC to take it over: refused without a proof
+/// of the stream key, refused with a proof of another key; a proven name and
+/// (by default) a name without a key here are let in. The bystander's
+/// publisher and player carry on without losing a frame. With
+/// `--bus-announce strict`, a name without a key is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_token_alone_cannot_take_over_a_broadcast_with_a_stream_key() {
+    use gopbus_bus::quic::{tls, BusClient};
+    use gopbus_bus::{Bus, BusConfig, SubscribeOptions};
+    use gopbus_store::keys::KeyHash;
+
+    tls::install_crypto_provider();
+    let server = Server::start("bus-takeover");
+    let bystander = Bystander::start(&server);
+    let (bus_url, token, ca) = server.bus();
+    let client = BusClient::connect(&bus_url, &token, tls::client_config(Some(&ca)).unwrap()).await.unwrap();
+    let local = Bus::new(BusConfig::default());
+    let sub = |name: &str| local.subscribe(name, SubscribeOptions::default());
+    tokio::time::sleep(Duration::from_millis(1500)).await; // "other" is live by now
+
+    let err = client.publish_from("other", sub("other")).await.err().expect("announce without a proof was let in");
+    assert!(err.to_string().contains("needs a proof of its stream key"), "{err}");
+    let wrong = KeyHash::of("sk_not_the_key");
+    let err =
+        client.publish_with_key("other", sub("other"), Some(&wrong.0)).await.err().expect("a wrong proof was let in");
+    assert!(err.to_string().contains("proof of \"other\"'s stream key is wrong"), "{err}");
+    wait_log(&server, "announce refused", Duration::from_secs(5));
+
+    // The key's holder may announce its name (what an ingest node does after checking the key) ...
+    let key = server.create_stream("proven");
+    let _proven = client.publish_with_key("proven", sub("proven"), Some(&KeyHash::of(&key).0)).await.unwrap();
+    // ... and a name without a key on this node needs only the bus token (`--bus-announce keyed`).
+    let _free = client.publish_from("relayed", sub("relayed")).await.unwrap();
+    bystander.finish();
+    assert!(!server.log_text().contains("another publisher took over"), "{}", server.log_text());
+
+    let strict = Server::start_with("bus-strict", &["--bus-announce", "strict"]);
+    let (bus_url, token, ca) = strict.bus();
+    let client = BusClient::connect(&bus_url, &token, tls::client_config(Some(&ca)).unwrap()).await.unwrap();
+    let err = client.publish_from("relayed", sub("relayed")).await.err().expect("strict let in a name without a key");
+    assert!(err.to_string().contains("has no stream key on this node"), "{err}");
+    let key = strict.create_stream("proven");
+    client.publish_with_key("proven", sub("proven"), Some(&KeyHash::of(&key).0)).await.unwrap();
+}

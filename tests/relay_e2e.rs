@@ -102,6 +102,13 @@ fn ingest_nodes_share_stream_keys_in_redis() {
         assert!(Instant::now() < deadline, "node A did not publish:\n{}", node_a.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The relay checks announces against the keys in Redis: node A proved the name with the key it checked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay.log_text().contains("proven=true") {
+        assert!(Instant::now() < deadline, "no proven announce:\n{}", relay.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!relay.log_text().contains("announce refused"), "{}", relay.log_text());
     let listed = redis_streams(&redis, &["list"]).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["name"], "cam");

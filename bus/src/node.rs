@@ -281,6 +281,22 @@ impl EventSource for Resubscriber {
 /// not polling), reconnecting with backoff (at most `max_backoff` apart) when
 /// the connection drops; the local publishers are not disturbed. Runs until `shutdown`.
 pub async fn forward(bus: Bus, remote: Remote, max_backoff: Duration, shutdown: CancellationToken) {
+    forward_with_keys(bus, remote, max_backoff, None, shutdown).await;
+}
+
+/// The SHA-256 of the stream key a broadcast published here was checked
+/// with, by name (an ingest node's live publishers).
+pub type KeyHashes = Arc<dyn Fn(&str) -> Option<[u8; 32]> + Send + Sync>;
+
+/// Like [`forward`], proving each broadcast's stream key (found by `keys`) to
+/// the node, which refuses announces of names it has a key for without one.
+pub async fn forward_with_keys(
+    bus: Bus,
+    remote: Remote,
+    max_backoff: Duration,
+    keys: Option<KeyHashes>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(max_backoff);
     'connect: loop {
         let connect = || remote.connect(None);
@@ -320,7 +336,8 @@ pub async fn forward(bus: Bus, remote: Remote, max_backoff: Duration, shutdown: 
                 if !bus.is_live(&name) {
                     continue; // ended already: this subscriber waits on an empty slot
                 }
-                match client.publish_from(&name, sub).await {
+                let key_hash = keys.as_ref().and_then(|k| k(&name));
+                match client.publish_with_key(&name, sub, key_hash.as_ref()).await {
                     Ok(p) => {
                         tracing::info!(broadcast = %name, bus = %remote.url, "publishing to the bus");
                         published.insert(name, p);

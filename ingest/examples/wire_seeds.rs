@@ -77,7 +77,7 @@ fn main() {
     }
     let publisher = [
         Control::Hello { version: 1, token: "0123456789abcdef".into() },
-        Control::Announce { id: 1, broadcast: "alice".into() },
+        Control::Announce { id: 1, broadcast: "alice".into(), proof: Some([7; 32]) },
         Control::AddTrack { id: 2, broadcast: "alice".into(), track: "audio/opus".into() },
         Control::End { id: 1, reason: EndReason::PublisherLeft },
     ];

@@ -142,6 +142,13 @@ impl Ingest {
         self.live.get(name).map(|p| PublisherInfo { session: p.session, peer: p.peer })
     }
 
+    /// The hash of the stream key the RTMP publisher of `name` on this node
+    /// was let in with: what proves the name to a bus node (see
+    /// `gopbus_bus::node::forward_with_keys`).
+    pub fn key_hash(&self, name: &str) -> Option<KeyHash> {
+        self.live.get(name).map(|p| p.key)
+    }
+
     /// Disconnects the RTMP publisher of `name` (the broadcast ends with
     /// [`EndReason::Kicked`](gopbus_proto::EndReason::Kicked)); false if it
     /// has none on this node. Its key still works unless it is also revoked.

@@ -329,7 +329,6 @@ impl Conn {
                 return self.flow.publish_refused(Refusal::Hook(why.to_string()));
             }
         }
-        let publisher = self.ingest.bus.publish(&name);
         let (revoked, kicked) = (CancellationToken::new(), CancellationToken::new());
         let live = LivePublisher {
             key: KeyHash::of(&check.key),
@@ -338,7 +337,9 @@ impl Conn {
             kicked: kicked.clone(),
             peer: self.peer,
         };
+        // Known before the broadcast is: a forwarder proves the name with its key.
         self.ingest.live.insert(name.clone(), live);
+        let publisher = self.ingest.bus.publish(&name);
         tracing::Span::current().record("broadcast", name.as_str());
         tracing::info!("publishing");
         let (revoked_signal, replaced_signal) = (revoked.clone().cancelled_owned(), publisher.replaced_owned());

@@ -19,7 +19,7 @@ use crate::media::{EndReason, FrameHeader, GopHeader};
 use crate::Error;
 
 /// The framing version this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes before the archive.
 pub const PREFIX_LEN: usize = 6;
 /// Largest archive accepted; bus messages are headers, never media payloads.
@@ -58,6 +58,13 @@ pub enum Control {
         id: u64,
         /// Broadcast name.
         broadcast: String,
+        /// Proof that the announcer holds the broadcast's stream key: HMAC-SHA256
+        /// keyed by the SHA-256 of the key, over 32 bytes of keying material
+        /// exported from this connection's TLS session (label
+        /// [`ANNOUNCE_PROOF_LABEL`], context the broadcast name), so it cannot
+        /// be replayed on another connection or for another name. A node checks
+        /// it for names it has a key for.
+        proof: Option<[u8; 32]>,
     },
     /// A subscriber asks for a broadcast, to arrive on GoP streams tagged `id`.
     Subscribe {
@@ -131,6 +138,9 @@ pub enum Control {
         message: String,
     },
 }
+
+/// The TLS exporter label of [`Control::Announce`]'s proof.
+pub const ANNOUNCE_PROOF_LABEL: &[u8] = b"EXPORTER-gopbus-announce-proof";
 
 /// Why a request failed, for the requester's code to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use gopbus_bus::node::forward;
+use gopbus_bus::node::{forward_with_keys, KeyHashes};
 use gopbus_bus::Bus;
 use gopbus_ingest::Ingest;
 use tokio_util::sync::CancellationToken;
@@ -99,7 +99,11 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(rtmp = %listener.local_addr()?, bus = %remote.url, keys = redis.as_deref().unwrap_or("data directory"), "gopbus ingest serving");
     let keys = tokio::spawn(ingest.clone().watch_keys(Duration::from_millis(500), shutdown.clone()));
     let server = tokio::spawn(ingest.clone().run(listener, shutdown.clone()));
-    let forwarder = tokio::spawn(forward(bus, remote, Duration::from_secs(5), shutdown.clone()));
+    // Each broadcast is announced with a proof of the stream key it was let in with.
+    let publishers = ingest.clone();
+    let key_hashes: KeyHashes = std::sync::Arc::new(move |name: &str| publishers.key_hash(name).map(|h| h.0));
+    let forwarder =
+        tokio::spawn(forward_with_keys(bus, remote, Duration::from_secs(5), Some(key_hashes), shutdown.clone()));
     shutdown.cancelled().await;
     let _ = server.await;
     webhooks_stop.cancel();

@@ -46,7 +46,10 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let bus = Bus::new(a.bus.resolve(&file));
     let (token, _) = bus_token(a.token.resolve(&file), &data)?;
     let (subscribe_token, _) = bus_subscribe_token(a.subscribe_token.resolve(&file), &data)?;
-    let (server, cert) = bind_server(&quic, bus.clone(), token.clone(), subscribe_token, &data)?;
+    // Announces of names with a stream key are checked against the cluster's
+    // keys (in --redis, as the ingest nodes keep them) or the data directory's.
+    let keys = super::open_keys(&data, redis.as_deref()).await?;
+    let (server, cert) = bind_server(&quic, bus.clone(), token.clone(), subscribe_token, keys, &data)?;
     let client_config = a.ca.resolve(&file)?;
     if redis.is_some() && cluster.advertise.is_none() {
         anyhow::bail!("--redis needs --advertise quic://HOST:PORT (how other nodes reach this relay)");

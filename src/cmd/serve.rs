@@ -89,7 +89,8 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
         tokio::net::TcpListener::bind(rtmp.listen).await.with_context(|| format!("binding RTMP on {}", rtmp.listen))?;
     let (token, new_token) = bus_token(a.token.resolve(&file), &data)?;
     let (subscribe_token, new_subscribe_token) = bus_subscribe_token(a.subscribe_token.resolve(&file), &data)?;
-    let (quic_server, cert) = bind_server(&quic, bus.clone(), token.clone(), subscribe_token.clone(), &data)?;
+    let (quic_server, cert) =
+        bind_server(&quic, bus.clone(), token.clone(), subscribe_token.clone(), store.clone(), &data)?;
     if new_token {
         println!(
             "QUIC bus: token {token} (kept in {}), certificate {}",

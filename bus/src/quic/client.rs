@@ -250,10 +250,25 @@ impl BusClient {
         Ok(self.send_from(id, format!("{broadcast}/{track}"), sub))
     }
 
-    /// Publishes the broadcast `sub` reads (from a local bus) to the node as `broadcast`.
+    /// Publishes the broadcast `sub` reads (from a local bus) to the node as
+    /// `broadcast`. A node that checks announces refuses names it has a stream
+    /// key for: see [`publish_with_key`](Self::publish_with_key).
     pub async fn publish_from(&self, broadcast: &str, sub: Subscriber) -> Result<RemotePublication, QuicError> {
+        self.publish_with_key(broadcast, sub, None).await
+    }
+
+    /// Like [`publish_from`](Self::publish_from), proving that this publisher
+    /// holds the broadcast's stream key (`key_hash`: its SHA-256, as an ingest
+    /// node has it after checking the key) to a node that checks announces.
+    pub async fn publish_with_key(
+        &self,
+        broadcast: &str,
+        sub: Subscriber,
+        key_hash: Option<&[u8; 32]>,
+    ) -> Result<RemotePublication, QuicError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.request(id, Control::Announce { id, broadcast: broadcast.to_owned() }, broadcast).await?;
+        let proof = key_hash.and_then(|hash| super::proof::announce_proof(&self.conn, broadcast, hash));
+        self.request(id, Control::Announce { id, broadcast: broadcast.to_owned(), proof }, broadcast).await?;
         Ok(self.send_from(id, broadcast.to_owned(), sub))
     }
 

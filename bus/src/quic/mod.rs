@@ -30,6 +30,7 @@ mod error;
 mod ingress;
 mod io;
 mod merge;
+mod proof;
 pub mod relay;
 mod server;
 pub mod tls;
@@ -39,6 +40,7 @@ pub use client::{
 };
 pub use error::QuicError;
 pub(crate) use merge::replayed;
+pub use proof::{AnnounceKeys, AnnouncePolicy, KeyHashFut};
 pub use relay::{Relay, Source};
 pub use server::{BusServer, ServerStats, Upstream, MAX_CONNECTIONS, MAX_REQUESTS_PER_CONNECTION, RESUME_GRACE};
 

@@ -18,6 +18,7 @@ use super::conn::{accept_streams, write_control, Routes};
 use super::egress::send_broadcast;
 use super::ingress::{merge_into, Held, Hold, Merger, Piece};
 use super::io::{Encoder, Reader, Writer};
+use super::proof::{check_proof, AnnounceKeys, AnnouncePolicy};
 use super::QuicError;
 use crate::{Bus, SubscribeOptions};
 
@@ -48,6 +49,9 @@ struct Shared {
     /// How long an announced broadcast whose publisher's link dropped is held open.
     resume_grace: Duration,
     held: Held,
+    /// Which announces are accepted, and where stream keys are found.
+    announce_policy: AnnouncePolicy,
+    announce_keys: Option<Arc<dyn AnnounceKeys>>,
 }
 
 /// How long a broadcast whose upstream link dropped is held open for it to come back, by default.
@@ -126,6 +130,8 @@ impl BusServer {
                 max_connections: MAX_CONNECTIONS,
                 resume_grace: RESUME_GRACE,
                 held: Held::default(),
+                announce_policy: AnnouncePolicy::Any,
+                announce_keys: None,
             }),
         })
     }
@@ -164,6 +170,20 @@ impl BusServer {
     /// refused. Hand it to `dump` users and edges instead of the bus token.
     pub fn with_subscribe_token(mut self, token: String) -> Self {
         Arc::get_mut(&mut self.shared).expect("not yet shared").subscribe_token = Some(token);
+        self
+    }
+
+    /// Checks announces against stream keys: with [`AnnouncePolicy::Keyed`],
+    /// a name `keys` has a key for may be announced only with a proof of that
+    /// key (an ingest node that checked it: [`BusClient::publish_with_key`]);
+    /// with [`AnnouncePolicy::Strict`], every name needs one. Without this,
+    /// the bus token may announce any name.
+    ///
+    /// [`BusClient::publish_with_key`]: super::BusClient::publish_with_key
+    pub fn with_announce_check(mut self, policy: AnnouncePolicy, keys: Arc<dyn AnnounceKeys>) -> Self {
+        let shared = Arc::get_mut(&mut self.shared).expect("not yet shared");
+        shared.announce_policy = policy;
+        shared.announce_keys = Some(keys);
         self
     }
 
@@ -261,8 +281,9 @@ async fn handle(
             let full = same(&token, &shared.token);
             let reader_only = shared.subscribe_token.as_deref().is_some_and(|t| same(&token, t));
             if !full && !reader_only {
-                refuse(&conn, &mut writer, "invalid bus token").await;
+                // Logged first: the refusal waits for the peer, which may be gone before it ends.
                 tracing::warn!("bus connection refused: invalid bus token");
+                refuse(&conn, &mut writer, "invalid bus token").await;
                 return Err(QuicError::Refused("invalid bus token".into()));
             }
             may_publish = full;
@@ -324,15 +345,27 @@ async fn handle(
             publishing = true;
             conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(super::PUBLISHER_UNI_STREAMS));
         }
+        // Whether an announce proved its stream key.
+        let mut proven = false;
+        if let Control::Announce { id, broadcast, proof } = &msg {
+            match check_announce(&shared, &conn, broadcast, proof.as_ref()).await {
+                Ok(p) => proven = p,
+                Err(why) => {
+                    tracing::warn!(broadcast = %broadcast, id, reason = %why, "announce refused");
+                    let _ = control_tx.send(Control::Error { id: *id, code: ErrorCode::Refused, message: why }).await;
+                    continue;
+                }
+            }
+        }
         match msg {
-            Control::Announce { id, broadcast } => {
+            Control::Announce { id, broadcast, .. } => {
                 // A broadcast held since its publisher's link dropped resumes after what it had.
                 let resume = shared.held.resume_point(&broadcast);
                 let publisher = shared.bus.publish(&broadcast);
                 shared.held.release(&broadcast);
                 let (tx, rx) = mpsc::channel::<Piece>(256);
                 routes.insert(id, tx);
-                tracing::info!(broadcast = %broadcast, id, resuming = resume.is_some(), "remote publisher announced");
+                tracing::info!(broadcast = %broadcast, id, resuming = resume.is_some(), proven, "remote publisher announced");
                 let merger = Merger::resuming_after(resume.flatten());
                 let hold = Hold { grace: shared.resume_grace, held: shared.held.clone() };
                 tokio::spawn(
@@ -416,6 +449,35 @@ async fn handle(
     cancel.cancel();
     routes.clear();
     result
+}
+
+/// Whether an announce of `broadcast` with `proof` may go ahead on `conn`:
+/// `Ok(true)` when it proved the name's stream key, `Ok(false)` when it needs none.
+async fn check_announce(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    broadcast: &str,
+    proof: Option<&[u8; 32]>,
+) -> Result<bool, String> {
+    let (policy, Some(keys)) = (shared.announce_policy, shared.announce_keys.as_ref()) else { return Ok(false) };
+    if policy == AnnouncePolicy::Any {
+        return Ok(false);
+    }
+    let lookup = tokio::time::timeout(CONTROL_TIMEOUT, keys.key_hash(broadcast)).await;
+    let key_hash = match lookup {
+        Ok(Ok(hash)) => hash,
+        Ok(Err(e)) => return Err(format!("the stream key of {broadcast:?} could not be looked up: {e}")),
+        Err(_) => return Err(format!("the stream key of {broadcast:?} could not be looked up in time")),
+    };
+    match (key_hash, proof) {
+        (None, _) if policy == AnnouncePolicy::Keyed => Ok(false),
+        (None, _) => Err(format!("{broadcast:?} has no stream key on this node; every announce needs one here")),
+        (Some(_), None) => Err(format!("announcing {broadcast:?} needs a proof of its stream key")),
+        (Some(hash), Some(proof)) if check_proof(conn, broadcast, &hash, proof) => Ok(true),
+        (Some(_), Some(_)) => {
+            Err(format!("the proof of {broadcast:?}'s stream key is wrong (another key, or a replay)"))
+        }
+    }
 }
 
 /// The request id of a request message.

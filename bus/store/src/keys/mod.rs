@@ -48,6 +48,18 @@ impl KeyHash {
     pub fn hex(&self) -> String {
         hex(&self.0)
     }
+
+    /// Parses [`KeyHash::hex`]'s form; `None` if it is not 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
 }
 
 /// The stream-key store a server or the `streams` command works with.
@@ -125,6 +137,17 @@ impl Keys {
         }
     }
 
+    /// The hash of the key of stream `name` now (`None`: no such stream).
+    pub async fn key_hash(&self, name: &str) -> Result<Option<KeyHash>, StoreError> {
+        match self {
+            Self::Sqlite(s) => {
+                let name = name.to_owned();
+                Self::blocking(s, move |s| s.key_hash(&name)).await
+            }
+            Self::Redis(r) => r.key_hash(name).await,
+        }
+    }
+
     /// A value that changes whenever any process changes the keys.
     pub async fn version(&self) -> Result<i64, StoreError> {
         match self {
@@ -152,6 +175,19 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::InvalidName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::KeyHash;
+
+    #[test]
+    fn hex_round_trips() {
+        let h = KeyHash::of("sk_test");
+        assert_eq!(KeyHash::from_hex(&h.hex()), Some(h));
+        assert_eq!(KeyHash::from_hex("00"), None);
+        assert_eq!(KeyHash::from_hex(&"zz".repeat(32)), None);
     }
 }
 

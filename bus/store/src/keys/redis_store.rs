@@ -155,6 +155,12 @@ impl RedisKeys {
         self.query(redis::cmd("GET").arg(index_key(&hash.hex()))).await
     }
 
+    /// The hash of the key of stream `name` now.
+    pub async fn key_hash(&self, name: &str) -> Result<Option<KeyHash>, StoreError> {
+        let hex: Option<String> = self.query(redis::cmd("HGET").arg(stream_key(name)).arg("key_hash")).await?;
+        Ok(hex.and_then(|h| KeyHash::from_hex(&h)))
+    }
+
     /// The change counter.
     pub async fn version(&self) -> Result<i64, StoreError> {
         Ok(self.query::<Option<i64>>(redis::cmd("GET").arg(VERSION)).await?.unwrap_or(0))

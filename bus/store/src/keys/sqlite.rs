@@ -128,6 +128,13 @@ impl KeyStore {
             .optional()?)
     }
 
+    /// The hash of the key of stream `name` now.
+    pub fn key_hash(&self, name: &str) -> Result<Option<KeyHash>, StoreError> {
+        let hash: Option<Vec<u8>> =
+            self.conn().query_row("SELECT key_hash FROM streams WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        Ok(hash.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok()).map(KeyHash))
+    }
+
     /// Changes whenever keys may have changed: another connection (another
     /// process) committed to the database, or this store rotated or deleted
     /// one (the API in this process).
