@@ -68,6 +68,7 @@ pub(crate) struct File {
     pub(crate) max_bus_connections: Option<usize>,
     pub(crate) upstream_grace: Option<u64>,
     pub(crate) bus_announce: Option<BusAnnounce>,
+    pub(crate) upstream_token: Option<String>,
     pub(crate) bus_subscribe_token: Option<String>,
     pub(crate) command_timeout: Option<u64>,
     pub(crate) play_wait_timeout: Option<u64>,
@@ -504,12 +505,17 @@ pub(crate) struct ClusterArgs {
     /// Seconds a Redis directory entry lives unless refreshed [default: 5].
     #[arg(long, env = "GOPBUS_DIRECTORY_TTL")]
     pub(crate) directory_ttl: Option<u64>,
+    /// The token this relay presents to the nodes it fetches from: their subscribe-only token is enough
+    /// (a relay only subscribes upstream) [default: its own --bus-token].
+    #[arg(long, env = "GOPBUS_UPSTREAM_TOKEN")]
+    pub(crate) upstream_token: Option<String>,
 }
 
 /// Resolved [`ClusterArgs`].
 #[derive(Debug, Clone)]
 pub(crate) struct Cluster {
     pub(crate) upstream: Option<String>,
+    pub(crate) upstream_token: Option<String>,
     pub(crate) advertise: Option<String>,
     pub(crate) directory_ttl: Duration,
 }
@@ -518,6 +524,7 @@ impl ClusterArgs {
     pub(crate) fn resolve(&self, f: &File) -> Cluster {
         Cluster {
             upstream: self.upstream.clone().or_else(|| f.upstream.clone()),
+            upstream_token: self.upstream_token.clone().or_else(|| f.upstream_token.clone()),
             advertise: self.advertise.clone().or_else(|| f.advertise.clone()),
             directory_ttl: Duration::from_secs(
                 self.directory_ttl.or(f.directory_ttl).unwrap_or(defaults::DIRECTORY_TTL_SECS).max(1),

@@ -198,12 +198,27 @@ fn edge_finds_the_origin_through_redis_and_entries_expire() {
 #[test]
 fn ingest_origin_edge_and_three_dumps() {
     let origin_port = udp_port();
-    let origin = relay("origin", origin_port, &[]);
+    let origin = relay("origin", origin_port, &["--bus-subscribe-token".into(), "origin-reader-token".into()]);
     let origin_url = format!("quic://127.0.0.1:{origin_port}");
     let origin_ca = origin.dir.join("bus-cert.pem").display().to_string();
+    // The edge has a bus token of its own and holds only the origin's subscribe-only token.
     let edge_port = udp_port();
-    let edge =
-        relay("edge", edge_port, &["--upstream".into(), origin_url.clone(), "--bus-ca".into(), origin_ca.clone()]);
+    let edge_args: Vec<String> = [
+        "relay",
+        "--quic",
+        &format!("127.0.0.1:{edge_port}"),
+        "--bus-token",
+        "edge-own-token",
+        "--upstream",
+        &origin_url,
+        "--bus-ca",
+        &origin_ca,
+        "--upstream-token",
+        "origin-reader-token",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let edge = spawn("edge", &edge_args, "gopbus relay serving");
     let edge_url = format!("quic://127.0.0.1:{edge_port}");
     let edge_ca = edge.dir.join("bus-cert.pem");
 
@@ -217,7 +232,7 @@ fn ingest_origin_edge_and_three_dumps() {
         .map(|i| {
             let file = out.join(format!("d{i}.flv"));
             std::thread::sleep(Duration::from_millis(300));
-            (dump(&edge_url, TOKEN, &edge_ca, "cam", &file, &[]), file)
+            (dump(&edge_url, "edge-own-token", &edge_ca, "cam", &file, &[]), file)
         })
         .collect();
     let p = publisher.wait_output(Duration::from_secs(60));

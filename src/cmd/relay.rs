@@ -69,7 +69,9 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     let mut relay_handle = None;
     let server = match source {
         Some(source) => {
-            let mut relay = Relay::new(bus.clone(), source, token.clone(), client_config);
+            // Fetching needs only to subscribe: an upstream's subscribe-only token is enough.
+            let upstream_token = cluster.upstream_token.clone().unwrap_or_else(|| token.clone());
+            let mut relay = Relay::new(bus.clone(), source, upstream_token, client_config);
             relay.configure(cluster.advertise.clone(), Duration::from_secs(defaults::RELAY_LINGER_SECS));
             relay.with_resume_grace(quic.upstream_grace);
             tasks.push(tokio::spawn(relay.clone().reap(shutdown.clone())));
