@@ -342,3 +342,70 @@ async fn the_bus_token_alone_cannot_take_over_a_broadcast_with_a_stream_key() {
     let key = strict.create_stream("proven");
     client.publish_with_key("proven", sub("proven"), Some(&KeyHash::of(&key).0)).await.unwrap();
 }
+
+/// QUIC bus peers holding the bus token, against a real `serve` with
+/// `--max-bus-connections 8`: a frame announced longer than 16 MiB (refused
+/// before any of it is buffered), more open requests on one connection than
+/// allowed, more connections than allowed. Each is refused with a log line,
+/// the server's peak RSS grows by less than 64 MiB, and the bystander's
+/// publisher and player lose no frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_peers_past_the_limits_are_refused_and_nobody_else_notices() {
+    use gopbus_bus::quic::{tls, BusClient, MAX_REQUESTS_PER_CONNECTION};
+    use gopbus_bus::{Bus, BusConfig, SubscribeOptions};
+    use gopbus_proto::{
+        AudioConfig, Frame, FrameFlags, FrameHeader, GopHeader, Payload, TrackId, TrackInfo, VideoConfig,
+    };
+
+    tls::install_crypto_provider();
+    let mut server = Server::start_with("quic-attacks", &["--max-bus-connections", "8"]);
+    let bystander = Bystander::start(&server);
+    let (bus_url, token, ca) = server.bus();
+    let config = || tls::client_config(Some(&ca)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rss_before = rss_kib(&mut server);
+
+    // A frame announced at 17 MiB on a broadcast without a key here (the bus token may announce it).
+    let client = BusClient::connect(&bus_url, &token, config()).await.unwrap();
+    let local = Bus::new(BusConfig::default());
+    let mut publisher = local.publish("huge");
+    let _publication = client.publish_from("huge", local.subscribe("huge", SubscribeOptions::default())).await.unwrap();
+    let video = VideoConfig { avcc: vec![1, 100, 0, 30], width: 640, height: 360, profile: 100, level: 30 };
+    let audio = AudioConfig { asc: vec![0x11, 0x90], object_type: 2, sample_rate: 48000, channels: 2 };
+    let tracks = vec![TrackInfo::video(video), TrackInfo::audio(audio)];
+    publisher.open_gop(GopHeader { seq: 0, start_dts: 0, tracks, metadata: None }).unwrap();
+    let big = Payload::from_bytes(Bytes::from(vec![1u8; 17 << 20]));
+    let header =
+        FrameHeader { track: TrackId::VIDEO, dts: 0, cts: 0, flags: FrameFlags::KEYFRAME, len: big.len() as u32 };
+    publisher.push(Frame { header, payload: big }).unwrap();
+    wait_log(&server, "frame longer than the limit announced on a GoP stream; stream dropped", Duration::from_secs(10));
+
+    // More open requests than one connection may hold.
+    let mut watches = Vec::new();
+    for _ in 0..MAX_REQUESTS_PER_CONNECTION - 1 {
+        watches.push(client.watch().await.unwrap());
+    }
+    let refused = client.watch().await.err().expect("a request past the limit was taken");
+    assert!(refused.to_string().contains("too many open requests"), "{refused}");
+    wait_log(&server, "too many open requests on one bus connection; refused", Duration::from_secs(5));
+    drop(watches);
+
+    // More connections than allowed (the first one above holds a slot).
+    let mut held = Vec::new();
+    let mut refusals = 0;
+    for _ in 0..10 {
+        match tokio::time::timeout(Duration::from_secs(15), BusClient::connect(&bus_url, &token, config())).await {
+            Ok(Ok(c)) => held.push(c),
+            _ => refusals += 1,
+        }
+    }
+    assert!(held.len() <= 7, "{} connections taken past the limit of 8", held.len() + 1);
+    assert!(refusals >= 3, "only {refusals} refused");
+    wait_log(&server, "bus connection refused: too many connections", Duration::from_secs(5));
+
+    let grown = rss_kib(&mut server).saturating_sub(rss_before);
+    eprintln!("QUIC attacks: the server's peak RSS grew by {grown} KiB");
+    assert!(grown < 64 * 1024, "the server grew by {grown} KiB");
+    drop((held, publisher, client));
+    bystander.finish();
+}
