@@ -61,7 +61,7 @@ impl AudioSpecificConfig {
         if self.frequency_index > 12 {
             return Err(Error::invalid("ADTS", "explicit sample rate cannot be signalled"));
         }
-        let frame_len = payload_len + 7;
+        let frame_len = payload_len.saturating_add(7);
         if frame_len > 0x1fff {
             return Err(Error::invalid("ADTS", "frame longer than 8191 bytes"));
         }
@@ -131,6 +131,7 @@ mod tests {
         // Frame length 107 = 0b000_0000_1101_011.
         assert_eq!(h, [0xff, 0xf1, 0x4c, 0x80, 0x0d, 0x7f, 0xfc]);
         assert!(asc.adts_header(9000).is_err());
+        assert!(asc.adts_header(usize::MAX).is_err(), "no overflow on any length");
     }
 
     #[test]

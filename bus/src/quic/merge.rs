@@ -599,3 +599,165 @@ mod tests {
         assert_eq!(r.m.stats().lost_frames, 1);
     }
 }
+
+/// The merger's contract on any interleaving of any GoP streams, on any
+/// timing: what it publishes of a GoP is a prefix of its frames in index
+/// order, never with a hole, and a GoP that ended short (the sender reset a
+/// stream, or abandoned the GoP) is reported cut before the next one opens.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use bytes::Bytes;
+    use gopbus_proto::{FrameHeader, Payload, TrackInfo, VideoConfig};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct GopSpec {
+        /// The track of each frame, in index order (true: video).
+        video: Vec<bool>,
+        /// Sent frames per track before its stream ends (the rest never sent): all, or a cut.
+        sent_video: usize,
+        sent_audio: usize,
+    }
+
+    fn gop_spec() -> impl Strategy<Value = GopSpec> {
+        (proptest::collection::vec(any::<bool>(), 1..12), any::<bool>(), 0usize..12, 0usize..12).prop_map(
+            |(mut video, whole, cv, ca)| {
+                video[0] = true; // a GoP starts on its keyframe
+                let (nv, na) = (video.iter().filter(|v| **v).count(), video.iter().filter(|v| !**v).count());
+                let (sent_video, sent_audio) = if whole { (nv, na) } else { (cv.min(nv), ca.min(na)) };
+                GopSpec { video, sent_video, sent_audio }
+            },
+        )
+    }
+
+    #[derive(Default)]
+    struct Rec(Vec<Ev>);
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Ev {
+        Open(u64),
+        Frame(u64, u32),
+        Cut,
+    }
+
+    impl Sink for Rec {
+        fn open_gop(&mut self, header: GopHeader) -> Result<(), QuicError> {
+            self.0.push(Ev::Open(header.seq));
+            Ok(())
+        }
+        fn frame(&mut self, frame: Frame) -> Result<(), QuicError> {
+            let d = frame.header.dts;
+            self.0.push(Ev::Frame((d / 100) as u64, (d % 100) as u32));
+            Ok(())
+        }
+        fn cut(&mut self) {
+            self.0.push(Ev::Cut);
+        }
+    }
+
+    fn header(seq: u64) -> GopHeader {
+        let video = VideoConfig { avcc: vec![1], width: 2, height: 2, profile: 100, level: 30 };
+        GopHeader { seq, start_dts: seq as i64 * 100, tracks: vec![TrackInfo::video(video)], metadata: None }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn published_gops_are_whole_prefixes_or_reported_cut(
+            gops in proptest::collection::vec(gop_spec(), 1..6),
+            order in proptest::collection::vec(any::<u16>(), 0..400),
+            waits in proptest::collection::vec(0u64..300, 0..400),
+        ) {
+            // Each track's stream of each GoP: its pieces in order.
+            let mut streams: Vec<std::collections::VecDeque<Piece>> = Vec::new();
+            let mut sent_of = Vec::new();
+            let mut prev = 0u32;
+            for (seq, g) in gops.iter().enumerate() {
+                let seq = seq as u64;
+                let whole = g.sent_video == g.video.iter().filter(|v| **v).count()
+                    && g.sent_audio == g.video.iter().filter(|v| !**v).count();
+                for track in [TrackId::VIDEO, TrackId::AUDIO] {
+                    let is_video = track == TrackId::VIDEO;
+                    let limit = if is_video { g.sent_video } else { g.sent_audio };
+                    let mut s = std::collections::VecDeque::new();
+                    s.push_back(Piece::Open { track, gop: header(seq), prev_frames: prev });
+                    let indexes = g.video.iter().enumerate().filter(|(_, v)| **v == is_video).map(|(i, _)| i as u32);
+                    for index in indexes.take(limit) {
+                        let h = FrameHeader { track, dts: seq as i64 * 100 + i64::from(index), cts: 0, flags: Default::default(), len: 1 };
+                        s.push_back(Piece::Frame { seq, index, frame: Frame { header: h, payload: Payload::from_bytes(Bytes::from_static(b"x")) } });
+                    }
+                    s.push_back(Piece::Close { seq, track });
+                    streams.push(s);
+                }
+                // Sent whole: the next header carries the count; cut: PREV_CUT.
+                prev = if whole { g.video.len() as u32 } else { PREV_CUT };
+                sent_of.push(g.sent_video + g.sent_audio);
+            }
+            // Streams open in GoP order (a sender opens them so); their pieces interleave freely.
+            let mut m = Merger::default();
+            let mut rec = Rec::default();
+            let t0 = Instant::now();
+            let mut now = t0;
+            let (mut order, mut waits) = (order.into_iter(), waits.into_iter());
+            let mut opened = 0;
+            loop {
+                let live: Vec<usize> = (0..opened.min(streams.len())).filter(|&i| !streams[i].is_empty()).collect();
+                let can_open = opened < streams.len();
+                if live.is_empty() && !can_open {
+                    break;
+                }
+                let pick = order.next().unwrap_or(0) as usize;
+                let i = if can_open && (live.is_empty() || pick.is_multiple_of(3)) {
+                    opened += 1;
+                    opened - 1
+                } else {
+                    live[pick % live.len()]
+                };
+                now += Duration::from_millis(waits.next().unwrap_or(1));
+                if m.deadline().is_some_and(|d| d <= now) {
+                    m.timeout(now, &mut rec).unwrap();
+                }
+                let piece = streams[i].pop_front().unwrap();
+                prop_assert_eq!(m.piece(piece, now, &mut rec).unwrap(), Step::Continue);
+            }
+            m.closed(&mut rec).unwrap();
+
+            // Check what was published, GoP by GoP.
+            let mut cur: Option<(u64, u32, bool)> = None; // (seq, frames so far, cut)
+            let finish = |c: Option<(u64, u32, bool)>, later: bool| -> Result<(), TestCaseError> {
+                if let Some((seq, n, cut)) = c {
+                    let sent = sent_of[seq as usize] as u32;
+                    let total = gops[seq as usize].video.len() as u32;
+                    prop_assert!(n <= sent, "GoP {} published {} frames of {} sent", seq, n, sent);
+                    if later && n < total {
+                        prop_assert!(cut, "GoP {} ended at {} of {} frames without a cut", seq, n, total);
+                    }
+                }
+                Ok(())
+            };
+            for ev in &rec.0 {
+                match *ev {
+                    Ev::Open(seq) => {
+                        if let Some((prev_seq, _, _)) = cur {
+                            prop_assert!(seq > prev_seq, "GoP {} opened after {}", seq, prev_seq);
+                        }
+                        finish(cur, true)?;
+                        cur = Some((seq, 0, false));
+                    }
+                    Ev::Frame(seq, index) => {
+                        let c = cur.as_mut().expect("a frame before any GoP");
+                        prop_assert!(!c.2, "a frame after its GoP was cut");
+                        prop_assert_eq!((seq, index), (c.0, c.1), "a frame out of order or after a hole");
+                        c.1 += 1;
+                    }
+                    Ev::Cut => {
+                        let c = cur.as_mut().expect("a cut before any GoP");
+                        c.2 = true;
+                    }
+                }
+            }
+            finish(cur, false)?;
+        }
+    }
+}

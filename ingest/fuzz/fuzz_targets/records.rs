@@ -1,6 +1,6 @@
 //! What a publisher's media carries, parsed: FLV tag headers, the avcC record
-//! and its SPS, the AAC AudioSpecificConfig, Annex B / AVCC conversion. No
-//! panic on any input.
+//! and its SPS, the AAC AudioSpecificConfig and the ADTS header made from it,
+//! Annex B / AVCC conversion. No panic on any input.
 #![no_main]
 
 use gopbus_proto::aac::AudioSpecificConfig;
@@ -11,7 +11,12 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = VideoTagHeader::parse(data);
     let _ = AudioTagHeader::parse(data);
-    let _ = AudioSpecificConfig::parse(data);
+    if let Ok(asc) = AudioSpecificConfig::parse(data) {
+        // The ADTS header HLS and WebRTC's decoder get for each AAC frame.
+        for len in [0, 1, 200, 8184, 8185, usize::MAX] {
+            let _ = asc.adts_header(len);
+        }
+    }
     if let Ok(record) = DecoderConfigurationRecord::parse(data) {
         for sps in &record.sps {
             let _ = Sps::parse(sps);
