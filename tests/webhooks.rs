@@ -52,10 +52,14 @@ fn events_of<'a>(got: &'a [Value], stream: &str) -> Vec<&'a Value> {
     got.iter().filter(|e| e["verified"] == true && e["data"]["name"] == stream).collect()
 }
 
+/// Publishes `name` and waits until it has started (its first GoP is on the
+/// bus: what `stream.started` is sent for), not only until the publish was
+/// accepted.
 fn publish_until_live(server: &Server, token: &str, key: &str, name: &str) -> Proc {
     let p = ffmpeg_publish(&Fixture::av(48000, 60), &server.url(key));
     wait_until(&format!("{name} live"), Duration::from_secs(15), || {
-        api(server, token, "GET", &format!("/api/v1/broadcasts/{name}")).0 == 200
+        let (status, b) = api(server, token, "GET", &format!("/api/v1/broadcasts/{name}"));
+        status == 200 && b["gops"].as_u64().unwrap_or(0) >= 1
     });
     p
 }

@@ -296,6 +296,13 @@ impl Flow {
         (&mut self.enc, &mut self.out)
     }
 
+    /// Whether the peer is still in its command exchange (no publish or play
+    /// accepted yet): each of its commands waits for our answer.
+    pub fn in_commands(&self) -> bool {
+        // The deadline stands until a publish or play is asked for.
+        !self.closing && self.role_deadline.is_some()
+    }
+
     /// Whether the connection publishes (its key check passed).
     pub fn is_publishing(&self) -> bool {
         self.role == Role::Publishing

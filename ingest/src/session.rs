@@ -155,6 +155,7 @@ async fn handshake(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Result<Ve
         if n == 0 {
             return Err(SessionError::Handshake("connection closed during the handshake".into()));
         }
+        quickack(rd);
         match hs.process_bytes(&buf[..n]).map_err(|e| SessionError::Handshake(e.to_string()))? {
             HandshakeProcessResult::InProgress { response_bytes } => wr.write_all(&response_bytes).await?,
             HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
@@ -162,6 +163,15 @@ async fn handshake(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Result<Ve
                 return Ok(remaining_bytes);
             }
         }
+    }
+}
+
+/// Asks the kernel to acknowledge what arrives now rather than delay the ACK
+/// (Linux re-enables delayed ACKs on its own, so this lasts about one read).
+fn quickack(rd: &OwnedReadHalf) {
+    let stream: &TcpStream = rd.as_ref();
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_quickack(true) {
+        tracing::debug!(error = %e, "TCP_QUICKACK not set");
     }
 }
 
@@ -265,6 +275,12 @@ impl Conn {
                         return Ok(());
                     }
                     self.flow.received(n);
+                    if self.flow.in_commands() {
+                        // Acknowledge at once while the peer waits on each answer: a client
+                        // without TCP_NODELAY (ffmpeg) holds its next command until our ACK
+                        // of the last one, which the kernel would delay ~40 ms.
+                        quickack(rd);
+                    }
                     self.ingest.stats.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 _ = &mut flow_timer, if flow_deadline.is_some() => {
