@@ -110,6 +110,7 @@ pub(crate) struct File {
     pub(crate) transcode_preset: Option<String>,
     pub(crate) transcode_capacity: Option<f64>,
     pub(crate) no_transcoder: Option<bool>,
+    pub(crate) no_hls: Option<bool>,
 }
 
 fn parse(text: &str, default: &str) -> SocketAddr {

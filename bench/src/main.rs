@@ -29,6 +29,8 @@ options:
   --target URL          play URL of another RTMP server, rtmp://HOST:PORT/APP/NAME
   --publish-url URL     its publish URL (with the key, if any); needed with --target
   --server-pid PID      that server's pid, for CPU and memory figures
+  --compare yes         with --target (rtmp-fanout, ingest): run every measurement on gopbus and on that
+                        server alternately, in the same run, and report both with the ratio gopbus / other
   --out DIR             where JSON reports go (default target/bench-results)
 ";
 
@@ -56,6 +58,7 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
             "--target" => target = Some(value),
             "--publish-url" => publish = Some(value),
             "--server-pid" => p.server_pid = Some(value.parse()?),
+            "--compare" => p.compare = matches!(value.as_str(), "yes" | "true" | "1"),
             "--out" => p.out = PathBuf::from(value),
             other => bail!("unknown option {other}\n\n{HELP}"),
         }
@@ -73,6 +76,14 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
         }
         one => vec![one.to_owned()],
     };
+    if p.compare && (p.external.is_none() || p.server_pid.is_none()) {
+        bail!("--compare needs --target, --publish-url and --server-pid (the other server's CPU is the point)");
+    }
+    if p.compare {
+        if let Some(s) = list.iter().find(|s| !matches!(s.as_str(), "rtmp-fanout" | "ingest")) {
+            bail!("--compare is for rtmp-fanout and ingest, not {s}");
+        }
+    }
     if p.external.is_some() {
         for s in &list {
             if matches!(

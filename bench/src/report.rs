@@ -181,6 +181,7 @@ impl Report {
 
 fn show(v: &Value) -> String {
     match v {
+        Value::Null => "–".to_owned(),
         Value::String(s) => s.clone(),
         Value::Number(n) => match n.as_f64() {
             Some(f) if n.is_f64() => {

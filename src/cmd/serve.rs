@@ -44,6 +44,9 @@ pub(crate) struct Args {
     webhooks: WebhookArgs,
     #[command(flatten)]
     auth_hook: AuthHookArgs,
+    /// Segment no HLS on this node: no HLS playback and no recordings (an RTMP and WebRTC server only).
+    #[arg(long, env = "GOPBUS_NO_HLS")]
+    no_hls: bool,
 }
 
 /// The API's view of this node's RTMP publishers.
@@ -154,7 +157,11 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     });
     // Its own token: it must go on until ingest has ended the broadcasts (closing the recordings).
     let hls_stop = CancellationToken::new();
-    let hls_task = tokio::spawn(hls.run(bus.clone(), hls_stop.clone()));
+    let no_hls = a.no_hls || file.no_hls.unwrap_or(false);
+    let hls_task = (!no_hls).then(|| tokio::spawn(hls.run(bus.clone(), hls_stop.clone())));
+    if no_hls {
+        tracing::info!("HLS off (--no-hls): no segmenting, no recordings");
+    }
     let webrtc_task = tokio::spawn(webrtc.run(shutdown.clone()));
     let control_task = tokio::spawn(control.run(shutdown.clone()));
     let transcode_task = transcoder.map(|t| tokio::spawn(t.run(bus.clone(), shutdown.clone())));
@@ -166,7 +173,9 @@ pub(crate) async fn run(a: Args, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!("shutting down");
     let _ = rtmp_task.await;
     hls_stop.cancel();
-    let _ = hls_task.await;
+    if let Some(t) = hls_task {
+        let _ = t.await;
+    }
     webhooks_stop.cancel();
     if let Some(t) = webhooks_task {
         let _ = t.await;

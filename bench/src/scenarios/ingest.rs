@@ -47,29 +47,46 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
     let mut params = p.describe();
     params["publishers"] = serde_json::json!(sizes);
     let mut report = Report::new("ingest", params);
+    let sides = p.sides();
     for &n in &sizes {
-        let mut results = Vec::new();
+        // Runs alternate between the servers, so both see the same machine state.
+        let mut results: Vec<Vec<RunResult>> = sides.iter().map(|_| Vec::new()).collect();
         for _ in 0..p.runs {
-            results.push(once(p, n).await?);
+            for (i, (_, side)) in sides.iter().enumerate() {
+                results[i].push(once(side, n).await?);
+            }
         }
-        let mbs = Spread::of(&results.iter().map(|r| r.mbytes_per_s).collect::<Vec<_>>());
-        let cpu = Spread::of(&results.iter().filter_map(|r| r.cpu).collect::<Vec<_>>());
-        let bench = Spread::of(&results.iter().filter_map(|r| r.bench_cpu).collect::<Vec<_>>());
-        let per_stream_cpu = cpu.median / n as f64;
-        report.rows.push(
-            Row::new()
-                .col("publishers", n as u64)
+        let per_gb = |r: &[RunResult]| {
+            let mbs = Spread::of(&r.iter().map(|r| r.mbytes_per_s).collect::<Vec<_>>());
+            let cpu = Spread::of(&r.iter().filter_map(|r| r.cpu).collect::<Vec<_>>());
+            if mbs.median > 0.0 {
+                cpu.median / 100.0 / (mbs.median / 1000.0)
+            } else {
+                0.0
+            }
+        };
+        let other = (sides.len() == 2).then(|| per_gb(&results[1]));
+        for (i, ((name, _), results)) in sides.iter().zip(&results).enumerate() {
+            let mbs = Spread::of(&results.iter().map(|r| r.mbytes_per_s).collect::<Vec<_>>());
+            let cpu = Spread::of(&results.iter().filter_map(|r| r.cpu).collect::<Vec<_>>());
+            let bench = Spread::of(&results.iter().filter_map(|r| r.bench_cpu).collect::<Vec<_>>());
+            let mut row = Row::new().col("publishers", n as u64);
+            if sides.len() > 1 {
+                row = row.col("server", name.as_str());
+            }
+            row = row
                 .col("MB/s accepted", mbs.median)
                 .col("MB/s spread", mbs.range())
                 .col("MB/s per stream", mbs.median / n as f64)
                 .col("server CPU % of a core", cpu.median)
-                .col("server CPU % per stream", per_stream_cpu)
-                .col(
-                    "server CPU-seconds per GB",
-                    if mbs.median > 0.0 { cpu.median / 100.0 / (mbs.median / 1000.0) } else { 0.0 },
-                )
-                .col("bench (publishers) CPU %", bench.median),
-        );
+                .col("server CPU % per stream", cpu.median / n as f64)
+                .col("server CPU-seconds per GB", per_gb(results));
+            if let Some(other) = other {
+                let ratio = if i == 0 && other > 0.0 { per_gb(results) / other } else { f64::NAN };
+                row = row.col("CPU per GB gopbus ÷ other", ratio);
+            }
+            report.rows.push(row.col("bench (publishers) CPU %", bench.median));
+        }
     }
     report.notes.push(
         "Publishers send the stream in a loop as fast as TCP takes it. The light publishers serialize every \

@@ -59,6 +59,10 @@ pub struct Params {
     pub external: Option<(String, String)>,
     /// That server's pid, for CPU and memory figures.
     pub server_pid: Option<u32>,
+    /// Measure gopbus and the external server alternately in one run.
+    pub compare: bool,
+    /// Extra flags for the `gopbus serve` the bench starts.
+    pub gopbus_flags: Vec<String>,
     /// Joins measured by `ttff`.
     pub joins: usize,
     /// Extra players loading the server during `latency`'s loaded half.
@@ -77,6 +81,8 @@ impl Default for Params {
             gopbus: None,
             external: None,
             server_pid: None,
+            compare: false,
+            gopbus_flags: Vec::new(),
             joins: 30,
             load_players: 100,
             out: PathBuf::from("target/bench-results"),
@@ -113,8 +119,24 @@ impl Params {
                     Some(b) => b.clone(),
                     None => default_gopbus()?,
                 };
-                Target::start_gopbus(&bin, streams)
+                Target::start_gopbus_with(&bin, streams, &self.gopbus_flags)
             }
+        }
+    }
+
+    /// The servers a scenario measures, each with the params that select it:
+    /// gopbus then the other server with `--compare`, else the one target.
+    fn sides(&self) -> Vec<(String, Self)> {
+        let label = |p: &Self| p.external.as_ref().map_or_else(|| "gopbus".to_owned(), |(play, _)| play.clone());
+        if self.compare {
+            // gopbus does what the other server does: RTMP only (no renditions, Opus or HLS).
+            let rtmp_only = ["--no-transcoder", "--no-opus-encoder", "--no-hls"].map(str::to_owned).to_vec();
+            let gopbus =
+                Self { external: None, server_pid: None, compare: false, gopbus_flags: rtmp_only, ..self.clone() };
+            let other = Self { compare: false, ..self.clone() };
+            vec![(label(&gopbus), gopbus), (label(&other), other)]
+        } else {
+            vec![(label(self), self.clone())]
         }
     }
 
@@ -123,7 +145,13 @@ impl Params {
             "runs": self.runs,
             "seconds": self.seconds,
             "stream": format!("H.264 High {}x{} 30 fps {} kb/s, GoP 1 s, B-frames; AAC 48 kHz 128 kb/s", self.spec.width, self.spec.height, self.spec.kbps),
-            "server": self.external.as_ref().map_or("gopbus (started by the bench)".to_owned(), |(p, _)| p.clone()),
+            "server": match (&self.external, self.compare) {
+                (Some((p, _)), true) => {
+                    format!("gopbus (started by the bench, RTMP only: --no-transcoder --no-opus-encoder --no-hls) and {p}, alternately")
+                }
+                (Some((p, _)), false) => p.clone(),
+                (None, _) => "gopbus (started by the bench)".to_owned(),
+            },
         })
     }
 }

@@ -71,27 +71,48 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
     let mut params = p.describe();
     params["players"] = serde_json::json!(sizes);
     let mut report = Report::new("rtmp-fanout", params);
+    let sides = p.sides();
+    // RSS of the smallest N, per server: the base that "per player" figures are above.
+    let mut base_rss: Vec<Option<(usize, f64)>> = vec![None; sides.len()];
     for &n in &sizes {
-        let mut results = Vec::new();
+        // Runs alternate between the servers, so both see the same machine state.
+        let mut results: Vec<Vec<RunResult>> = sides.iter().map(|_| Vec::new()).collect();
         for _ in 0..p.runs {
-            results.push(once(p, n).await?);
+            for (i, (_, side)) in sides.iter().enumerate() {
+                results[i].push(once(side, n).await?);
+            }
         }
-        let cpu = Spread::of(&results.iter().filter_map(|r| r.cpu).collect::<Vec<_>>());
-        let rss = Spread::of(&results.iter().filter_map(|r| r.rss_mib).collect::<Vec<_>>());
-        let mbps = Spread::of(&results.iter().map(|r| r.mbps).collect::<Vec<_>>());
-        let worst = results.iter().min_by_key(|r| r.keeping_up).expect("runs >= 1");
-        report.rows.push(
-            Row::new()
-                .col("players", n as u64)
+        let cpu_of = |r: &[RunResult]| Spread::of(&r.iter().filter_map(|r| r.cpu).collect::<Vec<_>>());
+        let other_cpu = (sides.len() == 2).then(|| cpu_of(&results[1]).median);
+        for (i, ((name, _), results)) in sides.iter().zip(&results).enumerate() {
+            let cpu = cpu_of(results);
+            let rss = Spread::of(&results.iter().filter_map(|r| r.rss_mib).collect::<Vec<_>>());
+            let mbps = Spread::of(&results.iter().map(|r| r.mbps).collect::<Vec<_>>());
+            let worst = results.iter().min_by_key(|r| r.keeping_up).expect("runs >= 1");
+            let base = *base_rss[i].get_or_insert((n, rss.median));
+            let rss_per_player =
+                if n > base.0 { (rss.median - base.1) * 1024.0 / (n - base.0) as f64 } else { f64::NAN };
+            let mut row = Row::new().col("players", n as u64);
+            if sides.len() > 1 {
+                row = row.col("server", name.as_str());
+            }
+            row = row
                 .col("delivered Mb/s", mbps.median)
                 .col("server CPU % of a core", cpu.median)
                 .col("CPU spread", cpu.range())
                 .col("server RSS MiB", rss.median)
-                .col("players keeping up (worst run)", format!("{}/{}", worst.keeping_up, n))
-                .col("frames missed (all players, all runs)", results.iter().map(|r| r.dropped).sum::<u64>())
-                .col("max lag at end ms", results.iter().map(|r| r.max_lag_ms).fold(0.0, f64::max))
-                .col("failed players", results.iter().map(|r| r.failed as u64).sum::<u64>()),
-        );
+                .col("RSS KiB per player above the smallest N", rss_per_player);
+            if let Some(other) = other_cpu {
+                let ratio = if i == 0 && other > 0.0 { cpu.median / other } else { f64::NAN };
+                row = row.col("CPU gopbus ÷ other", ratio);
+            }
+            report.rows.push(
+                row.col("players keeping up (worst run)", format!("{}/{}", worst.keeping_up, n))
+                    .col("frames missed (all players, all runs)", results.iter().map(|r| r.dropped).sum::<u64>())
+                    .col("max lag at end ms", results.iter().map(|r| r.max_lag_ms).fold(0.0, f64::max))
+                    .col("failed players", results.iter().map(|r| r.failed as u64).sum::<u64>()),
+            );
+        }
     }
     report.notes.push(
         "Players are the bench's light RTMP clients (rml_rtmp's client session), all in the bench process, \
