@@ -180,6 +180,10 @@ pub async fn run(
         _ => EndReason::Shutdown,
     };
     match tokio::task::spawn_blocking(move || codec.join()).await {
+        // The codec stopped on its own without failing: its rendition's publisher
+        // went away (replaced, or ended by the bus with the source while this
+        // loop was still catching up), which closed the queue here.
+        Ok(Ok(Some(publisher))) if end == JobEnd::Failed && !publisher.is_active() => return JobEnd::PublisherGone,
         Ok(Ok(Some(publisher))) => publisher.end(reason),
         // The codec gave up (a source that does not decode, an encoder error):
         // its publisher is gone too, but this is a failure, not a takeover.
