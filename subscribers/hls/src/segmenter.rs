@@ -282,14 +282,6 @@ pub(crate) async fn segment(
     let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let session = format!("{}", started.as_millis());
     let dir = config.recordings.join(name).join(&session);
-    let recording_ok = record
-        && match tokio::fs::create_dir_all(&dir).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(broadcast = %name, dir = %dir.display(), error = %e, "cannot record this broadcast; serving it live only");
-                false
-            }
-        };
     let part_target = config.part_target.as_secs_f64();
     let state = LiveState {
         playlist: Playlist {
@@ -304,7 +296,17 @@ pub(crate) async fn segment(
         edge: watch::Sender::new(Edge { msn: 1, parts: 0, ended: false }),
         part_target: config.part_target,
     });
+    // Known as recording before its directory exists: the retention sweep
+    // (`Hls::enforce_limits`) must never see the new session as a finished one.
     hls.inner.live.insert(name.to_owned(), live.clone());
+    let recording_ok = record
+        && match tokio::fs::create_dir_all(&dir).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(broadcast = %name, dir = %dir.display(), error = %e, "cannot record this broadcast; serving it live only");
+                false
+            }
+        };
     tracing::info!(broadcast = %name, session = %session, record, "HLS segmenting");
     let mut s = Session {
         hls,
