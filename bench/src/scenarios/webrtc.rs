@@ -432,11 +432,12 @@ pub(super) fn av_sync(p: &Params) -> anyhow::Result<Report> {
         };
         let (flashes, beeps) = (list("flashes"), list("beeps"));
         output_latency = v["outputLatency"].as_f64().unwrap_or(0.0) * 1000.0;
-        // Skip the join (the first 3 s); pair each flash with the beep nearest to it.
+        // Skip the join (the first 3 s); pair each flash with the beep nearest to it,
+        // up to half the 1 s period (beyond it the nearest beep is another flash's).
         let start = flashes.first().copied().unwrap_or(0.0) + 3000.0;
         for f in flashes.iter().filter(|f| **f >= start) {
             match beeps.iter().map(|b| b - f).min_by(|a, b| a.abs().total_cmp(&b.abs())) {
-                Some(d) if d.abs() < 400.0 => offsets.push(d),
+                Some(d) if d.abs() < 500.0 => offsets.push(d),
                 _ => unpaired += 1,
             }
         }
