@@ -74,6 +74,8 @@ pub(crate) struct File {
     pub(crate) play_wait_timeout: Option<u64>,
     pub(crate) max_gop_bytes: Option<usize>,
     pub(crate) max_gop_secs: Option<u64>,
+    pub(crate) rtmp_player_group: Option<usize>,
+    pub(crate) rtmp_audio_hold_ms: Option<u64>,
     pub(crate) hls_segment: Option<f64>,
     pub(crate) hls_max_segment: Option<f64>,
     pub(crate) hls_part: Option<f64>,
@@ -174,6 +176,14 @@ pub(crate) struct RtmpArgs {
     /// Longest GoP in seconds (a keyframe at least this often) [default: 60].
     #[arg(long, env = "GOPBUS_MAX_GOP_SECS")]
     pub(crate) max_gop_secs: Option<u64>,
+    /// Most caught-up RTMP players of one broadcast written to by one task, once per frame; 0 gives every
+    /// player its own task (more wake-ups, more CPU) [default: 128].
+    #[arg(long, env = "GOPBUS_RTMP_PLAYER_GROUP")]
+    pub(crate) rtmp_player_group: Option<usize>,
+    /// Milliseconds a grouped RTMP player's audio may wait to go out in one write with the next video
+    /// message (video is never held); 0 writes every message at once [default: 50].
+    #[arg(long, env = "GOPBUS_RTMP_AUDIO_HOLD_MS")]
+    pub(crate) rtmp_audio_hold_ms: Option<u64>,
 }
 
 /// Resolved [`RtmpArgs`].
@@ -214,6 +224,11 @@ impl RtmpArgs {
                 max_ms: secs(self.max_gop_secs, f.max_gop_secs, Duration::from_millis(d.gop_limits.max_ms as u64))
                     .as_millis() as i64,
             },
+            player_group: self.rtmp_player_group.or(f.rtmp_player_group).unwrap_or(d.player_group),
+            audio_hold: self
+                .rtmp_audio_hold_ms
+                .or(f.rtmp_audio_hold_ms)
+                .map_or(d.audio_hold, |ms| Duration::from_millis(ms.min(1000))),
             ..d
         };
         Rtmp { listen: self.rtmp.or(f.rtmp).unwrap_or_else(|| parse(defaults::RTMP, "rtmp")), config }

@@ -29,6 +29,19 @@ pub(crate) fn ingest(ingest: Arc<gopbus_ingest::Ingest>) -> Arc<dyn MetricsSourc
             Kind::Counter,
             n(&s.refused),
         ));
+        let (grouped, groups) = ingest.grouped_players();
+        out.push(Family::one(
+            "gopbus_rtmp_grouped_players",
+            "RTMP players written to by a player group (one task per broadcast, once per frame) now",
+            Kind::Gauge,
+            grouped as f64,
+        ));
+        out.push(Family::one(
+            "gopbus_rtmp_player_groups",
+            "RTMP player groups running now",
+            Kind::Gauge,
+            groups as f64,
+        ));
         out.push(Family::one(
             "gopbus_rtmp_received_bytes",
             "Bytes read from RTMP connections",

@@ -220,3 +220,86 @@ async fn a_player_that_stops_reading_only_hurts_itself() {
     let skipped = log.lines().any(|l| l.contains("closing player") && !l.contains("skipped_gops=0"));
     assert!(skipped, "the stalled player skipped no GoP:\n{log}");
 }
+
+/// A gauge from `/metrics` (no labels).
+fn gauge(server: &Server, name: &str) -> f64 {
+    let (status, _, body) = http(server.http, "GET", "/metrics", "", b"");
+    assert_eq!(status, 200);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    body.lines()
+        .find_map(|l| {
+            let v = l.strip_prefix(name)?;
+            v.strip_prefix("{} ").or_else(|| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+}
+
+/// Ten players of one broadcast, with player groups of `group` (0: none):
+/// each gets every frame of the source, byte for byte and in order, and they
+/// are served by the groups the setting asks for.
+async fn players_of_one_broadcast(group: usize) {
+    const PLAYERS: usize = 10;
+    let server = Server::start_with(&format!("group{group}"), &["--rtmp-player-group", &group.to_string()]);
+    let key = server.create_stream("g");
+    let tags = flv::read(&Fixture::av(48000, 4)).unwrap();
+    let body = |t: &Tag| t.data.clone();
+    let src_video: Vec<_> = tags.iter().filter(|t| t.kind == flv::TAG_VIDEO && t.data[1] == 1).map(body).collect();
+    let src_audio: Vec<_> = tags.iter().filter(|t| t.kind == flv::TAG_AUDIO && t.data[1] == 1).map(body).collect();
+
+    let mut players = Vec::new();
+    for _ in 0..PLAYERS {
+        let mut p = Client::connect(server.rtmp, "live").await.unwrap();
+        p.play("g").await.unwrap();
+        players.push(tokio::spawn(async move { collect(&mut p, Duration::from_secs(20)).await }));
+    }
+    let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
+    publisher.publish(&key).await.unwrap();
+    let publishing = tokio::spawn(async move {
+        publisher.publish_tags(&tags, 1.0).await.unwrap();
+        publisher
+    });
+    // Mid-stream, every player has caught up: served by the groups asked for.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (grouped, groups) =
+        (gauge(&server, "gopbus_rtmp_grouped_players"), gauge(&server, "gopbus_rtmp_player_groups"));
+    if group == 0 {
+        assert_eq!((grouped, groups), (0.0, 0.0));
+    } else {
+        assert_eq!((grouped, groups), (PLAYERS as f64, PLAYERS.div_ceil(group) as f64));
+    }
+    drop(publishing.await.unwrap());
+
+    let mut first: Option<Vec<(u8, u32, bytes::Bytes)>> = None;
+    for (i, p) in players.into_iter().enumerate() {
+        let got = p.await.unwrap();
+        let frames =
+            |kind| got.iter().filter(|m| m.kind == kind && m.data[1] == 1).map(|m| m.data.clone()).collect::<Vec<_>>();
+        assert!(frames(flv::TAG_VIDEO) == src_video, "player {i}: video differs from the source");
+        assert!(frames(flv::TAG_AUDIO) == src_audio, "player {i}: audio differs from the source");
+        for kind in [flv::TAG_VIDEO, flv::TAG_AUDIO] {
+            let ts: Vec<u32> = got.iter().filter(|m| m.kind == kind).map(|m| m.timestamp).collect();
+            assert!(ts.windows(2).all(|w| w[0] <= w[1]), "player {i}: timestamps of tag {kind} go back");
+        }
+        // Every player got the same messages in the same order.
+        let seq: Vec<_> = got.iter().map(|m| (m.kind, m.timestamp, m.data.clone())).collect();
+        match &first {
+            None => first = Some(seq),
+            Some(f) => assert!(*f == seq, "player {i} got other messages than player 0"),
+        }
+    }
+    // Once the broadcast ended, the groups are gone.
+    assert_eq!(gauge(&server, "gopbus_rtmp_grouped_players"), 0.0);
+    assert_eq!(gauge(&server, "gopbus_rtmp_player_groups"), 0.0);
+    let log = server.log_text();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_players_get_every_frame_in_order() {
+    players_of_one_broadcast(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_groups_players_get_every_frame_in_order() {
+    players_of_one_broadcast(0).await;
+}

@@ -65,5 +65,5 @@ pub use gopbus_proto::catalog::{Announcement, Catalog};
 pub use gopbus_proto::wire::StartAt;
 pub use node::EventSource;
 pub use publisher::Publisher;
-pub use subscriber::{Event, SubscribeOptions, Subscriber};
+pub use subscriber::{BroadcastWake, Event, SubscribeOptions, Subscriber};
 pub use tracks::TrackSubscriber;

@@ -132,6 +132,20 @@ impl Subscriber {
         }
     }
 
+    /// A handle that wakes whenever this subscriber's broadcast changes (a frame,
+    /// a GoP, the end): what one task serving many subscribers of a broadcast
+    /// waits on instead of each of them waiting (see [`BroadcastWake`]).
+    pub fn wake_handle(&self) -> BroadcastWake {
+        BroadcastWake { shared: self.shared.clone(), id: self.id }
+    }
+
+    /// Identifies the broadcast instance this subscriber reads: equal for two
+    /// subscribers of the same broadcast, different after it ended and was
+    /// published anew under the same name.
+    pub fn broadcast_id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
     /// Where this subscriber asked to start.
     pub const fn start(&self) -> StartAt {
         self.start
@@ -243,6 +257,29 @@ impl Subscriber {
         let reason = self.shared.read().ended.clone()?;
         self.ended = Some(reason.clone());
         Some(Event::End(reason))
+    }
+}
+
+/// Wakes on every change of one broadcast, without reading it: see
+/// [`Subscriber::wake_handle`]. It keeps no frame alive and is not counted as a
+/// subscriber.
+#[derive(Clone)]
+pub struct BroadcastWake {
+    shared: Arc<Shared>,
+    id: usize,
+}
+
+impl BroadcastWake {
+    /// A future that resolves at the broadcast's next change. As with
+    /// [`tokio::sync::Notify::notified`], call `enable` on it (pinned) before
+    /// looking at the subscribers, so that a change in between is not missed.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.waker(self.id).notified()
+    }
+
+    /// The broadcast's [`Subscriber::broadcast_id`].
+    pub fn broadcast_id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 }
 

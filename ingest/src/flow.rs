@@ -296,6 +296,11 @@ impl Flow {
         (&mut self.enc, &mut self.out)
     }
 
+    /// The chunk size we send with.
+    pub fn chunk_size(&self) -> usize {
+        self.enc.chunk_size()
+    }
+
     /// Whether the peer is still in its command exchange (no publish or play
     /// accepted yet): each of its commands waits for our answer.
     pub fn in_commands(&self) -> bool {

@@ -13,7 +13,9 @@
 //!   reassembly ([`chunk::ChunkDecoder`]) through the bus to the players' vectored
 //!   writes ([`chunk::ChunkEncoder`]); only chunk headers and FLV tag headers are
 //!   written per frame and per player.
-//! - One driver task per connection; admission is bounded; handshake and idle
+//! - One driver task per connection, and one task per group of caught-up
+//!   players of a broadcast that writes to all of them per frame
+//!   ([`fanout`](crate::server)); admission is bounded; handshake and idle
 //!   time are limited. A bad peer is disconnected with a logged reason and never
 //!   disturbs another connection.
 //! - Ingest never reaches into subscribers; subscribers never reach into ingest.
@@ -28,12 +30,14 @@
 //! - [`session`](crate::server): the per-connection driver: socket, timers, and
 //!   what the flow asks of the bus and the key store.
 //! - [`publish`], [`play`]: sans-IO media adapters to and from the bus.
+//! - `fanout`: groups of players served by one task per broadcast.
 //! - [`timeline`]: 32-bit timestamp unwrapping and takeover rebasing.
 #![warn(missing_docs)]
 
 pub mod amf;
 pub mod chunk;
 mod error;
+mod fanout;
 pub mod flow;
 pub mod play;
 pub mod publish;

@@ -44,6 +44,12 @@ pub struct IngestConfig {
     pub play_wait_timeout: Duration,
     /// The largest GoP a publisher may send (bytes, duration).
     pub gop_limits: crate::publish::GopLimits,
+    /// Most caught-up players of one broadcast served by one task (0: every
+    /// player by its own task). See the `fanout` module.
+    pub player_group: usize,
+    /// Longest time a grouped player's audio waits to go out with the next
+    /// video message (zero: written at once).
+    pub audio_hold: Duration,
 }
 
 impl Default for IngestConfig {
@@ -60,6 +66,8 @@ impl Default for IngestConfig {
             command_timeout: Duration::from_secs(10),
             play_wait_timeout: Duration::from_secs(600),
             gop_limits: crate::publish::GopLimits::default(),
+            player_group: 128,
+            audio_hold: Duration::from_millis(50),
         }
     }
 }
@@ -100,6 +108,8 @@ pub struct Ingest {
     started: std::time::Instant,
     /// Counters for metrics.
     pub(crate) stats: IngestStats,
+    /// Groups of caught-up players.
+    pub(crate) groups: Arc<crate::fanout::Groups>,
 }
 
 /// What ingest counts, for metrics.
@@ -123,9 +133,16 @@ impl Ingest {
 
     /// Like [`new`](Self::new); a publish whose key is valid is also put to `hook`.
     pub fn with_hook(bus: Bus, keys: Keys, config: IngestConfig, hook: Option<Arc<dyn PublishHook>>) -> Arc<Self> {
+        let groups = Arc::new(crate::fanout::Groups::new(crate::fanout::GroupConfig {
+            size: config.player_group,
+            audio_hold: config.audio_hold,
+            player_queue: config.player_queue,
+            chunk_size: config.out_chunk_size,
+        }));
         Arc::new(Self {
             bus,
             keys,
+            groups,
             config,
             live: DashMap::new(),
             hook,
@@ -162,6 +179,12 @@ impl Ingest {
     /// Its counters.
     pub const fn stats(&self) -> &IngestStats {
         &self.stats
+    }
+
+    /// RTMP players served by a group now (see `IngestConfig::player_group`), and the groups.
+    pub fn grouped_players(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.groups.players.load(Relaxed), self.groups.running.load(Relaxed))
     }
 
     /// The bus this server publishes to.

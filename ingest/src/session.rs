@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use gopbus_bus::{Event, SubscribeOptions, Subscriber, TrackSubscriber};
+use gopbus_bus::{Event, SubscribeOptions};
 use gopbus_proto::EndReason;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,8 +19,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SessionError;
+use crate::fanout::Link;
 use crate::flow::{Action, Flow, FlowConfig, PublishCheck, Refusal, STREAM_ID};
-use crate::play::Egress;
+use crate::play::{Egress, PlaySource, Playing};
 use crate::publish::MediaIngest;
 use crate::server::{Ingest, LivePublisher};
 use gopbus_store::keys::KeyHash;
@@ -52,43 +53,21 @@ enum Stop {
     Kicked,
 }
 
-struct Playing {
-    sub: PlaySource,
-    egress: Egress,
-    /// Counted in the node's audience while it plays.
-    viewer: gopbus_bus::Viewer,
-}
-
-/// What a player reads: a broadcast as published, or a rendition of it (its
-/// derived video track with the source's audio).
-enum PlaySource {
-    Published(Subscriber),
-    Rendition(TrackSubscriber),
-}
-
-impl PlaySource {
-    async fn next(&mut self) -> Event {
-        match self {
-            Self::Published(s) => s.next().await,
-            Self::Rendition(s) => s.next().await,
-        }
-    }
-
-    fn try_next(&mut self) -> Option<Event> {
-        match self {
-            Self::Published(s) => s.try_next(),
-            Self::Rendition(s) => s.try_next(),
-        }
-    }
-}
-
 struct Conn {
     ingest: Arc<Ingest>,
     id: u64,
     peer: std::net::SocketAddr,
     flow: Flow,
+    /// The sending side, shared with the player's group while it is in one.
+    link: Arc<Link>,
     publishing: Option<Publishing>,
+    /// The player while its own task serves it.
     playing: Option<Playing>,
+    /// A group serves the player (see [`crate::fanout`]).
+    grouped: bool,
+    /// The player pulled everything the bus had: once its queue is written, a
+    /// group may serve it.
+    caught_up: bool,
     /// Set when the connection should close once what is queued is flushed.
     close: Option<Result<(), SessionError>>,
 }
@@ -118,14 +97,18 @@ pub(crate) async fn run(
     };
     let mut conn = Conn {
         flow: Flow::new(flow_config, std::time::Instant::now()),
+        link: Link::new(wr),
         peer,
         ingest,
         id,
         publishing: None,
         playing: None,
+        grouped: false,
+        caught_up: false,
         close: None,
     };
-    let result = conn.drive(&mut rd, &mut wr, &mut rbuf, &shutdown).await;
+    let result = conn.drive(&mut rd, &mut rbuf, &shutdown).await;
+    conn.ungroup();
     let reason = match &result {
         _ if shutdown.is_cancelled() => EndReason::Shutdown,
         Ok(()) => EndReason::PublisherLeft,
@@ -138,7 +121,9 @@ pub(crate) async fn run(
         Err(e) => EndReason::Error(e.to_string()),
     };
     conn.stop_publishing(reason, false);
-    let _ = wr.shutdown().await;
+    conn.playing = None;
+    // Our FIN now: a group may hold the link until its next pass.
+    let _ = socket2::SockRef::from(conn.link.writer().as_ref()).shutdown(std::net::Shutdown::Write);
     result
 }
 
@@ -182,6 +167,16 @@ async fn publisher_stop(p: Option<&mut Publishing>) -> Stop {
     }
 }
 
+/// Writes everything queued on `link`, waiting for the socket as needed.
+async fn flush_link(link: &Link) -> std::io::Result<()> {
+    loop {
+        if link.try_flush(&mut link.lock())? {
+            return Ok(());
+        }
+        link.writer().writable().await?;
+    }
+}
+
 async fn next_event(p: Option<&mut Playing>) -> Event {
     match p {
         Some(p) => p.sub.next().await,
@@ -193,7 +188,6 @@ impl Conn {
     async fn drive(
         &mut self,
         rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
         rbuf: &mut BytesMut,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
@@ -217,11 +211,19 @@ impl Conn {
                 self.act(action).await?;
             }
             if let Some(result) = self.close.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.flow.out().flush_to(wr)).await;
+                self.ungroup();
+                self.sync_out()?;
+                let _ = tokio::time::timeout(Duration::from_secs(5), flush_link(&self.link)).await;
                 return result;
             }
-            let out_limit = if self.playing.is_some() { queue_limit + OUT_SLACK } else { OUT_SLACK };
-            let queued = self.flow.queued();
+            self.sync_out()?;
+            let queued = self.link.lock().queued();
+            if self.caught_up && queued == 0 {
+                self.caught_up = false;
+                self.group();
+            }
+            let player = self.playing.is_some() || self.grouped;
+            let out_limit = if player { queue_limit + OUT_SLACK } else { OUT_SLACK };
             if queued > out_limit {
                 return Err(SessionError::Refused(format!(
                     "{queued} bytes queued for a peer that does not read them (limit {out_limit})"
@@ -239,13 +241,15 @@ impl Conn {
                     flow_timer.as_mut().reset(tokio::time::Instant::from_std(at));
                 }
             }
-            // A player waiting for a publisher (nothing to send) is not idle; a
-            // publisher, a connection without a role, or a player whose queue does
-            // not drain is.
-            let idle_armed = self.playing.is_none() || self.flow.queued() > 0;
+            // A player waiting for a publisher (nothing to send) is not idle, nor
+            // one its group serves (the group hands back one whose socket does not
+            // drain); a publisher, a connection without a role, or a player whose
+            // queue does not drain is.
+            let idle_armed = !self.grouped && (self.playing.is_none() || queued > 0);
             tokio::select! {
                 biased;
                 _ = &mut shutdown_signal => {
+                    self.ungroup();
                     self.flow.shutdown();
                 }
                 stop = publisher_stop(self.publishing.as_mut()) => {
@@ -256,8 +260,17 @@ impl Conn {
                     };
                     self.close = Some(Err(SessionError::Refused(why.into())));
                 }
-                r = self.flow.out().write_to(wr), if self.flow.queued() > 0 => { r?; }
-                ev = next_event(self.playing.as_mut()), if self.flow.queued() < queue_limit => self.play_event(ev),
+                r = self.link.writer().writable(), if !self.grouped && queued > 0 => {
+                    r?;
+                    self.link.try_flush(&mut self.link.lock())?;
+                }
+                ev = next_event(self.playing.as_mut()), if queued < queue_limit => self.play_event(ev),
+                () = self.link.handed_back(), if self.grouped => {
+                    if let Some(playing) = self.link.reclaim() {
+                        self.playing = Some(playing);
+                        self.grouped = false;
+                    }
+                }
                 r = rd.read_buf(rbuf) => {
                     let n = match r {
                         Ok(n) => n,
@@ -321,7 +334,10 @@ impl Conn {
             Action::Authorize(check) => self.authorize(check).await,
             Action::Play { name, broadcast, rendition } => self.play(&name, &broadcast, rendition.as_deref()),
             Action::StopPublishing => self.stop_publishing(EndReason::PublisherLeft, true),
-            Action::StopPlaying => self.playing = None,
+            Action::StopPlaying => {
+                self.ungroup();
+                self.playing = None;
+            }
             Action::Close(result) => self.close = Some(result),
         }
         Ok(())
@@ -387,6 +403,7 @@ impl Conn {
             )),
         };
         let viewer = bus.audience().join(broadcast, gopbus_bus::Protocol::Rtmp);
+        self.link.lock().enc.set_chunk_size(self.flow.chunk_size());
         if !live {
             // Waits for a publisher, for a while.
             self.flow.play_waits(std::time::Instant::now());
@@ -398,28 +415,65 @@ impl Conn {
     /// `writev` carries as many frames as are waiting.
     fn play_event(&mut self, ev: Event) {
         let limit = self.ingest.config.player_queue;
+        self.flow.play_started();
+        // Statuses the flow queued go before the media.
+        if self.sync_out().is_err() {
+            return;
+        }
+        let Some(playing) = self.playing.as_mut() else { return };
+        let mut st = self.link.lock();
+        let st = &mut *st;
         let mut next = Some(ev);
+        let mut caught_up = false;
         while let Some(ev) = next.take() {
-            self.play_one(ev);
-            if self.flow.queued() < limit {
-                next = self.playing.as_mut().and_then(|p| p.sub.try_next());
+            if let Err(reason) = playing.queue(ev, &mut st.enc, &mut st.out) {
+                tracing::info!(%reason, frames = playing.egress.frames, skipped_gops = playing.egress.skipped_gops, "broadcast ended; closing player");
+                self.playing = None;
+                self.flow.play_ended(&reason.to_string());
+                return;
+            }
+            if st.out.len() < limit {
+                next = playing.sub.try_next();
+                caught_up = next.is_none();
             }
         }
+        self.caught_up = caught_up;
     }
 
-    fn play_one(&mut self, ev: Event) {
-        let Some(playing) = self.playing.as_mut() else { return };
-        self.flow.play_started();
-        match &ev {
-            Event::Frame(f) => playing.viewer.sent_frame(f.payload.len() as u64),
-            Event::Skipped { from, to } => playing.viewer.skipped(to - from),
-            _ => {}
+    /// Moves what the flow queued (replies, statuses) behind what the link has.
+    /// A grouped player's link is written at once; if the socket does not take
+    /// it all, the player is taken back from its group.
+    fn sync_out(&mut self) -> std::io::Result<()> {
+        if self.flow.queued() == 0 {
+            return Ok(());
         }
-        let (enc, out) = self.flow.media_out();
-        if let Some(reason) = playing.egress.handle(ev, enc, out) {
-            tracing::info!(%reason, frames = playing.egress.frames, skipped_gops = playing.egress.skipped_gops, "broadcast ended; closing player");
-            self.playing = None;
-            self.flow.play_ended(&reason.to_string());
+        let mut st = self.link.lock();
+        if self.grouped {
+            // Behind the frames the group queued.
+            st.materialize();
+        }
+        st.out.append(self.flow.out());
+        if self.grouped && !self.link.try_flush(&mut st)? {
+            drop(st);
+            self.ungroup();
+        }
+        Ok(())
+    }
+
+    /// Hands the caught-up player to a group of its broadcast, if it can be grouped.
+    fn group(&mut self) {
+        let Some(playing) = self.playing.take() else { return };
+        self.playing = self.ingest.groups.join(&self.link, playing);
+        self.grouped = self.playing.is_none();
+    }
+
+    /// Takes the player back from its group (if it is in one).
+    fn ungroup(&mut self) {
+        if self.grouped {
+            self.grouped = false;
+            if let Some(playing) = self.link.take_back() {
+                self.playing = Some(playing);
+            }
         }
     }
 

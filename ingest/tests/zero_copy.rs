@@ -86,7 +86,7 @@ fn payloads_travel_from_read_buffer_to_player_queues_uncopied() {
                 if matches!(ev, Event::End(_)) {
                     break;
                 }
-                egress.handle(ev, &mut enc, &mut OutQueue::default());
+                let _ = egress.handle(ev, &mut enc, &mut OutQueue::default());
                 continue;
             };
             let len = frame.payload.len();
@@ -94,7 +94,7 @@ fn payloads_travel_from_read_buffer_to_player_queues_uncopied() {
             assert!(frame.payload.parts().iter().all(in_read_buffer), "payload copied between socket read and bus");
             let parts: Vec<Bytes> = frame.payload.parts().to_vec();
             let mut out = OutQueue::default();
-            egress.handle(ev, &mut enc, &mut out);
+            egress.handle(ev, &mut enc, &mut out).expect("a frame queues");
             // Player side: the queued segments that carry payload are those very slices.
             let shared: usize = out
                 .segments()

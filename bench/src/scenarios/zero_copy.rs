@@ -164,7 +164,7 @@ fn path(wire: &[u8], n: usize, derived: bool) -> anyhow::Result<Outcome> {
                         }
                     }
                 }
-                p.egress.handle(ev, &mut p.enc, &mut p.out);
+                let _ = p.egress.handle(ev, &mut p.enc, &mut p.out);
             }
             // The "socket write": the queue is handed to writev and consumed.
             let len = p.out.len();

@@ -57,6 +57,53 @@ impl OutQueue {
         }
     }
 
+    /// The queued segments, taken out.
+    pub fn take_segments(&mut self) -> Vec<Bytes> {
+        self.bytes = 0;
+        Vec::from(std::mem::take(&mut self.segs))
+    }
+
+    /// Moves everything queued in `other` to the end of this queue.
+    pub fn append(&mut self, other: &mut Self) {
+        self.bytes += std::mem::take(&mut other.bytes);
+        self.segs.append(&mut other.segs);
+    }
+
+    /// Writes what a non-blocking vectored `write` takes (such as
+    /// `try_write_vectored` of a tokio socket), until the queue is empty or the
+    /// socket would block. Returns whether the queue is empty; errors other than
+    /// `WouldBlock` are returned.
+    pub fn try_write_with(
+        &mut self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>,
+    ) -> std::io::Result<bool> {
+        while !self.is_empty() {
+            let (r, offered) = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let (mut count, mut offered) = (0, 0);
+                for (slot, seg) in slices.iter_mut().zip(self.segs.iter()) {
+                    *slot = IoSlice::new(seg);
+                    count += 1;
+                    offered += seg.len();
+                }
+                (write(&slices[..count]), offered)
+            };
+            match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.consume(n);
+                    if n < offered {
+                        // The socket's buffer is full: asking again would only hear "would block".
+                        return Ok(false);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
     /// Writes as much as one vectored write takes. Cancel-safe: a write that did
     /// not complete consumed nothing.
     pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<usize> {

@@ -1,0 +1,472 @@
+//! RTMP players of one broadcast served together.
+//!
+//! A player whose connection task pulled every frame the bus has (it caught up
+//! from the GoP cache) and whose socket took everything is handed to a *group*:
+//! one task per broadcast (and per [`IngestConfig::player_group`] players) that
+//! wakes once per published frame and, for each of its players, pulls the frame
+//! from the player's own bus cursor, queues its chunks and writes them with one
+//! non-blocking `writev`. The players' own tasks then only wake for what their
+//! peers send (acknowledgements, pings, a close). This is what nginx-rtmp does
+//! from its event loop; before it, every player's task woke on every frame,
+//! and those wake-ups cost more CPU than the writes.
+//!
+//! A player leaves its group — back to its own task, which is the slow-player
+//! path and keeps its semantics (queue limit, GoP skipping on the bus, idle
+//! timeout) — as soon as one write does not take everything it had queued, when
+//! its broadcast ends, or when its connection takes it back (a command, a
+//! shutdown, the close).
+//!
+//! Audio held for video: in a group, audio messages wait (at most
+//! [`IngestConfig::audio_hold`]) for the next video message and go out in the
+//! same `writev`, which halves the writes per player of a 30 fps stream with
+//! 48 kHz AAC. Video is never held: what a player sees is not delayed.
+//!
+//! [`IngestConfig::player_group`]: crate::IngestConfig::player_group
+//! [`IngestConfig::audio_hold`]: crate::IngestConfig::audio_hold
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use gopbus_bus::BroadcastWake;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::chunk::{ChunkEncoder, OutQueue};
+use crate::play::{Playing, Queued};
+
+/// The sending side of one connection, shared between its task and, while it
+/// plays in a group, the group's task. Whoever holds the lock may write:
+/// writes take whole queued messages from the front, so the stream stays in
+/// order whoever writes.
+pub(crate) struct Link {
+    wr: OwnedWriteHalf,
+    state: Mutex<LinkState>,
+    /// Wakes the connection's task when its group hands the player back.
+    handed_back: Notify,
+}
+
+/// What the lock of a [`Link`] guards.
+pub(crate) struct LinkState {
+    /// Bytes waiting for the peer, in order.
+    pub(crate) out: OutQueue,
+    /// The encoder of the player's media (always type 0 headers: no state but the chunk size).
+    pub(crate) enc: ChunkEncoder,
+    /// The player, while a group serves it.
+    grouped: Option<Playing>,
+    /// Set by the group when it hands the player back; taken by the connection.
+    back: Option<Playing>,
+    /// The group serving the player, told when the connection takes it back.
+    group: Option<Arc<Group>>,
+    /// Frames the group encoded for all its players, queued for this one after `out`.
+    pending: Vec<Arc<Encoded>>,
+    pending_len: usize,
+}
+
+impl LinkState {
+    /// Bytes waiting for the peer.
+    pub(crate) fn queued(&self) -> usize {
+        self.out.len() + self.pending_len
+    }
+
+    /// Moves the shared frames into the player's own queue, in order.
+    pub(crate) fn materialize(&mut self) {
+        materialize(&mut self.pending, &mut self.pending_len, &mut self.out);
+    }
+}
+
+fn materialize(pending: &mut Vec<Arc<Encoded>>, pending_len: &mut usize, out: &mut OutQueue) {
+    for e in pending.drain(..) {
+        for seg in &e.segs {
+            out.push(seg.clone());
+        }
+    }
+    *pending_len = 0;
+}
+
+/// One frame's RTMP message, encoded once for every player of a group:
+/// chunk headers and the frame's payload slices.
+struct Encoded {
+    key: FrameKey,
+    segs: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+/// Identifies a frame while it is alive: its payload's address and length,
+/// its timestamp, its tag. Entries of the cache hold the payload, so the
+/// address is not reused meanwhile.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FrameKey {
+    at: usize,
+    len: usize,
+    dts: i64,
+    tag: u8,
+    keyframe: bool,
+    cts: i32,
+}
+
+/// What a group's players share: the encoder and the frames encoded lately.
+struct Shared {
+    enc: ChunkEncoder,
+    cache: std::collections::VecDeque<Arc<Encoded>>,
+}
+
+/// Frames kept encoded (a pass over the players needs the last few; players
+/// that joined late may lag by a few more).
+const CACHE: usize = 64;
+
+impl Shared {
+    fn encoded(
+        &mut self,
+        key: FrameKey,
+        header: crate::chunk::MessageHeader,
+        prefix: &[u8],
+        parts: &[bytes::Bytes],
+    ) -> Arc<Encoded> {
+        if let Some(e) = self.cache.iter().rev().find(|e| e.key == key) {
+            return e.clone();
+        }
+        let mut q = OutQueue::default();
+        self.enc.encode(header, prefix, parts, &mut q);
+        let len = q.len();
+        let e = Arc::new(Encoded { key, segs: q.take_segments(), len });
+        if self.cache.len() == CACHE {
+            self.cache.pop_front();
+        }
+        self.cache.push_back(e.clone());
+        e
+    }
+}
+
+impl Link {
+    pub(crate) fn new(wr: OwnedWriteHalf) -> Arc<Self> {
+        Arc::new(Self {
+            wr,
+            state: Mutex::new(LinkState {
+                out: OutQueue::default(),
+                enc: ChunkEncoder::new(),
+                grouped: None,
+                back: None,
+                group: None,
+                pending: Vec::new(),
+                pending_len: 0,
+            }),
+            handed_back: Notify::new(),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LinkState> {
+        // A panic while queuing leaves a valid queue; keep serving the connection.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The socket's writing half (for readiness and the final shutdown).
+    pub(crate) const fn writer(&self) -> &OwnedWriteHalf {
+        &self.wr
+    }
+
+    /// Writes what the socket takes now; true when nothing is left.
+    pub(crate) fn try_flush(&self, st: &mut LinkState) -> std::io::Result<bool> {
+        if !st.out.try_write_with(|iov| self.wr.try_write_vectored(iov))? {
+            return Ok(false);
+        }
+        if st.pending.is_empty() {
+            return Ok(true);
+        }
+        // The shared frames straight from the group's encoding: nothing is
+        // queued per player unless the socket does not take it all.
+        let mut iov = [std::io::IoSlice::new(&[]); 64];
+        let mut count = 0;
+        for seg in st.pending.iter().flat_map(|e| e.segs.iter()) {
+            if count == iov.len() {
+                break;
+            }
+            iov[count] = std::io::IoSlice::new(seg);
+            count += 1;
+        }
+        let offered: usize = iov[..count].iter().map(|s| s.len()).sum();
+        let written = match self.wr.try_write_vectored(&iov[..count]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written == st.pending_len {
+            st.pending.clear();
+            st.pending_len = 0;
+            return Ok(true);
+        }
+        st.materialize();
+        st.out.consume(written);
+        if written < offered {
+            return Ok(false);
+        }
+        // More slices than one write takes.
+        st.out.try_write_with(|iov| self.wr.try_write_vectored(iov))
+    }
+
+    /// The player its group handed back, if it did (a wake-up of
+    /// [`Link::handed_back`] may be left over from an earlier hand-back).
+    pub(crate) fn reclaim(&self) -> Option<Playing> {
+        self.lock().back.take()
+    }
+
+    /// Waits until the group hands the player back (see [`Link::reclaim`]).
+    pub(crate) async fn handed_back(&self) {
+        self.handed_back.notified().await;
+    }
+
+    /// Takes the player back from its group, if it is in one or was just handed
+    /// back. The group notices on its next pass and forgets the link.
+    pub(crate) fn take_back(&self) -> Option<Playing> {
+        let mut st = self.lock();
+        st.materialize();
+        let group = st.group.take();
+        let taken = st.grouped.take();
+        if taken.is_some() {
+            drop(st);
+            if let Some(g) = group {
+                g.joined.notify_one();
+            }
+            return taken;
+        }
+        st.back.take()
+    }
+}
+
+/// Settings of the groups.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupConfig {
+    /// Most players per group (0: no groups).
+    pub(crate) size: usize,
+    /// Longest time audio waits for video (zero: written at once).
+    pub(crate) audio_hold: Duration,
+    /// The player queue limit ([`IngestConfig::player_queue`](crate::IngestConfig::player_queue)).
+    pub(crate) player_queue: usize,
+    /// The chunk size every connection sends with.
+    pub(crate) chunk_size: usize,
+}
+
+/// The groups of one RTMP server, by broadcast instance.
+pub(crate) struct Groups {
+    config: GroupConfig,
+    by_broadcast: Mutex<HashMap<usize, Vec<Arc<Group>>>>,
+    /// Groups running now.
+    pub(crate) running: std::sync::atomic::AtomicUsize,
+    /// Players in a group now.
+    pub(crate) players: std::sync::atomic::AtomicUsize,
+}
+
+struct Group {
+    /// Players handed over, not yet taken by the task.
+    inbox: Mutex<Vec<Arc<Link>>>,
+    joined: Notify,
+    /// Players in the group or its inbox (under the registry lock).
+    size: std::sync::atomic::AtomicUsize,
+}
+
+impl Groups {
+    pub(crate) fn new(config: GroupConfig) -> Self {
+        Self {
+            config,
+            by_broadcast: Mutex::new(HashMap::new()),
+            running: Default::default(),
+            players: Default::default(),
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<usize, Vec<Arc<Group>>>> {
+        self.by_broadcast.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `playing` (caught up, its queue written) to a group of its
+    /// broadcast; gives it back if it cannot be grouped.
+    pub(crate) fn join(self: &Arc<Self>, link: &Arc<Link>, playing: Playing) -> Option<Playing> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let crate::play::PlaySource::Published(sub) = &playing.sub else { return Some(playing) };
+        if self.config.size == 0 || link.lock().enc.chunk_size() != self.config.chunk_size {
+            return Some(playing);
+        }
+        let wake = sub.wake_handle();
+        let key = wake.broadcast_id();
+        let mut registry = self.registry();
+        let groups = registry.entry(key).or_default();
+        let group = match groups.iter().find(|g| g.size.load(Relaxed) < self.config.size) {
+            Some(g) => g.clone(),
+            None => {
+                let g = Arc::new(Group { inbox: Mutex::default(), joined: Notify::new(), size: Default::default() });
+                groups.push(g.clone());
+                self.running.fetch_add(1, Relaxed);
+                tracing::debug!(broadcast = %sub.name(), "RTMP player group started");
+                tokio::spawn(run(self.clone(), key, g.clone(), wake));
+                g
+            }
+        };
+        group.size.fetch_add(1, Relaxed);
+        self.players.fetch_add(1, Relaxed);
+        {
+            let mut st = link.lock();
+            st.grouped = Some(playing);
+            st.group = Some(group.clone());
+        }
+        group.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(link.clone());
+        drop(registry);
+        group.joined.notify_one();
+        None
+    }
+
+    /// Removes an empty group; false if a player joined it meanwhile.
+    fn retire(&self, key: usize, group: &Arc<Group>, left: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut registry = self.registry();
+        self.players.fetch_sub(left, Relaxed);
+        let size = group.size.fetch_sub(left, Relaxed) - left;
+        if size > 0 {
+            return false;
+        }
+        self.running.fetch_sub(1, Relaxed);
+        if let Some(groups) = registry.get_mut(&key) {
+            groups.retain(|g| !Arc::ptr_eq(g, group));
+            if groups.is_empty() {
+                registry.remove(&key);
+            }
+        }
+        true
+    }
+
+    /// Counts players that left a group that still has others.
+    fn left(&self, group: &Group, left: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if left > 0 {
+            let _registry = self.registry();
+            group.size.fetch_sub(left, Relaxed);
+            self.players.fetch_sub(left, Relaxed);
+        }
+    }
+}
+
+/// What a pass over one player found.
+enum Pass {
+    /// Everything queued was written.
+    Written,
+    /// Audio waits for video.
+    Holding,
+    /// The player left the group.
+    Left,
+}
+
+/// One group's task: serves its players until none is left.
+async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: BroadcastWake) {
+    let config = groups.config;
+    let mut players: Vec<Arc<Link>> = Vec::new();
+    let mut flush_at: Option<Instant> = None;
+    let mut enc = ChunkEncoder::new();
+    enc.set_chunk_size(config.chunk_size);
+    let mut shared = Shared { enc, cache: std::collections::VecDeque::with_capacity(CACHE) };
+    let hold_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(hold_timer);
+    loop {
+        // Register for the next change before looking, so none is missed.
+        let changed = wake.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let joined = group.joined.notified();
+        tokio::pin!(joined);
+        joined.as_mut().enable();
+        players.extend(group.inbox.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+        let now = Instant::now();
+        let flush_all = flush_at.is_some_and(|at| now >= at);
+        let mut holding = false;
+        let before = players.len();
+        players.retain(|link| match serve(link, &config, &mut shared, flush_all) {
+            Pass::Written => true,
+            Pass::Holding => {
+                holding = true;
+                true
+            }
+            Pass::Left => false,
+        });
+        let left = before - players.len();
+        if players.is_empty() {
+            if groups.retire(key, &group, left) {
+                return;
+            }
+            continue;
+        }
+        groups.left(&group, left);
+        flush_at = match (holding, flush_at) {
+            (false, _) => None,
+            (true, Some(at)) if !flush_all => Some(at),
+            (true, _) => Some(now + config.audio_hold),
+        };
+        if let Some(at) = flush_at {
+            hold_timer.as_mut().reset(at);
+        }
+        tokio::select! {
+            () = changed => {}
+            () = joined => {}
+            () = &mut hold_timer, if flush_at.is_some() => {}
+        }
+    }
+}
+
+/// Pulls what the player's cursor has, queues it and writes it.
+fn serve(link: &Link, config: &GroupConfig, shared: &mut Shared, flush_all: bool) -> Pass {
+    let mut guard = link.lock();
+    let st = &mut *guard;
+    let Some(playing) = st.grouped.as_mut() else { return Pass::Left };
+    let mut urgent = false;
+    while st.out.len() + st.pending_len < config.player_queue {
+        let Some(ev) = playing.sub.try_next() else { break };
+        match ev {
+            gopbus_bus::Event::Frame(f) => {
+                let Some(tag) = playing.egress.frame_tag(&f.header) else { continue };
+                let h = &f.header;
+                let key = FrameKey {
+                    at: f.payload.parts().first().map_or(0, |p| p.as_ptr() as usize),
+                    len: f.payload.len(),
+                    dts: h.dts,
+                    tag: tag.tag_type,
+                    keyframe: h.is_keyframe(),
+                    cts: h.cts,
+                };
+                let header = playing.egress.frame_header(tag.tag_type, h.dts);
+                let e = shared.encoded(key, header, tag.prefix(), f.payload.parts());
+                playing.viewer.sent_frame(f.payload.len() as u64);
+                playing.egress.frames += 1;
+                st.pending_len += e.len;
+                st.pending.push(e);
+                urgent |= tag.tag_type != crate::chunk::types::AUDIO;
+            }
+            // The connection reads the end itself (a subscriber repeats it) and tells its peer.
+            gopbus_bus::Event::End(_) => return hand_back(link, guard),
+            ev => {
+                // Configuration (per player: what it was sent before) goes behind the frames queued.
+                materialize(&mut st.pending, &mut st.pending_len, &mut st.out);
+                if let Ok(Queued::Other) = playing.queue(ev, &mut st.enc, &mut st.out) {
+                    urgent = true;
+                }
+            }
+        }
+    }
+    if st.queued() == 0 {
+        return Pass::Written;
+    }
+    if !urgent && !flush_all && !config.audio_hold.is_zero() {
+        return Pass::Holding;
+    }
+    match link.try_flush(st) {
+        Ok(true) => Pass::Written,
+        // Not all taken, or the socket failed: its own task deals with it.
+        Ok(false) | Err(_) => hand_back(link, guard),
+    }
+}
+
+fn hand_back(link: &Link, mut st: MutexGuard<'_, LinkState>) -> Pass {
+    st.materialize();
+    st.back = st.grouped.take();
+    st.group = None;
+    drop(st);
+    link.handed_back.notify_one();
+    Pass::Left
+}
