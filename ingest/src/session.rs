@@ -31,7 +31,7 @@ use gopbus_store::PublishRequest;
 /// GoP window holds them, so this is also the granularity of ingest memory.
 const READ_BUF: usize = 64 * 1024;
 /// Read buffer size of any other connection (players send little: acks, pings).
-const SMALL_READ_BUF: usize = 4 * 1024;
+const SMALL_READ_BUF: usize = 1024;
 /// Bytes of replies (statuses, pings) that may wait for a peer beyond a
 /// player's media queue; past it the peer is not reading and is disconnected.
 const OUT_SLACK: usize = 256 * 1024;

@@ -152,12 +152,14 @@ pub struct ChunkEncoder {
     scratch: BytesMut,
 }
 
-const SCRATCH: usize = 8 * 1024;
+/// Scratch allocation for chunk headers: a block is freed once every header cut
+/// from it was written, so it is small (a player holds one while it plays).
+const SCRATCH: usize = 1024;
 
 impl ChunkEncoder {
     /// An encoder with the initial chunk size of 128 bytes.
     pub fn new() -> Self {
-        Self { chunk_size: 128, scratch: BytesMut::with_capacity(SCRATCH) }
+        Self { chunk_size: 128, scratch: BytesMut::new() }
     }
 
     /// Our chunk size; change it only right after queuing a Set Chunk Size message.
