@@ -303,3 +303,46 @@ async fn grouped_players_get_every_frame_in_order() {
 async fn without_groups_players_get_every_frame_in_order() {
     players_of_one_broadcast(0).await;
 }
+
+/// A publisher that sends as fast as TCP takes it (a backlog, a flood) is read
+/// in batches rather than once per write it makes; nothing is lost or changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_publisher_is_read_in_batches_and_loses_nothing() {
+    let server = Server::start_with("flood", &["--no-transcoder", "--no-opus-encoder", "--no-hls"]);
+    let key = server.create_stream("flood");
+    // 60 MB of video, sent with no pacing.
+    let tags = flv::synthetic_video(1200, 50_000, 30);
+    let by_ts: std::collections::HashMap<u32, bytes::Bytes> =
+        tags.iter().skip(1).map(|t| (t.timestamp, t.data.clone())).collect();
+    let mut player = Client::connect(server.rtmp, "live").await.unwrap();
+    player.play("flood").await.unwrap();
+    let reader = tokio::spawn(async move { collect(&mut player, Duration::from_secs(10)).await });
+    let mut publisher = Client::connect(server.rtmp, "live").await.unwrap();
+    publisher.publish(&key).await.unwrap();
+    publisher.publish_tags(&tags, 0.0).await.unwrap();
+    // Every frame reached the bus.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gauge(&server, "gopbus_ingest_frames_total") < 1200.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frames on the bus: {}",
+            gauge(&server, "gopbus_ingest_frames_total")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gauge(&server, "gopbus_ingest_frames_total"), 1200.0);
+    drop(publisher);
+    // What the player got (it may skip GoPs to keep up) is the source, byte for byte.
+    let got = reader.await.unwrap();
+    let frames: Vec<_> = got.iter().filter(|m| m.kind == flv::TAG_VIDEO && m.data[1] == 1).collect();
+    assert!(!frames.is_empty());
+    for m in &frames {
+        assert!(by_ts.get(&m.timestamp) == Some(&m.data), "frame at {} ms differs from the source", m.timestamp);
+    }
+    let log = server.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("crossed the batching rate") && l.contains("batching=true")),
+        "the flood was not read in batches:\n{log}"
+    );
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}

@@ -1,7 +1,7 @@
 //! The shared state of one broadcast: a sliding window of GoPs.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use gopbus_proto::{EndReason, Frame, GopHeader};
@@ -106,6 +106,9 @@ pub(crate) struct Shared {
     /// Woken after every change; subscribers wait on one shard each, so that
     /// re-registering after a wake-up does not contend on one lock.
     notify: [Notify; NOTIFY_SHARDS],
+    /// Set by a subscriber about to wait (after registering, before looking),
+    /// cleared by the next wake-up: a push nobody waits for wakes nobody.
+    armed: AtomicBool,
     /// Sequence number of the newest GoP, or `u64::MAX` before the first one.
     pub(crate) newest_seq: AtomicU64,
     /// Highest decode timestamp pushed so far, or `i64::MIN`.
@@ -134,6 +137,7 @@ impl Shared {
                 publisher_token: None,
             }),
             notify: std::array::from_fn(|_| Notify::new()),
+            armed: AtomicBool::new(false),
             newest_seq: AtomicU64::new(NO_GOP),
             last_dts: AtomicI64::new(i64::MIN),
             stats: BroadcastStats::default(),
@@ -141,11 +145,24 @@ impl Shared {
         }
     }
 
-    /// Wakes every waiting subscriber.
+    /// Wakes every waiting subscriber (after the change is made).
+    ///
+    /// Both sides swap `armed`, so one of them sees the other: if this swap
+    /// comes after a waiter's [`arm`](Self::arm), it reads its `true` and wakes
+    /// it (the waiter registered before arming); if before, the waiter's swap
+    /// acquires this one, so the waiter's look after arming sees the change.
     pub(crate) fn wake_all(&self) {
-        for n in &self.notify {
-            n.notify_waiters();
+        if self.armed.swap(false, Ordering::AcqRel) {
+            for n in &self.notify {
+                n.notify_waiters();
+            }
         }
+    }
+
+    /// Says a subscriber waits: call after registering with its shard
+    /// (`Notified::enable`) and before looking for the change it waits for.
+    pub(crate) fn arm(&self) {
+        self.armed.swap(true, Ordering::AcqRel);
     }
 
     /// The wake-up shard of subscriber `id`.

@@ -125,6 +125,7 @@ impl Subscriber {
             let notified = self.shared.waker(self.id).notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            self.shared.arm();
             if self.behind() > gops {
                 return;
             }
@@ -159,6 +160,7 @@ impl Subscriber {
             tokio::pin!(notified);
             // Register before looking, so a push between the look and the wait wakes us.
             notified.as_mut().enable();
+            shared.arm();
             if let Some(ev) = self.try_next() {
                 return ev;
             }
@@ -270,11 +272,18 @@ pub struct BroadcastWake {
 }
 
 impl BroadcastWake {
-    /// A future that resolves at the broadcast's next change. As with
-    /// [`tokio::sync::Notify::notified`], call `enable` on it (pinned) before
-    /// looking at the subscribers, so that a change in between is not missed.
+    /// A future that resolves at the broadcast's next change. Pin it and pass
+    /// it to [`enable`](Self::enable) before looking at the subscribers, so
+    /// that a change in between is not missed.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.shared.waker(self.id).notified()
+    }
+
+    /// Registers `notified` for the next change (a change after this call
+    /// wakes it; look at the subscribers after it, not before).
+    pub fn enable(&self, notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
+        notified.enable();
+        self.shared.arm();
     }
 
     /// The broadcast's [`Subscriber::broadcast_id`].

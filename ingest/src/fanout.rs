@@ -369,7 +369,7 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
         // Register for the next change before looking, so none is missed.
         let changed = wake.notified();
         tokio::pin!(changed);
-        changed.as_mut().enable();
+        wake.enable(changed.as_mut());
         let joined = group.joined.notified();
         tokio::pin!(joined);
         joined.as_mut().enable();

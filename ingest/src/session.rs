@@ -32,6 +32,52 @@ use gopbus_store::PublishRequest;
 const READ_BUF: usize = 64 * 1024;
 /// Read buffer size of any other connection (players send little: acks, pings).
 const SMALL_READ_BUF: usize = 1024;
+/// A publisher that sends faster than this (bytes per second) over two
+/// [`RATE_WINDOW`]s in a row is flushing a backlog or flooding — no live
+/// stream comes near 80 Mb/s, and a keyframe's burst lasts less — and is read
+/// in batches: drained, then left for [`READ_PAUSE`] to let more arrive,
+/// instead of waking once per TCP write it makes (what costs CPU at such rates
+/// is the wake-ups, not the bytes). A paced stream is read as soon as each
+/// write arrives.
+const BATCH_ABOVE: u64 = 10_000_000;
+const RATE_WINDOW: Duration = Duration::from_millis(20);
+const READ_PAUSE: Duration = Duration::from_millis(1);
+/// Reads in a row when draining a batch, before the driver looks at everything else.
+const READ_AGAIN_MAX: u32 = 32;
+
+/// A connection's read rate, over windows of [`RATE_WINDOW`].
+struct ReadRate {
+    start: tokio::time::Instant,
+    bytes: u64,
+    /// The last window was above the rate.
+    above: bool,
+    batching: bool,
+}
+
+impl ReadRate {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self { start: now, bytes: 0, above: false, batching: false }
+    }
+
+    /// Counts a read; whether the connection is read in batches now.
+    fn add(&mut self, n: usize, now: tokio::time::Instant) -> bool {
+        self.bytes += n as u64;
+        let elapsed = now.duration_since(self.start);
+        if elapsed >= RATE_WINDOW {
+            let above = u128::from(self.bytes) * 1_000_000_000 >= u128::from(BATCH_ABOVE) * elapsed.as_nanos();
+            let batching = above && (self.above || self.batching);
+            if batching != self.batching {
+                tracing::debug!(batching, limit = BATCH_ABOVE, "publisher read rate crossed the batching rate (B/s)");
+            }
+            self.batching = batching;
+            self.above = above;
+            self.start = now;
+            self.bytes = 0;
+        }
+        self.batching
+    }
+}
+
 /// Bytes of replies (statuses, pings) that may wait for a peer beyond a
 /// player's media queue; past it the peer is not reading and is disconnected.
 const OUT_SLACK: usize = 256 * 1024;
@@ -160,6 +206,14 @@ fn quickack(rd: &OwnedReadHalf) {
     }
 }
 
+/// The peer went away: the same as a close, not a server error.
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe
+    )
+}
+
 async fn publisher_stop(p: Option<&mut Publishing>) -> Stop {
     match p {
         Some(p) => p.stop.as_mut().await,
@@ -196,6 +250,12 @@ impl Conn {
         // One timer for the connection's life, pushed back lazily: re-arming a
         // timer on every event would cost more than the event.
         let mut last_activity = tokio::time::Instant::now();
+        // Batched reads of a fast publisher (see BATCH_ABOVE): draining now, or
+        // pausing until `read_pause`.
+        let mut rate = ReadRate::new(last_activity);
+        let (mut draining, mut reads_again, mut paused) = (false, 0, false);
+        let read_pause = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(read_pause);
         let shutdown_signal = shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown_signal);
         let idle_timer = tokio::time::sleep(idle);
@@ -234,6 +294,26 @@ impl Conn {
                 // Only a partial chunk header is left in the buffer: this copies no payload.
                 rbuf.reserve(want);
             }
+            if draining && self.publishing.is_some() && reads_again < READ_AGAIN_MAX {
+                match rd.try_read_buf(rbuf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        self.received(rd, n);
+                        draining = rate.add(n, tokio::time::Instant::now());
+                        reads_again += 1;
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Drained: let the next batch gather.
+                        paused = true;
+                        read_pause.as_mut().reset(tokio::time::Instant::now() + READ_PAUSE);
+                    }
+                    Err(e) if is_reset(&e) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            draining = false;
+            reads_again = 0;
             let next_deadline = self.flow.poll_timeout();
             if next_deadline != flow_deadline {
                 flow_deadline = next_deadline;
@@ -246,8 +326,30 @@ impl Conn {
             // drain); a publisher, a connection without a role, or a player whose
             // queue does not drain is.
             let idle_armed = !self.grouped && (self.playing.is_none() || queued > 0);
+            // Reads first: a publisher's media is what a connection does most, and
+            // the other branches' futures stay registered between passes (they
+            // wake the task when they fire), so polling them first each pass is
+            // wasted work. A read that keeps being ready still yields to them:
+            // tokio's cooperative budget makes it pending after a while.
             tokio::select! {
                 biased;
+                r = rd.read_buf(rbuf), if !paused => {
+                    let n = match r {
+                        Ok(n) => n,
+                        // The peer went away: the same as a close, not a server error.
+                        Err(e) if is_reset(&e) => {
+                            tracing::debug!(error = %e, "peer reset the connection");
+                            0
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.received(rd, n);
+                    draining = rate.add(n, tokio::time::Instant::now());
+                }
+                () = &mut read_pause, if paused => paused = false,
                 _ = &mut shutdown_signal => {
                     self.ungroup();
                     self.flow.shutdown();
@@ -271,31 +373,6 @@ impl Conn {
                         self.grouped = false;
                     }
                 }
-                r = rd.read_buf(rbuf) => {
-                    let n = match r {
-                        Ok(n) => n,
-                        // The peer went away: the same as a close, not a server error.
-                        Err(e) if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe
-                        ) => {
-                            tracing::debug!(error = %e, "peer reset the connection");
-                            0
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    self.flow.received(n);
-                    if self.flow.in_commands() {
-                        // Acknowledge at once while the peer waits on each answer: a client
-                        // without TCP_NODELAY (ffmpeg) holds its next command until our ACK
-                        // of the last one, which the kernel would delay ~40 ms.
-                        quickack(rd);
-                    }
-                    self.ingest.stats.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                }
                 _ = &mut flow_timer, if flow_deadline.is_some() => {
                     flow_deadline = None;
                     self.flow.handle_timeout(std::time::Instant::now());
@@ -311,6 +388,18 @@ impl Conn {
             }
             last_activity = tokio::time::Instant::now();
         }
+    }
+
+    /// Counts `n` bytes just read.
+    fn received(&mut self, rd: &OwnedReadHalf, n: usize) {
+        self.flow.received(n);
+        if self.flow.in_commands() {
+            // Acknowledge at once while the peer waits on each answer: a client
+            // without TCP_NODELAY (ffmpeg) holds its next command until our ACK
+            // of the last one, which the kernel would delay ~40 ms.
+            quickack(rd);
+        }
+        self.ingest.stats.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Does what the flow asks. An error ends the connection at once.
@@ -492,5 +581,47 @@ impl Conn {
             publisher.end(reason);
         }
         // Otherwise dropping the handle ends the broadcast with its GoP cut short.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `rate` bytes/s in reads of `chunk` bytes for `ms` milliseconds from `at`;
+    /// returns whether it batches at the end, and the new time.
+    fn feed(
+        r: &mut ReadRate,
+        at: tokio::time::Instant,
+        rate: u64,
+        chunk: usize,
+        ms: u64,
+    ) -> (bool, tokio::time::Instant) {
+        let every = Duration::from_nanos(chunk as u64 * 1_000_000_000 / rate);
+        let (mut t, end) = (at, at + Duration::from_millis(ms));
+        let mut batching = false;
+        while t < end {
+            t += every;
+            batching = r.add(chunk, t);
+        }
+        (batching, t)
+    }
+
+    #[test]
+    fn only_a_sustained_flood_is_read_in_batches() {
+        let t0 = tokio::time::Instant::now();
+        // A 20 Mb/s live stream, for a second: never.
+        let mut r = ReadRate::new(t0);
+        assert!(!feed(&mut r, t0, 2_500_000, 4096, 1000).0);
+        // A keyframe's burst (500 KB at 100 MB/s, one window at most) then the stream: never.
+        let mut r = ReadRate::new(t0);
+        let (b, t) = feed(&mut r, t0, 100_000_000, 16 * 1024, 5);
+        assert!(!b);
+        assert!(!feed(&mut r, t, 2_500_000, 4096, 200).0);
+        // A flood of 100 MB/s: after two windows, and it ends when the flood does.
+        let mut r = ReadRate::new(t0);
+        let (b, t) = feed(&mut r, t0, 100_000_000, 16 * 1024, 60);
+        assert!(b, "a flood past two windows is batched");
+        assert!(!feed(&mut r, t, 2_500_000, 4096, 50).0, "a paced stream after the flood is not");
     }
 }
