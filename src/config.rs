@@ -181,7 +181,8 @@ pub(crate) struct RtmpArgs {
     #[arg(long, env = "GOPBUS_RTMP_PLAYER_GROUP")]
     pub(crate) rtmp_player_group: Option<usize>,
     /// Milliseconds a grouped RTMP player's audio may wait to go out in one write with the next video
-    /// message (video is never held); 0 writes every message at once [default: 50].
+    /// message; held longer, it goes with the next message of any kind (video is never held); 0 writes
+    /// every message at once [default: 50].
     #[arg(long, env = "GOPBUS_RTMP_AUDIO_HOLD_MS")]
     pub(crate) rtmp_audio_hold_ms: Option<u64>,
 }

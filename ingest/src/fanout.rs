@@ -16,10 +16,13 @@
 //! its broadcast ends, or when its connection takes it back (a command, a
 //! shutdown, the close).
 //!
-//! Audio held for video: in a group, audio messages wait (at most
-//! [`IngestConfig::audio_hold`]) for the next video message and go out in the
-//! same `writev`, which halves the writes per player of a 30 fps stream with
-//! 48 kHz AAC. Video is never held: what a player sees is not delayed.
+//! Audio held for video: in a group, audio messages wait for the next video
+//! message and go out in the same `writev`, which halves the writes per player
+//! of a 30 fps stream with 48 kHz AAC; audio held longer than
+//! [`IngestConfig::audio_hold`] goes out with the next message of any kind (an
+//! audio-only stream: every other AAC frame). No timer is involved — arming one
+//! per held frame cost more than the writes it saved. Video is never held: what
+//! a player sees is not delayed.
 //!
 //! [`IngestConfig::player_group`]: crate::IngestConfig::player_group
 //! [`IngestConfig::audio_hold`]: crate::IngestConfig::audio_hold
@@ -363,8 +366,6 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
     let mut enc = ChunkEncoder::new();
     enc.set_chunk_size(config.chunk_size);
     let mut shared = Shared { enc, cache: std::collections::VecDeque::with_capacity(CACHE) };
-    let hold_timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(hold_timer);
     loop {
         // Register for the next change before looking, so none is missed.
         let changed = wake.notified();
@@ -399,13 +400,9 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
             (true, Some(at)) if !flush_all => Some(at),
             (true, _) => Some(now + config.audio_hold),
         };
-        if let Some(at) = flush_at {
-            hold_timer.as_mut().reset(at);
-        }
         tokio::select! {
             () = changed => {}
             () = joined => {}
-            () = &mut hold_timer, if flush_at.is_some() => {}
         }
     }
 }
@@ -469,4 +466,52 @@ fn hand_back(link: &Link, mut st: MutexGuard<'_, LinkState>) -> Pass {
     drop(st);
     link.handed_back.notify_one();
     Pass::Left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{csid, types, ChunkDecoder, MessageHeader};
+    use bytes::{Bytes, BytesMut};
+
+    fn key(at: &Bytes, dts: i64) -> FrameKey {
+        FrameKey { at: at.as_ptr() as usize, len: at.len(), dts, tag: types::VIDEO, keyframe: false, cts: 0 }
+    }
+
+    #[test]
+    fn a_frame_is_encoded_once_for_a_group_around_its_own_payload() {
+        let mut enc = ChunkEncoder::new();
+        enc.set_chunk_size(4096);
+        let mut shared = Shared { enc, cache: std::collections::VecDeque::new() };
+        let payload = Bytes::from((0..10_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let header = MessageHeader { csid: csid::VIDEO, timestamp: 40, type_id: types::VIDEO, stream_id: 1 };
+        let prefix = [0x27, 1, 0, 0, 0];
+        let a = shared.encoded(key(&payload, 40), header, &prefix, std::slice::from_ref(&payload));
+        let b = shared.encoded(key(&payload, 40), header, &prefix, std::slice::from_ref(&payload));
+        assert!(Arc::ptr_eq(&a, &b), "the second player got a second encoding");
+        // The payload goes out as slices of the frame's own buffer: no byte copied.
+        let (start, end) = (payload.as_ptr() as usize, payload.as_ptr() as usize + payload.len());
+        let shared_bytes: usize = a
+            .segs
+            .iter()
+            .filter(|s| (s.as_ptr() as usize) >= start && (s.as_ptr() as usize) < end)
+            .map(Bytes::len)
+            .sum();
+        assert_eq!(shared_bytes, payload.len());
+        // And it is the message a player decodes.
+        let wire: Vec<u8> = a.segs.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(wire.len(), a.len);
+        let mut dec = ChunkDecoder::new(1 << 20);
+        dec.set_chunk_size(4096).unwrap();
+        let m = dec.decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
+        assert_eq!((m.timestamp, m.type_id, m.len), (40, types::VIDEO, 5 + payload.len()));
+        assert_eq!(&m.contiguous()[5..], &payload[..]);
+        // Another frame is another encoding; the cache keeps the last CACHE frames.
+        for dts in 0..CACHE as i64 + 1 {
+            let p = Bytes::from(vec![dts as u8; 100]);
+            shared.encoded(key(&p, dts), header, &prefix, std::slice::from_ref(&p));
+        }
+        assert_eq!(shared.cache.len(), CACHE);
+        assert!(!shared.cache.iter().any(|e| Arc::ptr_eq(e, &a)), "the oldest entry was not dropped");
+    }
 }

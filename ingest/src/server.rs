@@ -47,8 +47,9 @@ pub struct IngestConfig {
     /// Most caught-up players of one broadcast served by one task (0: every
     /// player by its own task). See the `fanout` module.
     pub player_group: usize,
-    /// Longest time a grouped player's audio waits to go out with the next
-    /// video message (zero: written at once).
+    /// How long a grouped player's audio may wait to go out with the next
+    /// video message; held longer, it goes with the next message of any kind
+    /// (zero: written at once).
     pub audio_hold: Duration,
 }
 
