@@ -41,7 +41,10 @@ const SMALL_READ_BUF: usize = 1024;
 /// write arrives.
 const BATCH_ABOVE: u64 = 10_000_000;
 const RATE_WINDOW: Duration = Duration::from_millis(20);
-const READ_PAUSE: Duration = Duration::from_millis(1);
+const READ_PAUSE: Duration = Duration::from_millis(2);
+/// `SO_RCVLOWAT` of a publisher read in batches: more than a pause gathers at
+/// the rates that start batching, so the pauses are not interrupted.
+const BATCH_LOW_WATER: usize = 256 * 1024;
 /// Reads in a row when draining a batch, before the driver looks at everything else.
 const READ_AGAIN_MAX: u32 = 32;
 
@@ -206,6 +209,28 @@ fn quickack(rd: &OwnedReadHalf) {
     }
 }
 
+/// Sets `SO_RCVLOWAT`: the socket signals readable only with `bytes` queued (a
+/// non-blocking read still returns whatever is there).
+fn set_recv_low_water(rd: &OwnedReadHalf, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let stream: &TcpStream = rd.as_ref();
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is this connection's open socket, and the option
+    // value is a c_int whose size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::from_ref(&value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_RCVLOWAT not set");
+    }
+}
+
 /// The peer went away: the same as a close, not a server error.
 fn is_reset(e: &std::io::Error) -> bool {
     matches!(
@@ -253,7 +278,7 @@ impl Conn {
         // Batched reads of a fast publisher (see BATCH_ABOVE): draining now, or
         // pausing until `read_pause`.
         let mut rate = ReadRate::new(last_activity);
-        let (mut draining, mut reads_again, mut paused) = (false, 0, false);
+        let (mut draining, mut reads_again, mut paused, mut low_water) = (false, 0, false, false);
         let read_pause = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(read_pause);
         let shutdown_signal = shutdown.clone().cancelled_owned();
@@ -304,13 +329,23 @@ impl Conn {
                         continue;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        // Drained: let the next batch gather.
-                        paused = true;
-                        read_pause.as_mut().reset(tokio::time::Instant::now() + READ_PAUSE);
+                        // Drained: let the next batch gather (unless the flood is over).
+                        let now = tokio::time::Instant::now();
+                        if rate.add(0, now) {
+                            paused = true;
+                            read_pause.as_mut().reset(now + READ_PAUSE);
+                        }
                     }
                     Err(e) if is_reset(&e) => return Ok(()),
                     Err(e) => return Err(e.into()),
                 }
+            }
+            if rate.batching != low_water {
+                // While batching, the socket does not signal readable for every
+                // segment that arrives during a pause (each would wake the runtime's
+                // poller for nothing): reads are driven by the pause timer.
+                low_water = rate.batching;
+                set_recv_low_water(rd, if low_water { BATCH_LOW_WATER } else { 1 });
             }
             draining = false;
             reads_again = 0;
@@ -349,7 +384,12 @@ impl Conn {
                     self.received(rd, n);
                     draining = rate.add(n, tokio::time::Instant::now());
                 }
-                () = &mut read_pause, if paused => paused = false,
+                // The next batch: read what is there, whatever the socket signalled.
+                () = &mut read_pause, if paused => {
+                    paused = false;
+                    draining = true;
+                    continue;
+                }
                 _ = &mut shutdown_signal => {
                     self.ungroup();
                     self.flow.shutdown();
