@@ -177,7 +177,7 @@ pub(crate) struct RtmpArgs {
     #[arg(long, env = "GOPBUS_MAX_GOP_SECS")]
     pub(crate) max_gop_secs: Option<u64>,
     /// Most caught-up RTMP players of one broadcast written to by one task, once per frame; 0 gives every
-    /// player its own task (more wake-ups, more CPU) [default: 128].
+    /// player its own task (more wake-ups, more CPU) [default: 64].
     #[arg(long, env = "GOPBUS_RTMP_PLAYER_GROUP")]
     pub(crate) rtmp_player_group: Option<usize>,
     /// Milliseconds a grouped RTMP player's audio may wait to go out in one write with the next video

@@ -67,7 +67,7 @@ impl Default for IngestConfig {
             command_timeout: Duration::from_secs(10),
             play_wait_timeout: Duration::from_secs(600),
             gop_limits: crate::publish::GopLimits::default(),
-            player_group: 128,
+            player_group: 64,
             audio_hold: Duration::from_millis(50),
         }
     }
