@@ -20,7 +20,7 @@
 //! message and go out in the same `writev`, which halves the writes per player
 //! of a 30 fps stream with 48 kHz AAC; audio held longer than
 //! [`IngestConfig::audio_hold`] goes out with the next message of any kind (an
-//! audio-only stream: every other AAC frame). No timer is involved — arming one
+//! audio-only stream: every few AAC frames). No timer is involved — arming one
 //! per held frame cost more than the writes it saved. Video is never held: what
 //! a player sees is not delayed.
 //!
