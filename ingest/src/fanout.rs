@@ -179,16 +179,8 @@ impl Link {
         }
         // The shared frames straight from the group's encoding: nothing is
         // queued per player unless the socket does not take it all.
-        let mut iov = [std::io::IoSlice::new(&[]); 64];
-        let mut count = 0;
-        for seg in st.pending.iter().flat_map(|e| e.segs.iter()) {
-            if count == iov.len() {
-                break;
-            }
-            iov[count] = std::io::IoSlice::new(seg);
-            count += 1;
-        }
-        let offered: usize = iov[..count].iter().map(|s| s.len()).sum();
+        let mut iov = [std::io::IoSlice::new(&[]); crate::chunk::MAX_IOV];
+        let (count, offered) = crate::chunk::fill_iov(st.pending.iter().flat_map(|e| e.segs.iter()), &mut iov);
         let written = match self.wr.try_write_vectored(&iov[..count]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,

@@ -4,7 +4,6 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// The bytes waiting to go out on one connection: chunk headers from the
 /// connection's scratch buffer interleaved with payload slices shared with the
@@ -16,7 +15,7 @@ pub struct OutQueue {
 }
 
 /// Most slices handed to one `writev`.
-const MAX_IOV: usize = 64;
+pub(crate) const MAX_IOV: usize = 64;
 
 impl OutQueue {
     /// Queues one segment.
@@ -80,12 +79,7 @@ impl OutQueue {
         while !self.is_empty() {
             let (r, offered) = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let (mut count, mut offered) = (0, 0);
-                for (slot, seg) in slices.iter_mut().zip(self.segs.iter()) {
-                    *slot = IoSlice::new(seg);
-                    count += 1;
-                    offered += seg.len();
-                }
+                let (count, offered) = fill_iov(self.segs.iter(), &mut slices);
                 (write(&slices[..count]), offered)
             };
             match r {
@@ -103,33 +97,18 @@ impl OutQueue {
         }
         Ok(true)
     }
+}
 
-    /// Writes as much as one vectored write takes. Cancel-safe: a write that did
-    /// not complete consumed nothing.
-    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<usize> {
-        let n = {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, seg) in slices.iter_mut().zip(self.segs.iter()) {
-                *slot = IoSlice::new(seg);
-                count += 1;
-            }
-            w.write_vectored(&slices[..count]).await?
-        };
-        if n == 0 && !self.is_empty() {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        self.consume(n);
-        Ok(n)
+/// Points `slots` at the first segments of `segs` (as many as fit): the slices
+/// of one `writev`. Returns how many it filled and their bytes.
+pub(crate) fn fill_iov<'a>(segs: impl Iterator<Item = &'a Bytes>, slots: &mut [IoSlice<'a>]) -> (usize, usize) {
+    let (mut count, mut bytes) = (0, 0);
+    for (slot, seg) in slots.iter_mut().zip(segs) {
+        *slot = IoSlice::new(seg);
+        count += 1;
+        bytes += seg.len();
     }
-
-    /// Writes everything queued.
-    pub async fn flush_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
-        while !self.is_empty() {
-            self.write_to(w).await?;
-        }
-        w.flush().await
-    }
+    (count, bytes)
 }
 
 /// Where and how a message is sent.

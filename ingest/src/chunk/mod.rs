@@ -10,6 +10,7 @@ mod decoder;
 mod encoder;
 
 pub use decoder::{ChunkDecoder, RawMessage};
+pub(crate) use encoder::{fill_iov, MAX_IOV};
 pub use encoder::{ChunkEncoder, MessageHeader, OutQueue};
 
 /// Message type ids (RTMP 1.0 §5.4, §7.1).
