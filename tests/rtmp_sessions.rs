@@ -310,8 +310,9 @@ async fn without_groups_players_get_every_frame_in_order() {
 async fn a_flooding_publisher_is_read_in_batches_and_loses_nothing() {
     let server = Server::start_with("flood", &["--no-transcoder", "--no-opus-encoder", "--no-hls"]);
     let key = server.create_stream("flood");
-    // 60 MB of video, sent with no pacing.
-    let tags = flv::synthetic_video(1200, 50_000, 30);
+    // 150 MB of video, sent with no pacing: long enough (≥ 0.1 s even on a fast
+    // machine) for the rate to be seen over the two windows batching needs.
+    let tags = flv::synthetic_video(3000, 50_000, 30);
     let by_ts: std::collections::HashMap<u32, bytes::Bytes> =
         tags.iter().skip(1).map(|t| (t.timestamp, t.data.clone())).collect();
     let mut player = Client::connect(server.rtmp, "live").await.unwrap();
@@ -322,7 +323,7 @@ async fn a_flooding_publisher_is_read_in_batches_and_loses_nothing() {
     publisher.publish_tags(&tags, 0.0).await.unwrap();
     // Every frame reached the bus.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while gauge(&server, "gopbus_ingest_frames_total") < 1200.0 {
+    while gauge(&server, "gopbus_ingest_frames_total") < 3000.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "frames on the bus: {}",
@@ -330,7 +331,7 @@ async fn a_flooding_publisher_is_read_in_batches_and_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(gauge(&server, "gopbus_ingest_frames_total"), 1200.0);
+    assert_eq!(gauge(&server, "gopbus_ingest_frames_total"), 3000.0);
     drop(publisher);
     // What the player got (it may skip GoPs to keep up) is the source, byte for byte.
     let got = reader.await.unwrap();
