@@ -108,3 +108,22 @@ fn every_scenario_runs_at_a_tiny_size() {
         }
     }
 }
+
+/// `relay-compare` is not in `all` (its point is a moq-relay built elsewhere);
+/// its gopbus half runs here, the load generator on a thread (no bench binary).
+#[test]
+fn relay_compare_measures_a_gopbus_relay() {
+    require("ffmpeg");
+    let out = tmpdir("bench-relay-compare");
+    let params = Params::tiny(PathBuf::from(env!("CARGO_BIN_EXE_gopbus")), out.clone());
+    let report = scenarios::run("relay-compare", &params).unwrap_or_else(|e| panic!("relay-compare: {e:#}"));
+    assert_eq!(report.rows.len(), 1, "one relay (no --moq-relay), one size");
+    assert_eq!(text(&report, 0, "relay"), "gopbus relay");
+    assert!(num(&report, 0, "frames delivered %") > 90.0, "the subscribers got too little");
+    assert!(num(&report, 0, "delivered Mb/s") > 0.0);
+    assert!(num(&report, 0, "RSS MiB") > 0.0);
+    assert!(num(&report, 0, "CPU %") > 0.0);
+    assert!(num(&report, 0, "latency p50 ms") > 0.0);
+    assert!(num(&report, 0, "join p50 ms") > 0.0, "no join was probed");
+    assert_eq!(num(&report, 0, "failed joins"), 0.0);
+}

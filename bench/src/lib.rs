@@ -9,6 +9,8 @@
 //! - [`media`]: the test stream, made once with ffmpeg.
 //! - [`rtmp`]: light RTMP publisher and player on rml_rtmp's client session.
 //! - [`target`]: the server under test: a `gopbus serve` on loopback, or any RTMP URL.
+//! - [`moq`]: a small moq-lite client, to load moq-relay as the bench loads gopbus.
+//! - [`loadgen`]: QUIC subscribers in a process of their own (gopbus or moq-lite).
 //! - [`procstat`]: CPU and memory of a process from `/proc`.
 //! - [`alloc`]: the counting allocator of the bench binary.
 //! - [`report`]: tables and JSON.
@@ -19,7 +21,9 @@
 
 pub mod alloc;
 pub mod flv;
+pub mod loadgen;
 pub mod media;
+pub mod moq;
 pub mod procstat;
 pub mod report;
 pub mod rtmp;

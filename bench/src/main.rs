@@ -14,6 +14,7 @@ usage: cargo run -p bench --release -- SCENARIO|all [options]
 
 scenarios: bus-publish bus-local zero-copy rtmp-fanout latency ttff ingest quic-fanout hls-latency hls-clients
            webrtc-viewers opus-transcode webrtc-g2g webrtc-av-sync transcode
+           relay-compare (not in `all`: a gopbus relay against moq-relay, see --moq-relay)
 
 options:
   --runs N              repetitions of each measurement (default 3)
@@ -32,6 +33,8 @@ options:
   --compare yes         with --target (rtmp-fanout, ingest): run every measurement on gopbus and on that
                         server alternately, in the same run, and report both with the ratio gopbus / other
   --out DIR             where JSON reports go (default target/bench-results)
+  --moq-relay PATH      relay-compare: a moq-relay binary to measure alternately with a gopbus relay
+                        (default sizes 100,300; the stream 1280x720@3000 unless --video says otherwise)
 ";
 
 fn parse() -> anyhow::Result<(Vec<String>, Params)> {
@@ -60,6 +63,7 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
             "--server-pid" => p.server_pid = Some(value.parse()?),
             "--compare" => p.compare = matches!(value.as_str(), "yes" | "true" | "1"),
             "--out" => p.out = PathBuf::from(value),
+            "--moq-relay" => p.moq_relay = Some(PathBuf::from(value)),
             other => bail!("unknown option {other}\n\n{HELP}"),
         }
     }
@@ -88,7 +92,13 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
         for s in &list {
             if matches!(
                 s.as_str(),
-                "bus-publish" | "bus-local" | "zero-copy" | "quic-fanout" | "hls-latency" | "hls-clients"
+                "bus-publish"
+                    | "bus-local"
+                    | "zero-copy"
+                    | "quic-fanout"
+                    | "relay-compare"
+                    | "hls-latency"
+                    | "hls-clients"
             ) {
                 bail!("{s} measures gopbus's own bus in process; it cannot run against --target");
             }
@@ -117,6 +127,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("whep-viewers") {
         return whep_viewers(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("__loadgen") {
+        return bench::loadgen::main(&args[1..]);
     }
     let (list, params) = parse()?;
     for name in list {

@@ -30,6 +30,10 @@ async fn node(tag: &str) -> Node {
 }
 
 async fn node_with(tag: &str, max_connections: usize) -> Node {
+    node_opts(tag, max_connections, gopbus_bus::quic::AUDIO_HOLD).await
+}
+
+async fn node_opts(tag: &str, max_connections: usize, audio_hold: Duration) -> Node {
     let dir = tmpdir(tag);
     let identity = tls::server_identity(None, None, &dir, &[]).unwrap();
     let ca = identity.cert_path.clone();
@@ -43,6 +47,7 @@ async fn node_with(tag: &str, max_connections: usize) -> Node {
     .unwrap()
     .with_not_found_after(Duration::from_millis(500))
     .with_max_connections(max_connections)
+    .with_audio_hold(audio_hold)
     .with_subscribe_token("reader".into());
     let url = format!("quic://127.0.0.1:{}", server.local_addr().unwrap().port());
     let shutdown = CancellationToken::new();
@@ -290,6 +295,72 @@ async fn the_subscribe_only_token_subscribes_but_cannot_publish() {
     }
     assert_eq!(got, frames(0).len());
     server.shutdown.cancel();
+}
+
+/// One frame of `track` at `dts` with `byte` as its payload.
+fn one(track: TrackId, dts: i64, byte: u8) -> Frame {
+    let flags = if track == TrackId::VIDEO && dts == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };
+    Frame {
+        header: FrameHeader { track, dts, cts: 0, flags, len: 100 },
+        payload: Payload::from_bytes(Bytes::from(vec![byte; 100])),
+    }
+}
+
+/// The next frame a subscriber gets, within `within`.
+async fn next_frame(sub: &mut gopbus_bus::quic::RemoteSubscriber, within: Duration) -> Option<Frame> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Event::Frame(f)) => return Some(f),
+            Ok(Event::End(r)) => panic!("ended: {r}"),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A relay holds an audio frame for a subscriber until the next video frame
+/// (then both leave together, audio first) or until the hold is over; with no
+/// hold, audio leaves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_waits_for_the_next_video_frame_and_no_longer_than_the_hold() {
+    tls::install_crypto_provider();
+    let hold = Duration::from_secs(2);
+    for (tag, hold) in [("hold", hold), ("nohold", Duration::ZERO)] {
+        let server = node_opts(tag, 16, hold).await;
+        let mut publisher = server.bus.publish("cam");
+        publisher.open_gop(gop(0)).unwrap();
+        publisher.push(one(TrackId::VIDEO, 0, 1)).unwrap();
+        let client =
+            BusClient::connect(&server.url, "secret", tls::client_config(Some(&server.ca)).unwrap()).await.unwrap();
+        let mut sub = client.subscribe("cam", StartAt::CurrentGop, BusConfig::default()).await.unwrap();
+        let first = next_frame(&mut sub, Duration::from_secs(10)).await.expect("the keyframe");
+        assert_eq!(first.header.track, TrackId::VIDEO);
+
+        publisher.push(one(TrackId::AUDIO, 10, 2)).unwrap();
+        if hold.is_zero() {
+            let a = next_frame(&mut sub, Duration::from_secs(10)).await.expect("audio, at once");
+            assert_eq!((a.header.track, a.header.dts), (TrackId::AUDIO, 10));
+        } else {
+            // Held: nothing arrives before the next video frame is published.
+            assert!(next_frame(&mut sub, Duration::from_millis(500)).await.is_none(), "audio left before the video");
+            let t0 = std::time::Instant::now();
+            publisher.push(one(TrackId::VIDEO, 33, 3)).unwrap();
+            let a = next_frame(&mut sub, Duration::from_secs(10)).await.expect("the held audio");
+            let v = next_frame(&mut sub, Duration::from_secs(10)).await.expect("the video");
+            assert_eq!((a.header.track, a.header.dts), (TrackId::AUDIO, 10), "audio first, in decode order");
+            assert_eq!((v.header.track, v.header.dts), (TrackId::VIDEO, 33));
+            assert!(t0.elapsed() < Duration::from_millis(1500), "the video frame did not release the audio");
+            // Audio with no video after it: out when the hold is over.
+            let t0 = std::time::Instant::now();
+            publisher.push(one(TrackId::AUDIO, 40, 4)).unwrap();
+            let a = next_frame(&mut sub, Duration::from_secs(10)).await.expect("audio after the hold");
+            assert_eq!(a.header.dts, 40);
+            assert!(t0.elapsed() >= Duration::from_millis(1900), "audio left before its hold was over");
+        }
+        publisher.end(EndReason::PublisherLeft);
+        server.shutdown.cancel();
+    }
 }
 
 /// A heavy GoP: 20 video frames of 50 KB (about 1 MB) with audio between them,

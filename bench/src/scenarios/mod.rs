@@ -7,6 +7,7 @@ mod hls_clients;
 mod ingest;
 mod latency;
 mod quic_fanout;
+mod relay_compare;
 mod rtmp_fanout;
 mod transcode;
 mod ttff;
@@ -69,6 +70,8 @@ pub struct Params {
     pub load_players: usize,
     /// Where JSON reports go.
     pub out: PathBuf,
+    /// A moq-relay binary (relay-compare).
+    pub moq_relay: Option<PathBuf>,
 }
 
 impl Default for Params {
@@ -86,6 +89,7 @@ impl Default for Params {
             joins: 30,
             load_players: 100,
             out: PathBuf::from("target/bench-results"),
+            moq_relay: None,
         }
     }
 }
@@ -167,6 +171,7 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "ttff" => runtime()?.block_on(ttff::run(params))?,
         "ingest" => runtime()?.block_on(ingest::run(params))?,
         "quic-fanout" => runtime()?.block_on(quic_fanout::run(params))?,
+        "relay-compare" => runtime()?.block_on(relay_compare::run(params))?,
         "hls-latency" => runtime()?.block_on(hls::run(params))?,
         "hls-clients" => runtime()?.block_on(hls_clients::run(params))?,
         "webrtc-viewers" => runtime()?.block_on(webrtc::viewers(params))?,
@@ -174,7 +179,7 @@ pub fn run(name: &str, params: &Params) -> anyhow::Result<Report> {
         "webrtc-g2g" => webrtc::g2g(params)?,
         "webrtc-av-sync" => webrtc::av_sync(params)?,
         "transcode" => transcode::run(params)?,
-        other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
+        other => bail!("unknown scenario {other:?}; known: {}, relay-compare", ALL.join(", ")),
     };
     report.emit(&params.out)?;
     Ok(report)

@@ -42,7 +42,9 @@ pub use error::QuicError;
 pub(crate) use merge::replayed;
 pub use proof::{AnnounceKeys, AnnouncePolicy, KeyHashFut};
 pub use relay::{Relay, Source};
-pub use server::{BusServer, ServerStats, Upstream, MAX_CONNECTIONS, MAX_REQUESTS_PER_CONNECTION, RESUME_GRACE};
+pub use server::{
+    BusServer, ServerStats, Upstream, AUDIO_HOLD, MAX_CONNECTIONS, MAX_REQUESTS_PER_CONNECTION, RESUME_GRACE,
+};
 
 /// The ALPN protocol id of the bus.
 pub const ALPN: &[u8] = b"gopbus/1";
