@@ -125,19 +125,24 @@ impl Encoder {
 /// Writes framed messages with their payloads onto one send stream.
 pub(crate) struct Writer {
     pub(crate) stream: SendStream,
+    /// The header and payload slices of the message being written, handed to
+    /// quinn in one call (one lock of the connection and one wake of its driver
+    /// per message, not one per slice).
+    chunks: Vec<Bytes>,
 }
 
 impl Writer {
     pub(crate) const fn new(stream: SendStream) -> Self {
-        Self { stream }
+        Self { stream, chunks: Vec::new() }
     }
 
     /// Writes `msg` and then `payload` (shared slices, not copied).
     pub(crate) async fn send(&mut self, enc: &mut Encoder, msg: &Message, payload: &[Bytes]) -> Result<(), QuicError> {
-        self.stream.write_chunk(enc.encode(msg)).await?;
-        for part in payload {
-            self.stream.write_chunk(part.clone()).await?;
-        }
-        Ok(())
+        self.chunks.clear();
+        self.chunks.push(enc.encode(msg));
+        self.chunks.extend(payload.iter().cloned());
+        let r = self.stream.write_all_chunks(&mut self.chunks).await;
+        self.chunks.clear();
+        Ok(r?)
     }
 }
