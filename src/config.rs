@@ -872,7 +872,7 @@ mod tests {
         std::fs::write(
             &path,
             "rtmp = \"127.0.0.1:2000\"\nhttp = \"127.0.0.1:2001\"\ngop_window = 5\nquic = \"127.0.0.1:2002\"\n\
-             directory_ttl = 9\nbus = \"quic://origin:4443\"\n",
+             directory_ttl = 9\nbus = \"quic://origin:4443\"\nbus_audio_hold_ms = 20\n",
         )
         .unwrap();
         let common = CommonArgs { config: Some(path.clone()), data: None };
@@ -887,6 +887,12 @@ mod tests {
         assert_eq!(common.data(&file), PathBuf::from(defaults::DATA));
         // relay's and ingest's blocks read the same file
         assert_eq!(QuicArgs::default().resolve(&file).listen, "127.0.0.1:2002".parse::<SocketAddr>().unwrap());
+        assert_eq!(QuicArgs::default().resolve(&file).audio_hold, Duration::from_millis(20)); // file
+        let quic = QuicArgs { bus_audio_hold_ms: Some(0), ..QuicArgs::default() };
+        assert_eq!(quic.resolve(&file).audio_hold, Duration::ZERO); // flag: off
+        let quic = QuicArgs { bus_audio_hold_ms: Some(60_000), ..QuicArgs::default() };
+        assert_eq!(quic.resolve(&file).audio_hold, Duration::from_secs(1)); // capped
+        assert_eq!(QuicArgs::default().resolve(&File::default()).audio_hold, gopbus_bus::quic::AUDIO_HOLD);
         assert_eq!(ClusterArgs::default().resolve(&file).directory_ttl, Duration::from_secs(9));
         assert_eq!(TargetArgs::default().resolve(&file).unwrap(), "quic://origin:4443");
         assert!(TargetArgs::default().resolve(&File::default()).is_err());
