@@ -14,8 +14,8 @@ fn new_subscribers_join_within_a_second_while_the_relay_is_saturated() {
     use gopbus_bus::{Bus, BusConfig, Event, StartAt, SubscribeOptions};
     use gopbus_proto::{Frame, FrameFlags, FrameHeader, Payload, TrackId};
 
-    const SUBSCRIBERS: usize = 60;
-    const FRAME: usize = 128 * 1024; // 60 fps of 128 KiB: 63 Mb/s in, 3.8 Gb/s out to 60 subscribers
+    const SUBSCRIBERS: usize = 80;
+    const FRAME: usize = 128 * 1024; // 60 fps of 128 KiB: 63 Mb/s in, 5 Gb/s out to 80 subscribers
     tls::install_crypto_provider();
     let port = udp_port();
     let mut relay = relay("busy", port, &[]);
@@ -24,7 +24,7 @@ fn new_subscribers_join_within_a_second_while_the_relay_is_saturated() {
     let config = tls::client_config(Some(&relay.dir.join("bus-cert.pem"))).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
-    // The load: one publisher, 40 subscribers reading as fast as they can.
+    // The load: one publisher, SUBSCRIBERS subscribers reading as fast as they can.
     let stop = tokio_util::sync::CancellationToken::new();
     let delivered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let _load = rt.block_on(async {
