@@ -61,13 +61,12 @@ pub(crate) async fn send_broadcast(
         index: 0,
         prev_frames: 0,
         enc: Encoder::default(),
+        held: Vec::new(),
+        hold_until: None,
     };
-    // Audio frames waiting for the next other frame, and until when they may.
-    let mut held: Vec<Frame> = Vec::new();
-    let mut hold_until: Option<tokio::time::Instant> = None;
     loop {
         let hold_over = async {
-            match hold_until {
+            match s.hold_until {
                 Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
@@ -75,8 +74,7 @@ pub(crate) async fn send_broadcast(
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
             () = hold_over => {
-                hold_until = None;
-                s.flush(&sub, &mut held).await?;
+                s.flush(&sub).await?;
                 continue;
             }
             ev = sub.next() => ev,
@@ -84,19 +82,15 @@ pub(crate) async fn send_broadcast(
         match ev {
             Event::Frame(_) if s.abandoned => {}
             Event::Frame(frame) if !audio_hold.is_zero() && s.is_audio(frame.header.track) => {
-                if held.is_empty() {
-                    hold_until = Some(tokio::time::Instant::now() + audio_hold);
-                }
-                held.push(frame);
+                s.hold_until.get_or_insert_with(|| tokio::time::Instant::now() + audio_hold);
+                s.held.push(frame);
             }
             Event::Frame(frame) => {
-                hold_until = None;
-                s.flush(&sub, &mut held).await?;
+                s.flush(&sub).await?;
                 s.frame(&sub, frame).await?;
             }
             Event::Gop(header) => {
-                hold_until = None;
-                s.flush(&sub, &mut held).await?;
+                s.flush(&sub).await?;
                 s.retire();
                 // A GoP abandoned or cut is not whole whatever reached the peer: say so.
                 s.prev_frames = if s.abandoned { PREV_CUT } else { s.index };
@@ -109,8 +103,8 @@ pub(crate) async fn send_broadcast(
             }
             Event::Skipped { from, to } => {
                 // The held frames belong to the GoP being abandoned.
-                held.clear();
-                hold_until = None;
+                s.held.clear();
+                s.hold_until = None;
                 s.skipped += to - from;
                 if let Some(v) = &s.viewer {
                     v.skipped(to - from);
@@ -119,14 +113,13 @@ pub(crate) async fn send_broadcast(
                 s.abandon();
             }
             Event::CutShort { .. } => {
-                hold_until = None;
-                s.flush(&sub, &mut held).await?;
+                s.flush(&sub).await?;
                 // Cut at the source: the peer hears it with the next GoP's header.
                 s.retire();
                 s.abandoned = true;
             }
             Event::End(reason) => {
-                s.flush(&sub, &mut held).await?;
+                s.flush(&sub).await?;
                 s.retire();
                 let _ = control.send(Control::End { id, reason }).await;
                 break;
@@ -163,6 +156,10 @@ struct Sending {
     index: u32,
     prev_frames: u32,
     enc: Encoder,
+    /// Audio frames waiting for the next frame of another track, and until when
+    /// they may (set with the first of them).
+    held: Vec<Frame>,
+    hold_until: Option<tokio::time::Instant>,
 }
 
 impl Sending {
@@ -170,15 +167,18 @@ impl Sending {
         self.gop.as_ref().and_then(|g| g.track(track)).is_some_and(|t| t.kind() == TrackKind::Audio)
     }
 
-    /// Writes the held frames, in order.
-    async fn flush(&mut self, sub: &Subscriber, held: &mut Vec<Frame>) -> Result<(), QuicError> {
+    /// Writes the held frames, in order (none once the GoP is abandoned).
+    async fn flush(&mut self, sub: &Subscriber) -> Result<(), QuicError> {
+        self.hold_until = None;
+        // Taken out while `frame` borrows `self`, and put back: the buffer is reused.
+        let mut held = std::mem::take(&mut self.held);
         for frame in held.drain(..) {
             if self.abandoned {
                 break;
             }
             self.frame(sub, frame).await?;
         }
-        held.clear();
+        self.held = held;
         Ok(())
     }
 
