@@ -100,8 +100,16 @@ enum Joined {
 async fn join(peer: &Peer) -> anyhow::Result<Joined> {
     Ok(match peer.proto {
         Proto::Gopbus => {
-            let c = BusClient::connect(&peer.url(), TOKEN, peer.gopbus_config()?).await?;
-            let sub = c.subscribe(BROADCAST, StartAt::CurrentGop, BusConfig { window: 2, max_lag: 1 }).await?;
+            let config = BusConfig { window: 2, max_lag: 1 };
+            let (c, sub) = BusClient::connect_and_subscribe(
+                &peer.url(),
+                TOKEN,
+                peer.gopbus_config()?,
+                BROADCAST,
+                StartAt::CurrentGop,
+                config,
+            )
+            .await?;
             Joined::Gopbus(c, sub)
         }
         Proto::Moq => Joined::Moq(moq::Subscriber::connect(peer.addr, moq::client_config(&peer.ca)?, BROADCAST).await?),

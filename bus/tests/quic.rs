@@ -319,6 +319,152 @@ async fn next_frame(sub: &mut gopbus_bus::quic::RemoteSubscriber, within: Durati
     }
 }
 
+/// Reads one framed bus message off `recv` (a bare server's view of the wire).
+async fn read_message(recv: &mut quinn::RecvStream, buf: &mut bytes::BytesMut) -> gopbus_proto::wire::Message {
+    use gopbus_proto::wire::PREFIX_LEN;
+    loop {
+        if buf.len() >= PREFIX_LEN {
+            let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+            if buf.len() >= PREFIX_LEN + len {
+                let mut msg = buf.split_to(PREFIX_LEN + len);
+                return gopbus_proto::wire::decode(&mut msg).unwrap();
+            }
+        }
+        let chunk = recv.read_chunk(usize::MAX, true).await.unwrap().expect("stream ended early");
+        buf.extend_from_slice(&chunk.bytes);
+    }
+}
+
+/// `connect_and_subscribe` sends its subscription right behind the hello, not
+/// a round trip later: a bare QUIC server that answers nothing until it has
+/// read both gets both (a client that waited for the welcome would never send
+/// the second). Against a real node the pair subscribes and gets frames, and a
+/// wrong token fails it with the node's refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_and_subscription_leave_together() {
+    use gopbus_proto::wire::{Control, Message};
+    tls::install_crypto_provider();
+    let dir = tmpdir("pipelined");
+    let identity = tls::server_identity(None, None, &dir, &[]).unwrap();
+    let ca = identity.cert_path.clone();
+    let endpoint =
+        quinn::Endpoint::server(tls::server_config(identity).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("quic://127.0.0.1:{}", endpoint.local_addr().unwrap().port());
+    let bare = tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let within = Duration::from_secs(5);
+        let hello = tokio::time::timeout(within, read_message(&mut recv, &mut buf)).await.expect("a hello");
+        let next = tokio::time::timeout(within, read_message(&mut recv, &mut buf))
+            .await
+            .expect("the subscription did not come before the welcome");
+        let mut out = bytes::BytesMut::new();
+        gopbus_proto::wire::encode(&Message::Control(Control::Welcome), &mut out);
+        if let Message::Control(Control::Subscribe { id, .. }) = &next {
+            gopbus_proto::wire::encode(&Message::Control(Control::Ok { id: *id }), &mut out);
+        }
+        send.write_all(&out).await.unwrap();
+        let _ = conn.closed().await;
+        (hello, next)
+    });
+    let config = tls::client_config(Some(&ca)).unwrap();
+    let (client, _sub) =
+        BusClient::connect_and_subscribe(&url, "secret", config, "cam", StartAt::CurrentGop, BusConfig::default())
+            .await
+            .expect("welcomed and subscribed");
+    drop(client);
+    let (hello, next) = bare.await.unwrap();
+    assert!(matches!(hello, Message::Control(Control::Hello { ref token, .. }) if token == "secret"), "{hello:?}");
+    assert!(
+        matches!(next, Message::Control(Control::Subscribe { ref broadcast, .. }) if broadcast == "cam"),
+        "{next:?}"
+    );
+
+    // A real node: frames arrive; a wrong token is the node's refusal.
+    let server = node("pipelined-node").await;
+    let mut publisher = server.bus.publish("cam");
+    publisher.open_gop(gop(0)).unwrap();
+    publisher.push(one(TrackId::VIDEO, 0, 1)).unwrap();
+    let config = tls::client_config(Some(&server.ca)).unwrap();
+    let (_client, mut sub) = BusClient::connect_and_subscribe(
+        &server.url,
+        "secret",
+        config.clone(),
+        "cam",
+        StartAt::CurrentGop,
+        BusConfig::default(),
+    )
+    .await
+    .unwrap();
+    let first = next_frame(&mut sub, Duration::from_secs(10)).await.expect("the keyframe");
+    assert_eq!((first.header.track, first.header.dts), (TrackId::VIDEO, 0));
+    publisher.push(one(TrackId::VIDEO, 33, 2)).unwrap();
+    let second = next_frame(&mut sub, Duration::from_secs(10)).await.expect("the next frame");
+    assert_eq!(second.header.dts, 33);
+    let started = std::time::Instant::now();
+    match BusClient::connect_and_subscribe(
+        &server.url,
+        "wrong",
+        config,
+        "cam",
+        StartAt::CurrentGop,
+        BusConfig::default(),
+    )
+    .await
+    {
+        Err(QuicError::Refused(m)) => assert!(m.contains("invalid bus token"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a wrong token subscribed"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "the refusal took {:?}", started.elapsed());
+    publisher.end(EndReason::PublisherLeft);
+    server.shutdown.cancel();
+}
+
+/// A relay's first fetch from an upstream leaves with its hello: with the
+/// right token the broadcast arrives in the relay's bus; with a wrong one
+/// each fetch fails at once with the upstream's refusal (a refused
+/// connection is not used again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_fetches_with_its_hello_and_a_refused_hello_fails_the_fetch() {
+    use gopbus_bus::quic::{Relay, Source, Upstream};
+    tls::install_crypto_provider();
+    let origin = node("relay-origin").await;
+    let mut publisher = origin.bus.publish("cam");
+    publisher.open_gop(gop(0)).unwrap();
+    publisher.push(one(TrackId::VIDEO, 0, 1)).unwrap();
+    let config = tls::client_config(Some(&origin.ca)).unwrap();
+
+    let local = Bus::default();
+    let mut sub = local.subscribe("cam", SubscribeOptions::default());
+    let relay = Relay::new(local.clone(), Source::Fixed(origin.url.clone()), "secret".into(), config.clone());
+    relay.fetch("cam".into()).await.expect("fetched");
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Frame(f) = sub.next().await {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("the keyframe through the relay");
+    assert_eq!(first.header.dts, 0);
+
+    let wrong = Relay::new(Bus::default(), Source::Fixed(origin.url.clone()), "wrong".into(), config);
+    for attempt in 0..2 {
+        let started = std::time::Instant::now();
+        match wrong.fetch("cam".into()).await {
+            Err(QuicError::Refused(m)) => assert!(m.contains("invalid bus token"), "attempt {attempt}: {m}"),
+            Err(e) => panic!("attempt {attempt}: unexpected error {e}"),
+            Ok(()) => panic!("attempt {attempt}: a wrong upstream token fetched"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "attempt {attempt} took {:?}", started.elapsed());
+    }
+    publisher.end(EndReason::PublisherLeft);
+    origin.shutdown.cancel();
+}
+
 /// A relay holds an audio frame for a subscriber until the next video frame
 /// (then both leave together, audio first) or until the hold is over; with no
 /// hold, audio leaves at once.

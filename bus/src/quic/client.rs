@@ -9,7 +9,7 @@ use std::time::Duration;
 use gopbus_proto::catalog::{Announcement, Catalog};
 use gopbus_proto::wire::{Control, ErrorCode, Message, StartAt, VERSION};
 use gopbus_proto::EndReason;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{accept_streams, write_control, Routes};
@@ -39,6 +39,8 @@ pub struct BusClient {
     routes: Arc<Routes>,
     pending: Arc<Pending>,
     watches: Arc<Watches>,
+    /// The node's answer to our hello: `None` until it comes.
+    greeting: watch::Receiver<Option<Result<(), QuicError>>>,
     next_id: AtomicU64,
     url: String,
     _endpoint: quinn::Endpoint,
@@ -46,6 +48,9 @@ pub struct BusClient {
 
 /// How long a request waits for its answer. Longer than a server's "not found" wait.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the node may take to answer our hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl BusClient {
     /// Connects to `quic://HOST:PORT` and presents `token`.
@@ -62,6 +67,21 @@ impl BusClient {
         config: quinn::ClientConfig,
         max_rate: Option<u64>,
     ) -> Result<Self, QuicError> {
+        let client = Self::open(url, token, config, max_rate).await?;
+        client.welcomed().await?;
+        Ok(client)
+    }
+
+    /// Connects and says hello without waiting for the node's answer: requests
+    /// made now leave right behind the hello, a round trip sooner than after
+    /// [`connect`](Self::connect). If the node turns the hello down (a wrong
+    /// token), they fail with its refusal, as does [`welcomed`](Self::welcomed).
+    pub async fn open(
+        url: &str,
+        token: &str,
+        config: quinn::ClientConfig,
+        max_rate: Option<u64>,
+    ) -> Result<Self, QuicError> {
         let (host, addr) = parse_url(url)?;
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| QuicError::Connect(e.to_string()))?;
@@ -73,42 +93,63 @@ impl BusClient {
             .map_err(|e| QuicError::Connect(format!("{url}: {e}")))?;
         let (send, recv) = conn.open_bi().await?;
         let mut writer = Writer::new(send);
-        let mut reader = Reader::new(recv);
         let hello = Message::Control(Control::Hello { version: VERSION, token: token.to_owned() });
         writer.send(&mut Encoder::default(), &hello, &[]).await?;
-        let answer = tokio::time::timeout(Duration::from_secs(5), reader.message())
-            .await
-            .map_err(|_| QuicError::Timeout(format!("{url}: no answer to hello")))?;
-        match answer {
-            Ok(Some(Message::Control(Control::Welcome))) => {}
-            Ok(Some(Message::Control(Control::Error { message, .. }))) => return Err(QuicError::Refused(message)),
-            Ok(None) => return Err(QuicError::Closed),
-            Ok(other) => return Err(QuicError::Protocol(format!("{url}: unexpected answer to hello: {other:?}"))),
-            Err(e) => {
-                // The server may close with its reason before we read the error message.
-                return Err(match conn.close_reason() {
-                    Some(reason) => QuicError::from(reason),
-                    None => e,
-                });
-            }
-        }
         let (control, control_rx) = mpsc::channel::<Control>(256);
         tokio::spawn(write_control(writer, control_rx));
         let routes = Arc::new(Routes::paced(max_rate.map(|r| Arc::new(super::conn::Pacer::new(r)))));
         tokio::spawn(accept_streams(conn.clone(), routes.clone()));
         let pending: Arc<Pending> = Arc::default();
         let watches: Arc<Watches> = Arc::default();
-        tokio::spawn(read_control(reader, routes.clone(), pending.clone(), watches.clone()));
+        let (greeted, greeting) = watch::channel(None);
+        let link =
+            Link { conn: conn.clone(), routes: routes.clone(), pending: pending.clone(), watches: watches.clone() };
+        tokio::spawn(read_control(Reader::new(recv), link, greeted));
         Ok(Self {
             conn,
             control,
             routes,
             pending,
             watches,
+            greeting,
             next_id: AtomicU64::new(1),
             url: url.to_owned(),
             _endpoint: endpoint,
         })
+    }
+
+    /// Connects and subscribes in one round trip (hello and subscription sent
+    /// together, see [`open`](Self::open)); the subscription as
+    /// [`subscribe`](Self::subscribe) makes it.
+    pub async fn connect_and_subscribe(
+        url: &str,
+        token: &str,
+        tls: quinn::ClientConfig,
+        broadcast: &str,
+        start: StartAt,
+        config: BusConfig,
+    ) -> Result<(Self, RemoteSubscriber), QuicError> {
+        let client = Self::open(url, token, tls, None).await?;
+        // Whichever fails first is the error: a refused hello fails the subscription too.
+        let ((), sub) = tokio::try_join!(client.welcomed(), client.subscribe(broadcast, start, config))?;
+        Ok((client, sub))
+    }
+
+    /// Waits for the node's answer to our hello: `Ok` once it welcomed us, its
+    /// refusal (or why no answer came) otherwise.
+    pub async fn welcomed(&self) -> Result<(), QuicError> {
+        let mut greeting = self.greeting.clone();
+        let answer = match tokio::time::timeout(HELLO_TIMEOUT, greeting.wait_for(Option::is_some)).await {
+            Ok(Ok(answer)) => answer.clone().unwrap_or(Err(QuicError::Closed)),
+            Ok(Err(_)) => Err(QuicError::Closed),
+            Err(_) => Err(QuicError::Timeout(format!("{}: no answer to hello", self.url))),
+        };
+        answer
+    }
+
+    /// The node's refusal of our hello, if it refused it.
+    fn refusal(&self) -> Option<QuicError> {
+        self.greeting.borrow().clone().and_then(Result::err)
     }
 
     /// The URL this client connected to.
@@ -300,10 +341,17 @@ impl BusClient {
     async fn ask(&self, id: u64, msg: Control) -> Result<Reply, QuicError> {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        // Registered after the control reader gave up (it answers the hello, then
+        // clears what is pending when the connection ends): nobody would answer.
+        if let Some(gone) = self.refusal().or_else(|| self.conn.close_reason().map(QuicError::from)) {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return Err(gone);
+        }
         self.control.send(msg).await.map_err(|_| QuicError::Closed)?;
         match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(QuicError::Closed),
+            // Dropped unanswered: the connection is gone (refused, if it was our hello).
+            Ok(Err(_)) => Err(self.refusal().unwrap_or(QuicError::Closed)),
             Err(_) => {
                 self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 Err(QuicError::Timeout(format!("no answer from {}", self.url)))
@@ -318,8 +366,42 @@ impl Drop for BusClient {
     }
 }
 
-/// Dispatches the server's control messages: answers to requests, ends and announcements.
-async fn read_control(mut reader: Reader, routes: Arc<Routes>, pending: Arc<Pending>, watches: Arc<Watches>) {
+/// What the control reader answers into.
+struct Link {
+    conn: quinn::Connection,
+    routes: Arc<Routes>,
+    pending: Arc<Pending>,
+    watches: Arc<Watches>,
+}
+
+/// Reads the answer to our hello into `greeted`, then (if welcomed) the
+/// answers to requests and the announcements watched, until the connection ends.
+async fn read_control(mut reader: Reader, link: Link, greeted: watch::Sender<Option<Result<(), QuicError>>>) {
+    let answer = match reader.message().await {
+        Ok(Some(Message::Control(Control::Welcome))) => Ok(()),
+        Ok(Some(Message::Control(Control::Error { message, .. }))) => Err(QuicError::Refused(message)),
+        Ok(None) => Err(QuicError::Closed),
+        Ok(Some(other)) => Err(QuicError::Protocol(format!("unexpected answer to hello: {other:?}"))),
+        // The node may close with its reason before we read its error message.
+        Err(e) => Err(link.conn.close_reason().map_or(e, QuicError::from)),
+    };
+    let welcomed = answer.is_ok();
+    greeted.send_replace(Some(answer));
+    if welcomed {
+        dispatch(&mut reader, &link).await;
+    } else {
+        link.conn.close(quinn::VarInt::from_u32(0), b"hello refused");
+    }
+    // The connection is gone: every remote broadcast ends (its GoP cut short).
+    link.routes.clear();
+    link.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    link.watches.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+/// Dispatches the server's control messages (answers to requests, ends and
+/// announcements) until the control stream ends.
+async fn dispatch(reader: &mut Reader, link: &Link) {
+    let Link { routes, pending, watches, .. } = link;
     loop {
         let Ok(Some(Message::Control(msg))) = reader.message().await else { break };
         let answer = |id: u64, r: Reply| {
@@ -363,10 +445,6 @@ async fn read_control(mut reader: Reader, routes: Arc<Routes>, pending: Arc<Pend
             other => tracing::debug!(?other, "unexpected control message from the server"),
         }
     }
-    // The connection is gone: every remote broadcast ends (its GoP cut short).
-    routes.clear();
-    pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    watches.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
 /// A watch of a node's announcements ([`BusClient::watch`]). Dropping it stops the watch.

@@ -176,7 +176,9 @@ impl Relay {
         if let Some(c) = open(&self.clients.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(c);
         }
-        let c = Arc::new(BusClient::connect(url, &self.token, self.client_config.clone()).await?);
+        // Not waiting for the welcome: the first subscription leaves with the hello
+        // (a refused hello fails it, and the closed client is not used again).
+        let c = Arc::new(BusClient::open(url, &self.token, self.client_config.clone(), None).await?);
         tracing::info!(upstream = %url, "connected upstream");
         self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(url.to_owned(), c.clone());
         Ok(c)
