@@ -64,6 +64,9 @@ pub(crate) async fn send_broadcast(
         held: Vec::new(),
         hold_until: None,
     };
+    // Made once: a fresh one per event would register with the token each time.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let hold_over = async {
             match s.hold_until {
@@ -71,13 +74,17 @@ pub(crate) async fn send_broadcast(
                 None => std::future::pending().await,
             }
         };
+        // In this order: a ready event is taken without polling the cancellation
+        // (a mutex) or arming the hold's timer (a timer armed and dropped per
+        // frame costs the timer wheel's lock); both are looked at when idle.
         let ev = tokio::select! {
-            _ = cancel.cancelled() => break,
+            biased;
+            ev = sub.next() => ev,
+            () = &mut cancelled => break,
             () = hold_over => {
                 s.flush(&sub).await?;
                 continue;
             }
-            ev = sub.next() => ev,
         };
         match ev {
             Event::Frame(_) if s.abandoned => {}
@@ -208,7 +215,9 @@ impl Sending {
             }
         };
         let len = frame.payload.len() as u64;
+        // The write first: most complete at once, before the watch arms its timer.
         tokio::select! {
+            biased;
             r = write => {
                 r?;
                 self.index += 1;
