@@ -102,8 +102,13 @@ impl BusClient {
         let pending: Arc<Pending> = Arc::default();
         let watches: Arc<Watches> = Arc::default();
         let (greeted, greeting) = watch::channel(None);
-        let link =
-            Link { conn: conn.clone(), routes: routes.clone(), pending: pending.clone(), watches: watches.clone() };
+        let link = Link {
+            conn: conn.clone(),
+            url: url.to_owned(),
+            routes: routes.clone(),
+            pending: pending.clone(),
+            watches: watches.clone(),
+        };
         tokio::spawn(read_control(Reader::new(recv), link, greeted));
         Ok(Self {
             conn,
@@ -369,6 +374,8 @@ impl Drop for BusClient {
 /// What the control reader answers into.
 struct Link {
     conn: quinn::Connection,
+    /// The node's URL, for errors.
+    url: String,
     routes: Arc<Routes>,
     pending: Arc<Pending>,
     watches: Arc<Watches>,
@@ -381,7 +388,7 @@ async fn read_control(mut reader: Reader, link: Link, greeted: watch::Sender<Opt
         Ok(Some(Message::Control(Control::Welcome))) => Ok(()),
         Ok(Some(Message::Control(Control::Error { message, .. }))) => Err(QuicError::Refused(message)),
         Ok(None) => Err(QuicError::Closed),
-        Ok(Some(other)) => Err(QuicError::Protocol(format!("unexpected answer to hello: {other:?}"))),
+        Ok(Some(other)) => Err(QuicError::Protocol(format!("{}: unexpected answer to hello: {other:?}", link.url))),
         // The node may close with its reason before we read its error message.
         Err(e) => Err(link.conn.close_reason().map_or(e, QuicError::from)),
     };
