@@ -158,7 +158,7 @@ async fn read(joined: Joined, stop: CancellationToken, seen: Arc<dyn Fn(moq::See
     }
 }
 
-/// Times joins once a second until `stop`: connect, subscribe, first frame.
+/// Times joins once a second until `stop`: connect, subscribe, first video frame.
 fn probe(peer: Peer, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<f64>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -174,7 +174,15 @@ fn probe(peer: Peer, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<f64>> {
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();
                 let tx = Mutex::new(Some(tx));
                 let first = CancellationToken::new();
-                let seen: Arc<dyn Fn(moq::Seen) + Send + Sync> = Arc::new(move |_| {
+                // The first video frame (the keyframe a picture starts from), not
+                // the first frame of any track: gopbus's subscriber hands frames
+                // over in decode order (the keyframe first), moq-lite's tracks
+                // arrive independently and audio, smaller and first in priority,
+                // would win.
+                let seen: Arc<dyn Fn(moq::Seen) + Send + Sync> = Arc::new(move |s: moq::Seen| {
+                    if !s.video {
+                        return;
+                    }
                     if let Some(tx) = tx.lock().unwrap().take() {
                         let _ = tx.send(());
                     }

@@ -386,7 +386,8 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
          throughout, so both relays take the stream in before the N come); 'per sub': (with N − alone) ÷ N. gopbus: one GoP stream per track per keyframe interval; moq-lite: tracks \
          `video` and `audio`, a group per keyframe interval on each. moq-lite has no cut-short or skip report, so its \
          'GoPs told' is 0 by construction. 'join': once a second while the N run, a new subscriber (its own thread and \
-         runtime) is timed from nothing to its first frame; a failed or hung join counts as 30 s."
+         runtime) is timed from nothing to its first video frame (the keyframe; with moq-lite an audio frame may come \
+         first, with gopbus it cannot: frames are handed over in decode order); a failed or hung join counts as 30 s."
             .into(),
     );
     Ok(report)
