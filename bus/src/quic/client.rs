@@ -92,6 +92,7 @@ impl BusClient {
             .map_err(|_| QuicError::Timeout(format!("connecting to {url}")))?
             .map_err(|e| QuicError::Connect(format!("{url}: {e}")))?;
         let (send, recv) = conn.open_bi().await?;
+        let _ = send.set_priority(super::conn::CONTROL_PRIORITY);
         let mut writer = Writer::new(send);
         let hello = Message::Control(Control::Hello { version: VERSION, token: token.to_owned() });
         writer.send(&mut Encoder::default(), &hello, &[]).await?;

@@ -100,10 +100,39 @@ pub(crate) async fn accept_streams(conn: quinn::Connection, routes: Arc<Routes>)
     }
 }
 
+/// The control stream's priority while it carries requests and answers
+/// (hello, welcome, `Ok`, listings, announcements): above every GoP stream
+/// (their priorities are ≥ 0, see `egress`). A subscription's `Ok` is queued
+/// just before the subscription's catch-up burst (up to a whole GoP) is
+/// written; at a lower priority it left only after that burst had, and the
+/// subscriber, which starts with the `Ok`, waited for all of it.
+pub(crate) const CONTROL_PRIORITY: i32 = i32::MAX;
+
+/// The control stream's priority for `msg`: an `End` or `Error`, which ends a
+/// request whose GoP data may still be queued, goes below every GoP stream
+/// (after the data written before it; the receiver's merger also waits for
+/// data an end notice overtakes, but only in GoPs whose streams it has seen);
+/// everything else at [`CONTROL_PRIORITY`].
+pub(crate) fn control_priority(msg: &Control) -> i32 {
+    match msg {
+        Control::End { .. } | Control::Error { .. } => i32::MIN,
+        _ => CONTROL_PRIORITY,
+    }
+}
+
 /// Writes control messages from `rx` until it closes or the stream breaks.
+/// The stream was opened at [`CONTROL_PRIORITY`]; each message sets its own
+/// ([`control_priority`]; quinn's priority is per stream, so a notice still
+/// unsent when an answer is written goes with the answer).
 pub(crate) async fn write_control(mut writer: Writer, mut rx: mpsc::Receiver<Control>) {
     let mut enc = Encoder::default();
+    let mut priority = CONTROL_PRIORITY;
     while let Some(msg) = rx.recv().await {
+        let wanted = control_priority(&msg);
+        if wanted != priority {
+            priority = wanted;
+            let _ = writer.stream.set_priority(priority);
+        }
         if writer.send(&mut enc, &Message::Control(msg), &[]).await.is_err() {
             return;
         }

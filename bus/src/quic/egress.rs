@@ -290,4 +290,35 @@ mod tests {
         assert!(priority(5, TrackKind::Audio) > priority(5, TrackKind::Data));
         assert!(priority(u64::MAX, TrackKind::Audio) > priority(u64::MAX - 1, TrackKind::Video) - 2);
     }
+
+    /// Requests and answers on the control stream go before any GoP data (a
+    /// subscription's `Ok` is queued just before its catch-up burst); the
+    /// notices that end a request go after all of it.
+    #[test]
+    fn answers_before_every_gop_stream_and_end_notices_after() {
+        use super::super::conn::{control_priority, CONTROL_PRIORITY};
+        use gopbus_proto::wire::ErrorCode;
+        use gopbus_proto::EndReason;
+        let kinds = [TrackKind::Video, TrackKind::Audio, TrackKind::Data];
+        let gops = [0, 1, 1000, u64::MAX - 1, u64::MAX];
+        let all: Vec<i32> = gops.iter().flat_map(|&g| kinds.iter().map(move |&k| priority(g, k))).collect();
+        let (lowest, highest) = (*all.iter().min().unwrap(), *all.iter().max().unwrap());
+        let answers = [
+            Control::Welcome,
+            Control::Ok { id: 1 },
+            Control::Subscribe { id: 2, broadcast: "b".into(), start: gopbus_proto::wire::StartAt::CurrentGop },
+            Control::Unsubscribe { id: 2 },
+        ];
+        for a in &answers {
+            assert!(control_priority(a) > highest, "{a:?}");
+        }
+        assert!(CONTROL_PRIORITY > highest, "the control stream opens above every GoP stream");
+        let ends = [
+            Control::End { id: 1, reason: EndReason::PublisherLeft },
+            Control::Error { id: 1, code: ErrorCode::NotFound, message: "gone".into() },
+        ];
+        for e in &ends {
+            assert!(control_priority(e) < lowest, "{e:?}");
+        }
+    }
 }

@@ -278,6 +278,7 @@ async fn handle(
     let (send, recv) = tokio::time::timeout(CONTROL_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| QuicError::Timeout("control stream".into()))??;
+    let _ = send.set_priority(super::conn::CONTROL_PRIORITY);
     let mut reader = Reader::new(recv);
     let mut writer = Writer::new(send);
     let hello = tokio::time::timeout(CONTROL_TIMEOUT, reader.message())
