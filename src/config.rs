@@ -69,6 +69,7 @@ pub(crate) struct File {
     pub(crate) upstream_grace: Option<u64>,
     pub(crate) bus_announce: Option<BusAnnounce>,
     pub(crate) bus_audio_hold_ms: Option<u64>,
+    pub(crate) bus_subscriber_group: Option<usize>,
     pub(crate) upstream_token: Option<String>,
     pub(crate) bus_subscribe_token: Option<String>,
     pub(crate) command_timeout: Option<u64>,
@@ -294,6 +295,10 @@ pub(crate) struct QuicArgs {
     /// at once; at most 1000 [default: 50].
     #[arg(long, env = "GOPBUS_BUS_AUDIO_HOLD_MS")]
     pub(crate) bus_audio_hold_ms: Option<u64>,
+    /// Caught-up QUIC subscribers of a broadcast written to by one task that wakes once per frame (0: a task
+    /// per subscriber, each waking on every frame) [default: 64].
+    #[arg(long, env = "GOPBUS_BUS_SUBSCRIBER_GROUP")]
+    pub(crate) bus_subscriber_group: Option<usize>,
 }
 
 /// `--bus-announce`: see [`gopbus_bus::quic::AnnouncePolicy`].
@@ -325,6 +330,7 @@ pub(crate) struct Quic {
     pub(crate) upstream_grace: Duration,
     pub(crate) announce: gopbus_bus::quic::AnnouncePolicy,
     pub(crate) audio_hold: Duration,
+    pub(crate) subscriber_group: usize,
 }
 
 impl QuicArgs {
@@ -346,6 +352,10 @@ impl QuicArgs {
                 .bus_audio_hold_ms
                 .or(f.bus_audio_hold_ms)
                 .map_or(gopbus_bus::quic::AUDIO_HOLD, |ms| Duration::from_millis(ms.min(1000))),
+            subscriber_group: self
+                .bus_subscriber_group
+                .or(f.bus_subscriber_group)
+                .unwrap_or(gopbus_bus::quic::GROUP_SIZE),
         }
     }
 }
@@ -893,6 +903,9 @@ mod tests {
         let quic = QuicArgs { bus_audio_hold_ms: Some(60_000), ..QuicArgs::default() };
         assert_eq!(quic.resolve(&file).audio_hold, Duration::from_secs(1)); // capped
         assert_eq!(QuicArgs::default().resolve(&File::default()).audio_hold, gopbus_bus::quic::AUDIO_HOLD);
+        assert_eq!(QuicArgs::default().resolve(&File::default()).subscriber_group, gopbus_bus::quic::GROUP_SIZE);
+        let quic = QuicArgs { bus_subscriber_group: Some(0), ..QuicArgs::default() };
+        assert_eq!(quic.resolve(&file).subscriber_group, 0); // flag: off
         assert_eq!(ClusterArgs::default().resolve(&file).directory_ttl, Duration::from_secs(9));
         assert_eq!(TargetArgs::default().resolve(&file).unwrap(), "quic://origin:4443");
         assert!(TargetArgs::default().resolve(&File::default()).is_err());

@@ -67,6 +67,18 @@ pub(crate) fn quic(stats: gopbus_bus::quic::ServerStats) -> Arc<dyn MetricsSourc
             stats.accepted() as f64,
         ));
         out.push(Family::one(
+            "gopbus_quic_grouped_subscribers",
+            "QUIC subscribers written to by a subscriber group now",
+            Kind::Gauge,
+            stats.grouped_subscribers() as f64,
+        ));
+        out.push(Family::one(
+            "gopbus_quic_subscriber_groups",
+            "QUIC subscriber groups running now",
+            Kind::Gauge,
+            stats.subscriber_groups() as f64,
+        ));
+        out.push(Family::one(
             "gopbus_quic_lost_packets",
             "Packets QUIC declared lost",
             Kind::Counter,

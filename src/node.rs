@@ -102,6 +102,7 @@ pub(crate) fn bind_server(
         .with_max_connections(quic.max_connections)
         .with_resume_grace(quic.upstream_grace)
         .with_audio_hold(quic.audio_hold)
+        .with_subscriber_groups(quic.subscriber_group)
         .with_subscribe_token(subscribe_token)
         .with_announce_check(quic.announce, Arc::new(AnnounceStore(keys)));
     Ok((server, cert_path))

@@ -66,6 +66,7 @@ fn metrics_parse_and_move_with_traffic() {
         let m = scrape(&server);
         let ready = value(&m, "gopbus_viewers{protocol=rtmp}") == 1.0
             && value(&m, "gopbus_viewers{protocol=quic}") == 1.0
+            && value(&m, "gopbus_quic_grouped_subscribers") == 1.0
             && value(&m, "gopbus_viewers{protocol=hls}") >= 1.0
             && value(&m, "gopbus_transcode_frames_total") > 0.0;
         if ready {
@@ -81,6 +82,7 @@ fn metrics_parse_and_move_with_traffic() {
     assert!(value(&m, "gopbus_rtmp_connections") >= 2.0, "publisher and player");
     assert!(value(&m, "gopbus_rtmp_received_bytes_total") > 50_000.0);
     assert_eq!(value(&m, "gopbus_quic_connections"), 1.0, "the dump");
+    assert_eq!(value(&m, "gopbus_quic_subscriber_groups"), 1.0, "the dump, caught up, is served by a group");
     for p in ["rtmp", "quic"] {
         assert!(value(&m, &format!("gopbus_egress_bytes_total{{protocol={p}}}")) > 0.0, "{p}");
         assert!(value(&m, &format!("gopbus_egress_frames_total{{protocol={p}}}")) > 0.0, "{p}");

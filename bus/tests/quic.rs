@@ -23,6 +23,7 @@ struct Node {
     ca: std::path::PathBuf,
     shutdown: CancellationToken,
     bus: Bus,
+    stats: gopbus_bus::quic::ServerStats,
 }
 
 async fn node(tag: &str) -> Node {
@@ -30,10 +31,10 @@ async fn node(tag: &str) -> Node {
 }
 
 async fn node_with(tag: &str, max_connections: usize) -> Node {
-    node_opts(tag, max_connections, gopbus_bus::quic::AUDIO_HOLD).await
+    node_opts(tag, max_connections, gopbus_bus::quic::AUDIO_HOLD, gopbus_bus::quic::GROUP_SIZE).await
 }
 
-async fn node_opts(tag: &str, max_connections: usize, audio_hold: Duration) -> Node {
+async fn node_opts(tag: &str, max_connections: usize, audio_hold: Duration, group: usize) -> Node {
     let dir = tmpdir(tag);
     let identity = tls::server_identity(None, None, &dir, &[]).unwrap();
     let ca = identity.cert_path.clone();
@@ -48,11 +49,13 @@ async fn node_opts(tag: &str, max_connections: usize, audio_hold: Duration) -> N
     .with_not_found_after(Duration::from_millis(500))
     .with_max_connections(max_connections)
     .with_audio_hold(audio_hold)
+    .with_subscriber_groups(group)
     .with_subscribe_token("reader".into());
     let url = format!("quic://127.0.0.1:{}", server.local_addr().unwrap().port());
     let shutdown = CancellationToken::new();
+    let stats = server.stats();
     tokio::spawn(server.run(shutdown.clone()));
-    Node { url, ca, shutdown, bus }
+    Node { url, ca, shutdown, bus, stats }
 }
 
 fn gop(seq: u64) -> GopHeader {
@@ -473,7 +476,7 @@ async fn audio_waits_for_the_next_video_frame_and_no_longer_than_the_hold() {
     tls::install_crypto_provider();
     let hold = Duration::from_secs(2);
     for (tag, hold) in [("hold", hold), ("nohold", Duration::ZERO)] {
-        let server = node_opts(tag, 16, hold).await;
+        let server = node_opts(tag, 16, hold, gopbus_bus::quic::GROUP_SIZE).await;
         let mut publisher = server.bus.publish("cam");
         publisher.open_gop(gop(0)).unwrap();
         publisher.push(one(TrackId::VIDEO, 0, 1)).unwrap();
@@ -505,6 +508,99 @@ async fn audio_waits_for_the_next_video_frame_and_no_longer_than_the_hold() {
             assert!(t0.elapsed() >= Duration::from_millis(1900), "audio left before its hold was over");
         }
         publisher.end(EndReason::PublisherLeft);
+        server.shutdown.cancel();
+    }
+}
+
+/// Waits (at most 10 s) until `cond` holds; panics with `what` if it never does.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every event of `sub` until the end: frames (header and bytes) and GoP numbers.
+async fn collect(mut sub: gopbus_bus::quic::RemoteSubscriber) -> (Vec<(FrameHeader, Vec<u8>)>, Vec<u64>) {
+    let (mut frames, mut gops) = (Vec::new(), Vec::new());
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("stalled") {
+            Event::Frame(f) => frames.push((f.header, f.payload.to_vec())),
+            Event::Gop(h) => gops.push(h.seq),
+            Event::End(_) => return (frames, gops),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Caught-up subscribers are written to by subscriber groups (of two here:
+/// three subscribers, two groups) and get every frame of every GoP, in order,
+/// with its bytes; a subscription dropped mid-stream leaves its group and the
+/// others carry on; the groups end with the broadcast. With groups off (0)
+/// nobody is grouped and the frames are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_subscribers_are_served_by_groups_and_miss_nothing() {
+    tls::install_crypto_provider();
+    for size in [2usize, 0] {
+        let server = node_opts(&format!("group{size}"), 16, gopbus_bus::quic::AUDIO_HOLD, size).await;
+        let mut publisher = server.bus.publish("cam");
+        let mut sent = Vec::new();
+        let mut push = |publisher: &mut gopbus_bus::Publisher, f: Frame| {
+            sent.push((f.header, f.payload.to_vec()));
+            publisher.push(f).unwrap();
+        };
+        publisher.open_gop(gop(0)).unwrap();
+        let mut rest = frames(0);
+        for f in rest.drain(..5) {
+            push(&mut publisher, f);
+        }
+        let client =
+            BusClient::connect(&server.url, "secret", tls::client_config(Some(&server.ca)).unwrap()).await.unwrap();
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let sub = client.subscribe("cam", StartAt::CurrentGop, BusConfig::default()).await.unwrap();
+            readers.push(tokio::spawn(collect(sub)));
+        }
+        let mut leaver = client.subscribe("cam", StartAt::CurrentGop, BusConfig::default()).await.unwrap();
+        let (want, groups) = if size == 0 { (0, 0) } else { (3, 2) };
+        if size > 0 {
+            until("three subscribers in two groups", || {
+                server.stats.grouped_subscribers() == want && server.stats.subscriber_groups() == groups
+            })
+            .await;
+        }
+        for f in rest {
+            push(&mut publisher, f);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(next_frame(&mut leaver, Duration::from_secs(10)).await.is_some());
+        drop(leaver);
+        for g in 1..3u64 {
+            publisher.open_gop(gop(g)).unwrap();
+            for f in frames(g as i64) {
+                push(&mut publisher, f);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if size > 0 {
+                // Back in their groups after the GoP's streams were opened; the one that left is gone.
+                until("two subscribers grouped", || server.stats.grouped_subscribers() == 2).await;
+            }
+        }
+        assert_eq!(server.stats.grouped_subscribers(), want.min(2));
+        publisher.end(EndReason::PublisherLeft);
+        for r in readers {
+            let (got, gops) = r.await.unwrap();
+            assert_eq!(gops, vec![0, 1, 2], "group size {size}");
+            let got_headers: Vec<_> = got.iter().map(|(h, _)| *h).collect();
+            let sent_headers: Vec<_> = sent.iter().map(|(h, _)| *h).collect();
+            assert_eq!(got_headers, sent_headers, "group size {size}: every frame in order");
+            assert!(got == sent, "group size {size}: the frames' bytes differ");
+        }
+        until("the groups ended with the broadcast", || {
+            server.stats.grouped_subscribers() == 0 && server.stats.subscriber_groups() == 0
+        })
+        .await;
         server.shutdown.cancel();
     }
 }

@@ -324,7 +324,7 @@ impl BusClient {
         let (conn, control, c) = (self.conn.clone(), self.control.clone(), cancel.clone());
         let task = tokio::spawn(async move {
             let cancelled = c.clone();
-            if let Err(e) = send_broadcast(conn, id, sub, control.clone(), c, None, Duration::ZERO).await {
+            if let Err(e) = send_broadcast(conn, id, sub, control.clone(), c, None, Duration::ZERO, None).await {
                 tracing::info!(broadcast = %name, error = %e, "publishing to the bus stopped");
             }
             if cancelled.is_cancelled() {

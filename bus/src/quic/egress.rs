@@ -1,6 +1,7 @@
 //! Sending one broadcast: a local subscriber's events onto GoP sub-channel streams.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gopbus_proto::wire::{Control, Message, StreamHeader, WireFrame, PREV_CUT};
@@ -8,6 +9,7 @@ use gopbus_proto::{Frame, GopHeader, TrackId, TrackKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::group::Groups;
 use super::io::{Encoder, Writer};
 use super::{QuicError, IN_FLIGHT_GOPS};
 use crate::{Event, Subscriber};
@@ -40,19 +42,29 @@ struct Open {
 /// second against 30 of video, and each write on its own costs the peer's
 /// connection a packet (and a send call) of a few hundred bytes. Order is
 /// kept: a held frame is written before anything that came after it.
+///
+/// With `groups`, a subscriber that has caught up (nothing more to send now)
+/// is handed to its broadcast's [group](super::group): one task that wakes
+/// once per published frame and writes it for all its subscribers. This task
+/// then sleeps until the group hands the subscriber back (a new GoP, a write
+/// that waits for flow control, the end) or `cancel` fires.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn send_broadcast(
     conn: quinn::Connection,
     id: u64,
-    mut sub: Subscriber,
+    sub: Subscriber,
     control: mpsc::Sender<Control>,
     cancel: CancellationToken,
     viewer: Option<crate::Viewer>,
     audio_hold: Duration,
+    groups: Option<Arc<Groups>>,
 ) -> Result<(), QuicError> {
-    let mut s = Sending {
+    let mut s = Box::new(Sending {
         conn,
         id,
+        sub,
         viewer,
+        audio_hold,
         current: Vec::new(),
         in_flight: VecDeque::new(),
         gop: None,
@@ -63,97 +75,91 @@ pub(crate) async fn send_broadcast(
         enc: Encoder::default(),
         held: Vec::new(),
         hold_until: None,
-    };
+        writing: None,
+        stashed: None,
+        failed: None,
+    });
     // Made once: a fresh one per event would register with the token each time.
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
     loop {
-        let hold_over = async {
-            match s.hold_until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        // In this order: a ready event is taken without polling the cancellation
-        // (a mutex) or arming the hold's timer (a timer armed and dropped per
-        // frame costs the timer wheel's lock); both are looked at when idle.
-        let ev = tokio::select! {
-            biased;
-            ev = sub.next() => ev,
-            () = &mut cancelled => break,
-            () = hold_over => {
-                s.flush(&sub).await?;
-                continue;
-            }
-        };
-        match ev {
-            Event::Frame(_) if s.abandoned => {}
-            Event::Frame(frame) if !audio_hold.is_zero() && s.is_audio(frame.header.track) => {
-                s.hold_until.get_or_insert_with(|| tokio::time::Instant::now() + audio_hold);
-                s.held.push(frame);
-            }
-            Event::Frame(frame) => {
-                s.flush(&sub).await?;
-                s.frame(&sub, frame).await?;
-            }
-            Event::Gop(header) => {
-                s.flush(&sub).await?;
-                s.retire();
-                // A GoP abandoned or cut is not whole whatever reached the peer: say so.
-                s.prev_frames = if s.abandoned { PREV_CUT } else { s.index };
-                (s.index, s.abandoned) = (0, false);
-                for track in header.tracks.iter().map(|t| t.id) {
-                    let open = open(&s.conn, &mut s.enc, s.id, track, &header, s.prev_frames).await?;
-                    s.current.push(open);
-                }
-                s.gop = Some(header);
-            }
-            Event::Skipped { from, to } => {
-                // The held frames belong to the GoP being abandoned.
-                s.held.clear();
-                s.hold_until = None;
-                s.skipped += to - from;
-                if let Some(v) = &s.viewer {
-                    v.skipped(to - from);
-                }
-                tracing::debug!(id, from, to, "remote subscriber fell behind; stale GoP streams reset");
-                s.abandon();
-            }
-            Event::CutShort { .. } => {
-                s.flush(&sub).await?;
-                // Cut at the source: the peer hears it with the next GoP's header.
-                s.retire();
-                s.abandoned = true;
-            }
-            Event::End(reason) => {
-                s.flush(&sub).await?;
-                s.retire();
-                let _ = control.send(Control::End { id, reason }).await;
-                break;
-            }
+        // What a group left unfinished comes first, in order: a write, then an event.
+        if let Some((idx, len)) = s.writing.take() {
+            s.finish_write(idx, len).await?;
         }
-        while s.in_flight.len() > IN_FLIGHT_GOPS {
-            for mut o in s.in_flight.pop_front().unwrap_or_default() {
-                // Already finished: a reset only abandons data not yet acknowledged.
-                let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));
+        let ev = match s.stashed.take() {
+            Some(ev) => ev,
+            None => {
+                let hold_until = s.hold_until;
+                let hold_over = async {
+                    match hold_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                // In this order: a ready event is taken without polling the cancellation
+                // (a mutex) or arming the hold's timer (a timer armed and dropped per
+                // frame costs the timer wheel's lock); both are looked at when idle.
+                tokio::select! {
+                    biased;
+                    ev = s.sub.next() => ev,
+                    () = &mut cancelled => break,
+                    () = hold_over => {
+                        s.flush().await?;
+                        continue;
+                    }
+                }
+            }
+        };
+        if s.event(ev, &control).await? {
+            break;
+        }
+        s.prune();
+        let Some(groups) = &groups else { continue };
+        // Caught up: the group sends from now on, until it hands the subscriber back.
+        match s.sub.try_next() {
+            Some(ev) => s.stashed = Some(ev),
+            None => {
+                let member = groups.join(s);
+                s = tokio::select! {
+                    biased;
+                    back = member.handed_back() => back,
+                    () = &mut cancelled => match member.take_back() {
+                        Some(s) => {
+                            log_skipped(&s);
+                            return Ok(());
+                        }
+                        // Handed back as the cancellation came: it ends now.
+                        None => member.handed_back().await,
+                    },
+                };
+                if let Some(e) = s.failed.take() {
+                    return Err(e);
+                }
             }
         }
     }
-    if s.skipped > 0 {
-        tracing::info!(id, skipped_gops = s.skipped, "remote subscriber skipped GoPs");
-    }
+    log_skipped(&s);
     Ok(())
 }
 
+fn log_skipped(s: &Sending) {
+    if s.skipped > 0 {
+        tracing::info!(id = s.id, skipped_gops = s.skipped, "remote subscriber skipped GoPs");
+    }
+}
+
 /// The state of one broadcast being sent.
-struct Sending {
+pub(crate) struct Sending {
     conn: quinn::Connection,
     id: u64,
+    pub(crate) sub: Subscriber,
     viewer: Option<crate::Viewer>,
+    audio_hold: Duration,
     current: Vec<Open>,
     /// Finished GoPs whose data may still be in flight, oldest first.
     in_flight: VecDeque<Vec<Open>>,
-    gop: Option<std::sync::Arc<GopHeader>>,
+    gop: Option<Arc<GopHeader>>,
     skipped: u64,
     /// Set when the current GoP will not reach the peer whole: abandoned because
     /// the subscriber fell behind (its remaining frames are not sent), or cut
@@ -166,7 +172,22 @@ struct Sending {
     /// Audio frames waiting for the next frame of another track, and until when
     /// they may (set with the first of them).
     held: Vec<Frame>,
-    hold_until: Option<tokio::time::Instant>,
+    pub(crate) hold_until: Option<tokio::time::Instant>,
+    /// A frame's write a group started and flow control stopped: the stream
+    /// in `current` and the payload length.
+    writing: Option<(usize, u64)>,
+    /// An event a group took and left to this subscriber's own task.
+    stashed: Option<Event>,
+    /// Why a group gave the subscriber back because its connection failed.
+    pub(crate) failed: Option<QuicError>,
+}
+
+/// What a group's pass over one subscriber found.
+pub(crate) enum Pass {
+    /// Everything there was is written (or held, until `hold_until`).
+    Done,
+    /// The subscriber's own task must go on: a write waits, or an event needs it.
+    Back,
 }
 
 impl Sending {
@@ -174,8 +195,77 @@ impl Sending {
         self.gop.as_ref().and_then(|g| g.track(track)).is_some_and(|t| t.kind() == TrackKind::Audio)
     }
 
+    /// Whether `frame` waits for the next frame of another track.
+    fn holds(&self, frame: &Frame) -> bool {
+        !self.audio_hold.is_zero() && self.is_audio(frame.header.track)
+    }
+
+    fn hold(&mut self, frame: Frame) {
+        let hold = self.audio_hold;
+        self.hold_until.get_or_insert_with(|| tokio::time::Instant::now() + hold);
+        self.held.push(frame);
+    }
+
+    /// Handles one event; `true` when the broadcast ended.
+    async fn event(&mut self, ev: Event, control: &mpsc::Sender<Control>) -> Result<bool, QuicError> {
+        match ev {
+            Event::Frame(_) if self.abandoned => {}
+            Event::Frame(frame) if self.holds(&frame) => self.hold(frame),
+            Event::Frame(frame) => {
+                self.flush().await?;
+                self.frame(frame).await?;
+            }
+            Event::Gop(header) => {
+                self.flush().await?;
+                self.retire();
+                // A GoP abandoned or cut is not whole whatever reached the peer: say so.
+                self.prev_frames = if self.abandoned { PREV_CUT } else { self.index };
+                (self.index, self.abandoned) = (0, false);
+                for track in header.tracks.iter().map(|t| t.id) {
+                    let open = open(&self.conn, &mut self.enc, self.id, track, &header, self.prev_frames).await?;
+                    self.current.push(open);
+                }
+                self.gop = Some(header);
+            }
+            Event::Skipped { from, to } => {
+                // The held frames belong to the GoP being abandoned.
+                self.held.clear();
+                self.hold_until = None;
+                self.skipped += to - from;
+                if let Some(v) = &self.viewer {
+                    v.skipped(to - from);
+                }
+                tracing::debug!(id = self.id, from, to, "remote subscriber fell behind; stale GoP streams reset");
+                self.abandon();
+            }
+            Event::CutShort { .. } => {
+                self.flush().await?;
+                // Cut at the source: the peer hears it with the next GoP's header.
+                self.retire();
+                self.abandoned = true;
+            }
+            Event::End(reason) => {
+                self.flush().await?;
+                self.retire();
+                let _ = control.send(Control::End { id: self.id, reason }).await;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Resets the streams of GoPs beyond the in-flight allowance.
+    fn prune(&mut self) {
+        while self.in_flight.len() > IN_FLIGHT_GOPS {
+            for mut o in self.in_flight.pop_front().unwrap_or_default() {
+                // Already finished: a reset only abandons data not yet acknowledged.
+                let _ = o.writer.stream.reset(quinn::VarInt::from_u32(RESET_STALE));
+            }
+        }
+    }
+
     /// Writes the held frames, in order (none once the GoP is abandoned).
-    async fn flush(&mut self, sub: &Subscriber) -> Result<(), QuicError> {
+    async fn flush(&mut self) -> Result<(), QuicError> {
         self.hold_until = None;
         // Taken out while `frame` borrows `self`, and put back: the buffer is reused.
         let mut held = std::mem::take(&mut self.held);
@@ -183,27 +273,52 @@ impl Sending {
             if self.abandoned {
                 break;
             }
-            self.frame(sub, frame).await?;
+            self.frame(frame).await?;
         }
         self.held = held;
         Ok(())
     }
 
+    /// The stream of `track` in the current GoP.
+    fn stream_of(&self, track: TrackId) -> Option<usize> {
+        self.current.iter().position(|o| o.track == track)
+    }
+
+    /// Queues `frame` on stream `idx` of the current GoP; returns its length.
+    fn queue(&mut self, idx: usize, frame: Frame) -> u64 {
+        let msg = Message::Frame(WireFrame { index: self.index, header: frame.header });
+        self.current[idx].writer.queue(&mut self.enc, &msg, frame.payload.parts());
+        frame.payload.len() as u64
+    }
+
+    /// Counts a frame written.
+    fn sent(&mut self, len: u64) {
+        self.index += 1;
+        if let Some(v) = &self.viewer {
+            v.sent_frame(len);
+        }
+    }
+
     /// Writes one frame on its track's stream of the current GoP.
-    async fn frame(&mut self, sub: &Subscriber, frame: Frame) -> Result<(), QuicError> {
-        let track = frame.header.track;
-        let idx = match self.current.iter().position(|o| o.track == track) {
+    async fn frame(&mut self, frame: Frame) -> Result<(), QuicError> {
+        let idx = match self.stream_of(frame.header.track) {
             Some(i) => i,
             None => {
                 // A track the GoP header did not list: carried all the same.
                 let Some(h) = self.gop.as_ref() else { return Ok(()) };
-                let open = open(&self.conn, &mut self.enc, self.id, track, h, self.prev_frames).await?;
+                let open = open(&self.conn, &mut self.enc, self.id, frame.header.track, h, self.prev_frames).await?;
                 self.current.push(open);
                 self.current.len() - 1
             }
         };
-        let msg = Message::Frame(WireFrame { index: self.index, header: frame.header });
-        let write = self.current[idx].writer.send(&mut self.enc, &msg, frame.payload.parts());
+        let len = self.queue(idx, frame);
+        self.finish_write(idx, len).await
+    }
+
+    /// Finishes the queued write of a frame on stream `idx`.
+    async fn finish_write(&mut self, idx: usize, len: u64) -> Result<(), QuicError> {
+        let Self { current, sub, .. } = self;
+        let write = current[idx].writer.flush();
         // While blocked on flow control, watch whether this subscriber fell
         // behind: then stop writing this stale GoP and move on.
         let stale = async {
@@ -214,16 +329,12 @@ impl Sending {
                 }
             }
         };
-        let len = frame.payload.len() as u64;
         // The write first: most complete at once, before the watch arms its timer.
         tokio::select! {
             biased;
             r = write => {
                 r?;
-                self.index += 1;
-                if let Some(v) = &self.viewer {
-                    v.sent_frame(len);
-                }
+                self.sent(len);
             }
             () = stale => {
                 self.abandon();
@@ -235,6 +346,85 @@ impl Sending {
             }
         }
         Ok(())
+    }
+
+    /// A group's pass: takes the ready events and writes what the streams take
+    /// now, without waiting. Whatever needs waiting (flow control, a stream to
+    /// open) or more than a write (a new GoP, a skip, the end) is left to the
+    /// subscriber's own task: [`Pass::Back`].
+    pub(crate) fn pass(&mut self, now: tokio::time::Instant) -> Pass {
+        match self.try_pass(now) {
+            Ok(pass) => pass,
+            Err(e) => {
+                self.failed = Some(e);
+                Pass::Back
+            }
+        }
+    }
+
+    fn try_pass(&mut self, now: tokio::time::Instant) -> Result<Pass, QuicError> {
+        if self.hold_until.is_some_and(|t| t <= now) && !self.try_flush()? {
+            return Ok(Pass::Back);
+        }
+        while let Some(ev) = self.sub.try_next() {
+            match ev {
+                Event::Frame(_) if self.abandoned => {}
+                Event::Frame(frame) if self.holds(&frame) => self.hold(frame),
+                Event::Frame(frame) => {
+                    if !self.try_flush()? || self.stream_of(frame.header.track).is_none() {
+                        self.stashed = Some(Event::Frame(frame));
+                        return Ok(Pass::Back);
+                    }
+                    if !self.try_frame(frame)? {
+                        return Ok(Pass::Back);
+                    }
+                }
+                ev => {
+                    self.stashed = Some(ev);
+                    return Ok(Pass::Back);
+                }
+            }
+        }
+        Ok(Pass::Done)
+    }
+
+    /// Writes the held frames if the streams take them now; `false` when one
+    /// waits (it and the frames after it are left for the own task).
+    fn try_flush(&mut self) -> Result<bool, QuicError> {
+        self.hold_until = None;
+        let mut held = std::mem::take(&mut self.held).into_iter();
+        while let Some(frame) = held.next() {
+            if self.abandoned {
+                break;
+            }
+            let Some(_) = self.stream_of(frame.header.track) else {
+                // Needs a stream opened: the own task writes it and the rest.
+                self.held = std::iter::once(frame).chain(held).collect();
+                self.hold_until = Some(tokio::time::Instant::now());
+                return Ok(false);
+            };
+            if !self.try_frame(frame)? {
+                self.held = held.collect();
+                if !self.held.is_empty() {
+                    self.hold_until = Some(tokio::time::Instant::now());
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes `frame` on its stream (which exists) if the stream takes it now;
+    /// otherwise leaves the rest of the write to the own task.
+    fn try_frame(&mut self, frame: Frame) -> Result<bool, QuicError> {
+        let idx = self.stream_of(frame.header.track).expect("the caller checked");
+        let len = self.queue(idx, frame);
+        if self.current[idx].writer.try_flush()? {
+            self.sent(len);
+            return Ok(true);
+        }
+        self.writing = Some((idx, len));
+        Ok(false)
     }
 
     /// Resets the current GoP's streams: the rest of it is not sent.

@@ -2,6 +2,7 @@
 //! `read_chunk` and go to `write_chunk`: never copied. Only headers are.
 
 use std::collections::VecDeque;
+use std::future::Future;
 
 use bytes::{Buf, Bytes, BytesMut};
 use gopbus_proto::wire::{self, Message, PREFIX_LEN};
@@ -127,7 +128,8 @@ pub(crate) struct Writer {
     pub(crate) stream: SendStream,
     /// The header and payload slices of the message being written, handed to
     /// quinn in one call (one lock of the connection and one wake of its driver
-    /// per message, not one per slice).
+    /// per message, not one per slice). quinn empties the slices it took, so
+    /// what is left non-empty is what the stream has not taken yet.
     chunks: Vec<Bytes>,
 }
 
@@ -138,11 +140,51 @@ impl Writer {
 
     /// Writes `msg` and then `payload` (shared slices, not copied).
     pub(crate) async fn send(&mut self, enc: &mut Encoder, msg: &Message, payload: &[Bytes]) -> Result<(), QuicError> {
+        self.queue(enc, msg, payload);
+        self.flush().await
+    }
+
+    /// Makes `msg` and `payload` the message to write (see [`flush`](Self::flush)
+    /// and [`try_flush`](Self::try_flush)). The previous one must be written.
+    pub(crate) fn queue(&mut self, enc: &mut Encoder, msg: &Message, payload: &[Bytes]) {
+        debug_assert!(self.chunks.iter().all(Bytes::is_empty), "a message is still being written");
         self.chunks.clear();
         self.chunks.push(enc.encode(msg));
         self.chunks.extend(payload.iter().cloned());
-        let r = self.stream.write_all_chunks(&mut self.chunks).await;
+    }
+
+    /// Writes what is left of the queued message, waiting for flow control.
+    pub(crate) async fn flush(&mut self) -> Result<(), QuicError> {
+        let start = self.unwritten();
+        let r = self.stream.write_all_chunks(&mut self.chunks[start..]).await;
         self.chunks.clear();
         Ok(r?)
+    }
+
+    /// Writes what the stream takes of the queued message now, without
+    /// waiting: `true` when all of it is written, `false` when the rest waits
+    /// for flow control (finish it with [`flush`](Self::flush)).
+    pub(crate) fn try_flush(&mut self) -> Result<bool, QuicError> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let start = self.unwritten();
+            if start == self.chunks.len() {
+                self.chunks.clear();
+                return Ok(true);
+            }
+            // Polled once with a waker that does nothing: quinn keeps it until
+            // the stream has room, and `flush` replaces it with a real one.
+            let write = self.stream.write_chunks(&mut self.chunks[start..]);
+            match std::pin::pin!(write).poll(&mut cx) {
+                std::task::Poll::Ready(Ok(_)) => {}
+                std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+                std::task::Poll::Pending => return Ok(false),
+            }
+        }
+    }
+
+    /// Where the part of the queued message not yet taken starts.
+    fn unwritten(&self) -> usize {
+        self.chunks.iter().position(|c| !c.is_empty()).unwrap_or(self.chunks.len())
     }
 }

@@ -27,6 +27,7 @@ mod client;
 mod conn;
 mod egress;
 mod error;
+mod group;
 mod ingress;
 mod io;
 mod merge;
@@ -39,6 +40,7 @@ pub use client::{
     BusClient, RemotePublication, RemoteSubscriber, RemoteSubscription, RemoteTrackSubscriber, RemoteWatch,
 };
 pub use error::QuicError;
+pub use group::GROUP_SIZE;
 pub(crate) use merge::replayed;
 pub use proof::{AnnounceKeys, AnnouncePolicy, KeyHashFut};
 pub use relay::{Relay, Source};

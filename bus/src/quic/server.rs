@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::conn::{accept_streams, write_control, Routes};
 use super::egress::send_broadcast;
+use super::group::Groups;
 use super::ingress::{merge_into, Held, Hold, Merger, Piece};
 use super::io::{Encoder, Reader, Writer};
 use super::proof::{check_proof, AnnounceKeys, AnnouncePolicy};
@@ -83,9 +84,21 @@ struct StatsInner {
     accepted: std::sync::atomic::AtomicU64,
     /// Connections being handled now (handshaking or open).
     handling: std::sync::atomic::AtomicUsize,
+    /// The remote subscriber groups (size 0: none).
+    groups: Arc<Groups>,
 }
 
 impl ServerStats {
+    /// Remote subscribers written to by a subscriber group now.
+    pub fn grouped_subscribers(&self) -> usize {
+        self.inner.groups.members.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Remote subscriber groups running now.
+    pub fn subscriber_groups(&self) -> usize {
+        self.inner.groups.running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Bus connections open now (past the hello).
     pub fn connections(&self) -> usize {
         self.inner.live.len()
@@ -100,6 +113,11 @@ impl ServerStats {
     pub fn lost_packets(&self) -> u64 {
         let open: u64 = self.inner.live.iter().map(|c| c.value().stats().path.lost_packets).sum();
         self.inner.lost_closed.load(std::sync::atomic::Ordering::Relaxed) + open
+    }
+
+    /// The groups subscriptions join, if groups are on.
+    fn groups(&self) -> Option<Arc<Groups>> {
+        self.inner.groups.enabled().then(|| self.inner.groups.clone())
     }
 
     fn opened(&self, n: u64, conn: &quinn::Connection) {
@@ -163,6 +181,15 @@ impl BusServer {
     /// with the next frame of another track (zero: each frame at once).
     pub fn with_audio_hold(mut self, hold: Duration) -> Self {
         Arc::get_mut(&mut self.shared).expect("not yet shared").audio_hold = hold;
+        self
+    }
+
+    /// Serves caught-up remote subscribers of a broadcast in groups of at most
+    /// `size`, one task per group waking once per frame (0: a task per
+    /// subscriber, each waking on every frame). Default [`GROUP_SIZE`].
+    pub fn with_subscriber_groups(mut self, size: usize) -> Self {
+        let shared = Arc::get_mut(&mut self.shared).expect("not yet shared");
+        Arc::get_mut(&mut shared.stats.inner).expect("not yet shared").groups = Arc::new(Groups::new(size));
         self
     }
 
@@ -568,7 +595,9 @@ async fn serve_subscription(
     tracing::info!(broadcast = %broadcast, id, "remote subscriber attached");
     let _ = control.send(Control::Ok { id }).await;
     let viewer = shared.bus.audience().join(&broadcast, crate::Protocol::Quic);
-    if let Err(e) = send_broadcast(conn, id, sub, control, cancel, Some(viewer), shared.audio_hold).await {
+    if let Err(e) =
+        send_broadcast(conn, id, sub, control, cancel, Some(viewer), shared.audio_hold, shared.stats.groups()).await
+    {
         tracing::debug!(broadcast = %broadcast, error = %e, "remote subscriber gone");
     }
 }

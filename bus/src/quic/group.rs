@@ -1,0 +1,242 @@
+//! Remote subscribers of one broadcast served together.
+//!
+//! A remote subscriber's task ([`send_broadcast`](super::egress::send_broadcast))
+//! that has sent everything its cursor had hands its state to a *group*: one
+//! task per broadcast (and per [`Groups`] size) that wakes once per published
+//! frame and, for each of its subscribers, takes the frame from the
+//! subscriber's own cursor and writes it on the subscriber's connection
+//! without waiting. Before, every subscriber's task woke on every frame, and
+//! with hundreds of subscribers those wake-ups cost more than the writes.
+//! The same shape as the RTMP player groups (`ingest`'s `fanout`).
+//!
+//! A subscriber goes back to its own task, which keeps every rule of the
+//! single-subscriber path, when its group meets anything but a frame its
+//! stream takes at once: a write that waits for flow control, a new GoP
+//! (streams to open), a skip, a cut, the end, an error. The own task rejoins
+//! a group once it has caught up again — for a healthy subscriber that is once
+//! per GoP. A cancelled subscription takes its state back from the group.
+//!
+//! Held audio (`--bus-audio-hold-ms`) stays per subscriber; the group wakes
+//! for the earliest hold that runs out, one timer per group instead of one
+//! per subscriber.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::egress::{Pass, Sending};
+use crate::BroadcastWake;
+
+/// Remote subscribers per group by default.
+pub const GROUP_SIZE: usize = 64;
+
+impl Default for Groups {
+    fn default() -> Self {
+        Self::new(GROUP_SIZE)
+    }
+}
+
+/// The groups of one bus server, by broadcast instance.
+pub(crate) struct Groups {
+    size: usize,
+    by_broadcast: Mutex<HashMap<usize, Vec<Arc<Group>>>>,
+    /// Groups running now.
+    pub(crate) running: AtomicUsize,
+    /// Subscribers in a group now.
+    pub(crate) members: AtomicUsize,
+}
+
+struct Group {
+    /// Subscribers handed over, not yet taken by the task.
+    inbox: Mutex<Vec<Arc<Member>>>,
+    joined: Notify,
+    /// Subscribers in the group or its inbox (changed under the registry lock).
+    size: AtomicUsize,
+}
+
+/// One subscriber's state while a group may serve it.
+pub(crate) struct Member {
+    slot: Mutex<Slot>,
+    /// Wakes the subscriber's own task when its group hands it back.
+    handed_back: Notify,
+}
+
+struct Slot {
+    /// The state, while the group serves it.
+    grouped: Option<Box<Sending>>,
+    /// The state the group handed back, for the own task.
+    back: Option<Box<Sending>>,
+    /// The group, told when the own task takes the state back.
+    group: Option<Arc<Group>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Groups {
+    /// Groups of at most `size` subscribers (0: none).
+    pub(crate) fn new(size: usize) -> Self {
+        Self {
+            size,
+            by_broadcast: Mutex::new(HashMap::new()),
+            running: AtomicUsize::new(0),
+            members: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether subscribers are grouped at all.
+    pub(crate) const fn enabled(&self) -> bool {
+        self.size > 0
+    }
+
+    /// Hands `sending` (caught up) to a group of its broadcast.
+    pub(crate) fn join(self: &Arc<Self>, sending: Box<Sending>) -> Arc<Member> {
+        let wake = sending.sub.wake_handle();
+        let key = wake.broadcast_id();
+        let mut registry = lock(&self.by_broadcast);
+        let groups = registry.entry(key).or_default();
+        let group = match groups.iter().find(|g| g.size.load(Relaxed) < self.size) {
+            Some(g) => g.clone(),
+            None => {
+                let g = Arc::new(Group { inbox: Mutex::default(), joined: Notify::new(), size: AtomicUsize::new(0) });
+                groups.push(g.clone());
+                self.running.fetch_add(1, Relaxed);
+                tracing::debug!(broadcast = %sending.sub.name(), "remote subscriber group started");
+                tokio::spawn(run(self.clone(), key, g.clone(), wake));
+                g
+            }
+        };
+        group.size.fetch_add(1, Relaxed);
+        self.members.fetch_add(1, Relaxed);
+        let member = Arc::new(Member {
+            slot: Mutex::new(Slot { grouped: Some(sending), back: None, group: Some(group.clone()) }),
+            handed_back: Notify::new(),
+        });
+        lock(&group.inbox).push(member.clone());
+        drop(registry);
+        group.joined.notify_one();
+        member
+    }
+
+    /// Removes an empty group; false if a subscriber joined it meanwhile.
+    fn retire(&self, key: usize, group: &Arc<Group>, left: usize) -> bool {
+        let mut registry = lock(&self.by_broadcast);
+        self.members.fetch_sub(left, Relaxed);
+        if group.size.fetch_sub(left, Relaxed) - left > 0 {
+            return false;
+        }
+        self.running.fetch_sub(1, Relaxed);
+        if let Some(groups) = registry.get_mut(&key) {
+            groups.retain(|g| !Arc::ptr_eq(g, group));
+            if groups.is_empty() {
+                registry.remove(&key);
+            }
+        }
+        true
+    }
+
+    /// Counts subscribers that left a group that still has others.
+    fn left(&self, group: &Group, left: usize) {
+        if left > 0 {
+            let _registry = lock(&self.by_broadcast);
+            group.size.fetch_sub(left, Relaxed);
+            self.members.fetch_sub(left, Relaxed);
+        }
+    }
+}
+
+impl Member {
+    /// Waits until the group hands the state back (it left the group).
+    pub(crate) async fn handed_back(&self) -> Box<Sending> {
+        loop {
+            if let Some(s) = lock(&self.slot).back.take() {
+                return s;
+            }
+            // A hand-back between the look and the wait leaves a permit: not missed.
+            self.handed_back.notified().await;
+        }
+    }
+
+    /// Takes the state back from the group (or as the group handed it back).
+    /// The group notices on its next pass and forgets the subscriber.
+    pub(crate) fn take_back(&self) -> Option<Box<Sending>> {
+        let mut slot = lock(&self.slot);
+        let group = slot.group.take();
+        if let Some(s) = slot.grouped.take() {
+            drop(slot);
+            if let Some(g) = group {
+                g.joined.notify_one();
+            }
+            return Some(s);
+        }
+        slot.back.take()
+    }
+}
+
+/// One group's task: serves its subscribers until none is left.
+async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: BroadcastWake) {
+    let mut members: Vec<Arc<Member>> = Vec::new();
+    loop {
+        // Register for the next change before looking, so none is missed.
+        let changed = wake.notified();
+        tokio::pin!(changed);
+        wake.enable(changed.as_mut());
+        let joined = group.joined.notified();
+        tokio::pin!(joined);
+        joined.as_mut().enable();
+        members.extend(lock(&group.inbox).drain(..));
+        let now = Instant::now();
+        let mut hold_over: Option<Instant> = None;
+        let before = members.len();
+        members.retain(|m| match serve(m, now) {
+            Some(until) => {
+                hold_over = match (hold_over, until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                true
+            }
+            None => false,
+        });
+        let left = before - members.len();
+        if members.is_empty() {
+            if groups.retire(key, &group, left) {
+                return;
+            }
+            continue;
+        }
+        groups.left(&group, left);
+        let hold = async {
+            match hold_over {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = changed => {}
+            () = joined => {}
+            () = hold => {}
+        }
+    }
+}
+
+/// One pass over one subscriber: `Some(hold)` while it stays (with the end
+/// of its audio hold, if it holds audio), `None` once it left the group.
+fn serve(member: &Member, now: Instant) -> Option<Option<Instant>> {
+    let mut slot = lock(&member.slot);
+    let sending = slot.grouped.as_mut()?;
+    match sending.pass(now) {
+        Pass::Done => Some(sending.hold_until),
+        Pass::Back => {
+            slot.back = slot.grouped.take();
+            slot.group = None;
+            drop(slot);
+            member.handed_back.notify_one();
+            None
+        }
+    }
+}
