@@ -124,14 +124,13 @@ pub(crate) async fn send_broadcast(
                 s = tokio::select! {
                     biased;
                     back = member.handed_back() => back,
-                    () = &mut cancelled => match member.take_back() {
-                        Some(s) => {
+                    () = &mut cancelled => {
+                        // From the group, or as the group handed it back: it ends now.
+                        if let Some(s) = member.take_back() {
                             log_skipped(&s);
-                            return Ok(());
                         }
-                        // Handed back as the cancellation came: it ends now.
-                        None => member.handed_back().await,
-                    },
+                        return Ok(());
+                    }
                 };
                 if let Some(e) = s.failed.take() {
                     return Err(e);
@@ -182,6 +181,37 @@ pub(crate) struct Sending {
     pub(crate) failed: Option<QuicError>,
 }
 
+/// Frame headers a group encoded in one pass, for its other subscribers: a
+/// frame has the same index in its GoP for every subscriber that has it whole,
+/// so its message header is encoded once per frame, not once per subscriber.
+#[derive(Default)]
+pub(crate) struct Headers {
+    /// The message header's content (index, frame header) and its encoding.
+    recent: Vec<(u32, gopbus_proto::FrameHeader, bytes::Bytes)>,
+}
+
+impl Headers {
+    /// Headers kept per pass (the frames one wake-up brings: one or two, more after a stall).
+    const KEPT: usize = 16;
+
+    /// Forgets the last pass's headers (the next pass brings other frames).
+    pub(crate) fn clear(&mut self) {
+        self.recent.clear();
+    }
+
+    /// The encoded message header of `frame` at `index`, encoded with `enc` the first time.
+    fn get(&mut self, index: u32, frame: &Frame, enc: &mut Encoder) -> bytes::Bytes {
+        if let Some((.., b)) = self.recent.iter().find(|(i, h, _)| *i == index && *h == frame.header) {
+            return b.clone();
+        }
+        let b = enc.encode(&Message::Frame(WireFrame { index, header: frame.header }));
+        if self.recent.len() < Self::KEPT {
+            self.recent.push((index, frame.header, b.clone()));
+        }
+        b
+    }
+}
+
 /// What a group's pass over one subscriber found.
 pub(crate) enum Pass {
     /// Everything there was is written (or held, until `hold_until`).
@@ -200,9 +230,8 @@ impl Sending {
         !self.audio_hold.is_zero() && self.is_audio(frame.header.track)
     }
 
-    fn hold(&mut self, frame: Frame) {
-        let hold = self.audio_hold;
-        self.hold_until.get_or_insert_with(|| tokio::time::Instant::now() + hold);
+    fn hold(&mut self, frame: Frame, now: tokio::time::Instant) {
+        self.hold_until.get_or_insert(now + self.audio_hold);
         self.held.push(frame);
     }
 
@@ -210,7 +239,7 @@ impl Sending {
     async fn event(&mut self, ev: Event, control: &mpsc::Sender<Control>) -> Result<bool, QuicError> {
         match ev {
             Event::Frame(_) if self.abandoned => {}
-            Event::Frame(frame) if self.holds(&frame) => self.hold(frame),
+            Event::Frame(frame) if self.holds(&frame) => self.hold(frame, tokio::time::Instant::now()),
             Event::Frame(frame) => {
                 self.flush().await?;
                 self.frame(frame).await?;
@@ -285,7 +314,7 @@ impl Sending {
     }
 
     /// Queues `frame` on stream `idx` of the current GoP; returns its length.
-    fn queue(&mut self, idx: usize, frame: Frame) -> u64 {
+    fn queue(&mut self, idx: usize, frame: &Frame) -> u64 {
         let msg = Message::Frame(WireFrame { index: self.index, header: frame.header });
         self.current[idx].writer.queue(&mut self.enc, &msg, frame.payload.parts());
         frame.payload.len() as u64
@@ -311,7 +340,7 @@ impl Sending {
                 self.current.len() - 1
             }
         };
-        let len = self.queue(idx, frame);
+        let len = self.queue(idx, &frame);
         self.finish_write(idx, len).await
     }
 
@@ -352,8 +381,8 @@ impl Sending {
     /// now, without waiting. Whatever needs waiting (flow control, a stream to
     /// open) or more than a write (a new GoP, a skip, the end) is left to the
     /// subscriber's own task: [`Pass::Back`].
-    pub(crate) fn pass(&mut self, now: tokio::time::Instant) -> Pass {
-        match self.try_pass(now) {
+    pub(crate) fn pass(&mut self, now: tokio::time::Instant, headers: &mut Headers) -> Pass {
+        match self.try_pass(now, headers) {
             Ok(pass) => pass,
             Err(e) => {
                 self.failed = Some(e);
@@ -362,20 +391,20 @@ impl Sending {
         }
     }
 
-    fn try_pass(&mut self, now: tokio::time::Instant) -> Result<Pass, QuicError> {
-        if self.hold_until.is_some_and(|t| t <= now) && !self.try_flush()? {
+    fn try_pass(&mut self, now: tokio::time::Instant, headers: &mut Headers) -> Result<Pass, QuicError> {
+        if self.hold_until.is_some_and(|t| t <= now) && !self.try_flush(now, headers)? {
             return Ok(Pass::Back);
         }
         while let Some(ev) = self.sub.try_next() {
             match ev {
                 Event::Frame(_) if self.abandoned => {}
-                Event::Frame(frame) if self.holds(&frame) => self.hold(frame),
+                Event::Frame(frame) if self.holds(&frame) => self.hold(frame, now),
                 Event::Frame(frame) => {
-                    if !self.try_flush()? || self.stream_of(frame.header.track).is_none() {
+                    if !self.try_flush(now, headers)? || self.stream_of(frame.header.track).is_none() {
                         self.stashed = Some(Event::Frame(frame));
                         return Ok(Pass::Back);
                     }
-                    if !self.try_frame(frame)? {
+                    if !self.try_frame(&frame, headers)? {
                         return Ok(Pass::Back);
                     }
                 }
@@ -390,35 +419,51 @@ impl Sending {
 
     /// Writes the held frames if the streams take them now; `false` when one
     /// waits (it and the frames after it are left for the own task).
-    fn try_flush(&mut self) -> Result<bool, QuicError> {
+    fn try_flush(&mut self, now: tokio::time::Instant, headers: &mut Headers) -> Result<bool, QuicError> {
         self.hold_until = None;
-        let mut held = std::mem::take(&mut self.held).into_iter();
-        while let Some(frame) = held.next() {
+        // Taken out while `try_frame` borrows `self`, and put back: the buffer is reused.
+        let mut held = std::mem::take(&mut self.held);
+        let (mut taken, mut all) = (0, true);
+        let mut result = Ok(());
+        for frame in &held {
             if self.abandoned {
+                taken = held.len();
                 break;
             }
-            let Some(_) = self.stream_of(frame.header.track) else {
+            if self.stream_of(frame.header.track).is_none() {
                 // Needs a stream opened: the own task writes it and the rest.
-                self.held = std::iter::once(frame).chain(held).collect();
-                self.hold_until = Some(tokio::time::Instant::now());
-                return Ok(false);
-            };
-            if !self.try_frame(frame)? {
-                self.held = held.collect();
-                if !self.held.is_empty() {
-                    self.hold_until = Some(tokio::time::Instant::now());
+                all = false;
+                break;
+            }
+            taken += 1;
+            match self.try_frame(frame, headers) {
+                Ok(true) => {}
+                Ok(false) => {
+                    all = false;
+                    break;
                 }
-                return Ok(false);
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        Ok(true)
+        held.drain(..taken);
+        if !held.is_empty() {
+            // Due at once: the own task writes them first.
+            self.hold_until = Some(now);
+        }
+        self.held = held;
+        result.map(|()| all)
     }
 
     /// Writes `frame` on its stream (which exists) if the stream takes it now;
     /// otherwise leaves the rest of the write to the own task.
-    fn try_frame(&mut self, frame: Frame) -> Result<bool, QuicError> {
+    fn try_frame(&mut self, frame: &Frame, headers: &mut Headers) -> Result<bool, QuicError> {
         let idx = self.stream_of(frame.header.track).expect("the caller checked");
-        let len = self.queue(idx, frame);
+        let head = headers.get(self.index, frame, &mut self.enc);
+        self.current[idx].writer.queue_encoded(head, frame.payload.parts());
+        let len = frame.payload.len() as u64;
         if self.current[idx].writer.try_flush()? {
             self.sent(len);
             return Ok(true);
@@ -479,6 +524,32 @@ mod tests {
         assert!(priority(5, TrackKind::Audio) > priority(5, TrackKind::Video));
         assert!(priority(5, TrackKind::Audio) > priority(5, TrackKind::Data));
         assert!(priority(u64::MAX, TrackKind::Audio) > priority(u64::MAX - 1, TrackKind::Video) - 2);
+    }
+
+    /// A group encodes a frame's message header once per (index, header) and
+    /// hands the same bytes to every subscriber; anything else is encoded anew.
+    #[test]
+    fn a_frame_header_is_encoded_once_per_pass() {
+        use gopbus_proto::{FrameFlags, FrameHeader, Payload};
+        let frame = |dts| Frame {
+            header: FrameHeader { track: TrackId::VIDEO, dts, cts: 0, flags: FrameFlags::default(), len: 3 },
+            payload: Payload::from_bytes(bytes::Bytes::from_static(b"abc")),
+        };
+        let (mut headers, mut enc) = (Headers::default(), Encoder::default());
+        let a = headers.get(7, &frame(40), &mut enc);
+        let again = headers.get(7, &frame(40), &mut enc);
+        assert_eq!(a.as_ptr(), again.as_ptr(), "shared, not encoded again");
+        let other_index = headers.get(8, &frame(40), &mut enc);
+        let other_frame = headers.get(7, &frame(41), &mut enc);
+        for (bytes, index, dts) in [(&a, 7, 40), (&other_index, 8, 40), (&other_frame, 7, 41)] {
+            let mut buf = bytes::BytesMut::from(&bytes[..]);
+            match gopbus_proto::wire::decode(&mut buf).unwrap() {
+                Message::Frame(f) => assert_eq!((f.index, f.header.dts), (index, dts)),
+                other => panic!("{other:?}"),
+            }
+        }
+        headers.clear();
+        assert_ne!(headers.get(7, &frame(40), &mut enc).as_ptr(), a.as_ptr(), "a new pass encodes anew");
     }
 
     /// Requests and answers on the control stream go before any GoP data (a

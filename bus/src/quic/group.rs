@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::egress::{Pass, Sending};
+use super::egress::{Headers, Pass, Sending};
 use crate::BroadcastWake;
 
 /// Remote subscribers per group by default.
@@ -180,6 +180,7 @@ impl Member {
 /// One group's task: serves its subscribers until none is left.
 async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: BroadcastWake) {
     let mut members: Vec<Arc<Member>> = Vec::new();
+    let mut headers = Headers::default();
     loop {
         // Register for the next change before looking, so none is missed.
         let changed = wake.notified();
@@ -192,7 +193,8 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
         let now = Instant::now();
         let mut hold_over: Option<Instant> = None;
         let before = members.len();
-        members.retain(|m| match serve(m, now) {
+        headers.clear();
+        members.retain(|m| match serve(m, now, &mut headers) {
             Some(until) => {
                 hold_over = match (hold_over, until) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -226,10 +228,10 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
 
 /// One pass over one subscriber: `Some(hold)` while it stays (with the end
 /// of its audio hold, if it holds audio), `None` once it left the group.
-fn serve(member: &Member, now: Instant) -> Option<Option<Instant>> {
+fn serve(member: &Member, now: Instant, headers: &mut Headers) -> Option<Option<Instant>> {
     let mut slot = lock(&member.slot);
     let sending = slot.grouped.as_mut()?;
-    match sending.pass(now) {
+    match sending.pass(now, headers) {
         Pass::Done => Some(sending.hold_until),
         Pass::Back => {
             slot.back = slot.grouped.take();

@@ -153,6 +153,14 @@ impl Writer {
         self.chunks.extend(payload.iter().cloned());
     }
 
+    /// Like [`queue`](Self::queue), with the message already encoded.
+    pub(crate) fn queue_encoded(&mut self, head: Bytes, payload: &[Bytes]) {
+        debug_assert!(self.chunks.iter().all(Bytes::is_empty), "a message is still being written");
+        self.chunks.clear();
+        self.chunks.push(head);
+        self.chunks.extend(payload.iter().cloned());
+    }
+
     /// Writes what is left of the queued message, waiting for flow control.
     pub(crate) async fn flush(&mut self) -> Result<(), QuicError> {
         let start = self.unwritten();
