@@ -50,6 +50,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod directory;
 mod error;
+pub mod groups;
 pub mod lease;
 pub mod node;
 pub mod publisher;

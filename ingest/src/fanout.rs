@@ -27,10 +27,10 @@
 //! [`IngestConfig::player_group`]: crate::IngestConfig::player_group
 //! [`IngestConfig::audio_hold`]: crate::IngestConfig::audio_hold
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use gopbus_bus::groups::Registry;
 use gopbus_bus::BroadcastWake;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
@@ -221,7 +221,7 @@ impl Link {
         if taken.is_some() {
             drop(st);
             if let Some(g) = group {
-                g.joined.notify_one();
+                g.wake();
             }
             return taken;
         }
@@ -245,98 +245,45 @@ pub(crate) struct GroupConfig {
 /// The groups of one RTMP server, by broadcast instance.
 pub(crate) struct Groups {
     config: GroupConfig,
-    by_broadcast: Mutex<HashMap<usize, Vec<Arc<Group>>>>,
-    /// Groups running now.
-    pub(crate) running: std::sync::atomic::AtomicUsize,
-    /// Players in a group now.
-    pub(crate) players: std::sync::atomic::AtomicUsize,
+    registry: Registry<Arc<Link>>,
 }
 
-struct Group {
-    /// Players handed over, not yet taken by the task.
-    inbox: Mutex<Vec<Arc<Link>>>,
-    joined: Notify,
-    /// Players in the group or its inbox (under the registry lock).
-    size: std::sync::atomic::AtomicUsize,
-}
+type Group = gopbus_bus::groups::Group<Arc<Link>>;
 
 impl Groups {
     pub(crate) fn new(config: GroupConfig) -> Self {
-        Self {
-            config,
-            by_broadcast: Mutex::new(HashMap::new()),
-            running: Default::default(),
-            players: Default::default(),
-        }
+        Self { config, registry: Registry::new(config.size) }
     }
 
-    fn registry(&self) -> MutexGuard<'_, HashMap<usize, Vec<Arc<Group>>>> {
-        self.by_broadcast.lock().unwrap_or_else(|e| e.into_inner())
+    /// Players in a group now, and the groups.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.registry.members(), self.registry.running())
     }
 
     /// Hands `playing` (caught up, its queue written) to a group of its
     /// broadcast; gives it back if it cannot be grouped.
     pub(crate) fn join(self: &Arc<Self>, link: &Arc<Link>, playing: Playing) -> Option<Playing> {
-        use std::sync::atomic::Ordering::Relaxed;
         let crate::play::PlaySource::Published(sub) = &playing.sub else { return Some(playing) };
         if self.config.size == 0 || link.lock().enc.chunk_size() != self.config.chunk_size {
             return Some(playing);
         }
         let wake = sub.wake_handle();
         let key = wake.broadcast_id();
-        let mut registry = self.registry();
-        let groups = registry.entry(key).or_default();
-        let group = match groups.iter().find(|g| g.size.load(Relaxed) < self.config.size) {
-            Some(g) => g.clone(),
-            None => {
-                let g = Arc::new(Group { inbox: Mutex::default(), joined: Notify::new(), size: Default::default() });
-                groups.push(g.clone());
-                self.running.fetch_add(1, Relaxed);
-                tracing::debug!(broadcast = %sub.name(), "RTMP player group started");
-                tokio::spawn(run(self.clone(), key, g.clone(), wake));
-                g
-            }
-        };
-        group.size.fetch_add(1, Relaxed);
-        self.players.fetch_add(1, Relaxed);
-        {
-            let mut st = link.lock();
-            st.grouped = Some(playing);
-            st.group = Some(group.clone());
-        }
-        group.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(link.clone());
-        drop(registry);
-        group.joined.notify_one();
+        let name = sub.name().to_owned();
+        self.registry.join(
+            key,
+            |group| {
+                let mut st = link.lock();
+                st.grouped = Some(playing);
+                st.group = Some(group.clone());
+                link.clone()
+            },
+            |group| {
+                tracing::debug!(broadcast = %name, "RTMP player group started");
+                tokio::spawn(run(self.clone(), key, group.clone(), wake));
+            },
+        );
         None
-    }
-
-    /// Removes an empty group; false if a player joined it meanwhile.
-    fn retire(&self, key: usize, group: &Arc<Group>, left: usize) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut registry = self.registry();
-        self.players.fetch_sub(left, Relaxed);
-        let size = group.size.fetch_sub(left, Relaxed) - left;
-        if size > 0 {
-            return false;
-        }
-        self.running.fetch_sub(1, Relaxed);
-        if let Some(groups) = registry.get_mut(&key) {
-            groups.retain(|g| !Arc::ptr_eq(g, group));
-            if groups.is_empty() {
-                registry.remove(&key);
-            }
-        }
-        true
-    }
-
-    /// Counts players that left a group that still has others.
-    fn left(&self, group: &Group, left: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if left > 0 {
-            let _registry = self.registry();
-            group.size.fetch_sub(left, Relaxed);
-            self.players.fetch_sub(left, Relaxed);
-        }
     }
 }
 
@@ -363,10 +310,10 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
         let changed = wake.notified();
         tokio::pin!(changed);
         wake.enable(changed.as_mut());
-        let joined = group.joined.notified();
+        let joined = group.joined();
         tokio::pin!(joined);
         joined.as_mut().enable();
-        players.extend(group.inbox.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+        group.take_joined(&mut players);
         let now = Instant::now();
         let flush_all = flush_at.is_some_and(|at| now >= at);
         let mut holding = false;
@@ -379,14 +326,13 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
             }
             Pass::Left => false,
         });
-        let left = before - players.len();
+        if groups.registry.left(key, &group, before - players.len()) {
+            return;
+        }
         if players.is_empty() {
-            if groups.retire(key, &group, left) {
-                return;
-            }
+            // One joined as the last left: take it in.
             continue;
         }
-        groups.left(&group, left);
         flush_at = match (holding, flush_at) {
             (false, _) => None,
             (true, Some(at)) if !flush_all => Some(at),

@@ -184,8 +184,7 @@ impl Ingest {
 
     /// RTMP players served by a group now (see `IngestConfig::player_group`), and the groups.
     pub fn grouped_players(&self) -> (usize, usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.groups.players.load(Relaxed), self.groups.running.load(Relaxed))
+        self.groups.counts()
     }
 
     /// The bus this server publishes to.

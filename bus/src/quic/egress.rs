@@ -120,7 +120,7 @@ pub(crate) async fn send_broadcast(
         match s.sub.try_next() {
             Some(ev) => s.stashed = Some(ev),
             None => {
-                let member = groups.join(s);
+                let member = super::group::join(groups, s);
                 s = tokio::select! {
                     biased;
                     back = member.handed_back() => back,

@@ -20,41 +20,25 @@
 //! for the earliest hold that runs out, one timer per group instead of one
 //! per subscriber.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::egress::{Headers, Pass, Sending};
+use crate::groups::{Group, Registry};
 use crate::BroadcastWake;
 
 /// Remote subscribers per group by default.
 pub const GROUP_SIZE: usize = 64;
 
+/// The groups of one bus server.
+pub(crate) type Groups = Registry<Arc<Member>>;
+
 impl Default for Groups {
     fn default() -> Self {
         Self::new(GROUP_SIZE)
     }
-}
-
-/// The groups of one bus server, by broadcast instance.
-pub(crate) struct Groups {
-    size: usize,
-    by_broadcast: Mutex<HashMap<usize, Vec<Arc<Group>>>>,
-    /// Groups running now.
-    pub(crate) running: AtomicUsize,
-    /// Subscribers in a group now.
-    pub(crate) members: AtomicUsize,
-}
-
-struct Group {
-    /// Subscribers handed over, not yet taken by the task.
-    inbox: Mutex<Vec<Arc<Member>>>,
-    joined: Notify,
-    /// Subscribers in the group or its inbox (changed under the registry lock).
-    size: AtomicUsize,
 }
 
 /// One subscriber's state while a group may serve it.
@@ -70,83 +54,31 @@ struct Slot {
     /// The state the group handed back, for the own task.
     back: Option<Box<Sending>>,
     /// The group, told when the own task takes the state back.
-    group: Option<Arc<Group>>,
+    group: Option<Arc<Group<Arc<Member>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl Groups {
-    /// Groups of at most `size` subscribers (0: none).
-    pub(crate) fn new(size: usize) -> Self {
-        Self {
-            size,
-            by_broadcast: Mutex::new(HashMap::new()),
-            running: AtomicUsize::new(0),
-            members: AtomicUsize::new(0),
-        }
-    }
-
-    /// Whether subscribers are grouped at all.
-    pub(crate) const fn enabled(&self) -> bool {
-        self.size > 0
-    }
-
-    /// Hands `sending` (caught up) to a group of its broadcast.
-    pub(crate) fn join(self: &Arc<Self>, sending: Box<Sending>) -> Arc<Member> {
-        let wake = sending.sub.wake_handle();
-        let key = wake.broadcast_id();
-        let mut registry = lock(&self.by_broadcast);
-        let groups = registry.entry(key).or_default();
-        let group = match groups.iter().find(|g| g.size.load(Relaxed) < self.size) {
-            Some(g) => g.clone(),
-            None => {
-                let g = Arc::new(Group { inbox: Mutex::default(), joined: Notify::new(), size: AtomicUsize::new(0) });
-                groups.push(g.clone());
-                self.running.fetch_add(1, Relaxed);
-                tracing::debug!(broadcast = %sending.sub.name(), "remote subscriber group started");
-                tokio::spawn(run(self.clone(), key, g.clone(), wake));
-                g
-            }
-        };
-        group.size.fetch_add(1, Relaxed);
-        self.members.fetch_add(1, Relaxed);
-        let member = Arc::new(Member {
-            slot: Mutex::new(Slot { grouped: Some(sending), back: None, group: Some(group.clone()) }),
-            handed_back: Notify::new(),
-        });
-        lock(&group.inbox).push(member.clone());
-        drop(registry);
-        group.joined.notify_one();
-        member
-    }
-
-    /// Removes an empty group; false if a subscriber joined it meanwhile.
-    fn retire(&self, key: usize, group: &Arc<Group>, left: usize) -> bool {
-        let mut registry = lock(&self.by_broadcast);
-        self.members.fetch_sub(left, Relaxed);
-        if group.size.fetch_sub(left, Relaxed) - left > 0 {
-            return false;
-        }
-        self.running.fetch_sub(1, Relaxed);
-        if let Some(groups) = registry.get_mut(&key) {
-            groups.retain(|g| !Arc::ptr_eq(g, group));
-            if groups.is_empty() {
-                registry.remove(&key);
-            }
-        }
-        true
-    }
-
-    /// Counts subscribers that left a group that still has others.
-    fn left(&self, group: &Group, left: usize) {
-        if left > 0 {
-            let _registry = lock(&self.by_broadcast);
-            group.size.fetch_sub(left, Relaxed);
-            self.members.fetch_sub(left, Relaxed);
-        }
-    }
+/// Hands `sending` (caught up) to a group of its broadcast.
+pub(crate) fn join(groups: &Arc<Groups>, sending: Box<Sending>) -> Arc<Member> {
+    let wake = sending.sub.wake_handle();
+    let key = wake.broadcast_id();
+    let name = sending.sub.name().to_owned();
+    groups.join(
+        key,
+        |group| {
+            Arc::new(Member {
+                slot: Mutex::new(Slot { grouped: Some(sending), back: None, group: Some(group.clone()) }),
+                handed_back: Notify::new(),
+            })
+        },
+        |group| {
+            tracing::debug!(broadcast = %name, "remote subscriber group started");
+            tokio::spawn(run(groups.clone(), key, group.clone(), wake));
+        },
+    )
 }
 
 impl Member {
@@ -169,7 +101,7 @@ impl Member {
         if let Some(s) = slot.grouped.take() {
             drop(slot);
             if let Some(g) = group {
-                g.joined.notify_one();
+                g.wake();
             }
             return Some(s);
         }
@@ -178,7 +110,7 @@ impl Member {
 }
 
 /// One group's task: serves its subscribers until none is left.
-async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: BroadcastWake) {
+async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group<Arc<Member>>>, wake: BroadcastWake) {
     let mut members: Vec<Arc<Member>> = Vec::new();
     let mut headers = Headers::default();
     loop {
@@ -186,10 +118,10 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
         let changed = wake.notified();
         tokio::pin!(changed);
         wake.enable(changed.as_mut());
-        let joined = group.joined.notified();
+        let joined = group.joined();
         tokio::pin!(joined);
         joined.as_mut().enable();
-        members.extend(lock(&group.inbox).drain(..));
+        group.take_joined(&mut members);
         let now = Instant::now();
         let mut hold_over: Option<Instant> = None;
         let before = members.len();
@@ -204,14 +136,13 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
             }
             None => false,
         });
-        let left = before - members.len();
+        if groups.left(key, &group, before - members.len()) {
+            return;
+        }
         if members.is_empty() {
-            if groups.retire(key, &group, left) {
-                return;
-            }
+            // One joined as the last left: take it in.
             continue;
         }
-        groups.left(&group, left);
         let hold = async {
             match hold_over {
                 Some(t) => tokio::time::sleep_until(t).await,

@@ -91,12 +91,12 @@ struct StatsInner {
 impl ServerStats {
     /// Remote subscribers written to by a subscriber group now.
     pub fn grouped_subscribers(&self) -> usize {
-        self.inner.groups.members.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.groups.members()
     }
 
     /// Remote subscriber groups running now.
     pub fn subscriber_groups(&self) -> usize {
-        self.inner.groups.running.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.groups.running()
     }
 
     /// Bus connections open now (past the hello).
@@ -117,7 +117,7 @@ impl ServerStats {
 
     /// The groups subscriptions join, if groups are on.
     fn groups(&self) -> Option<Arc<Groups>> {
-        self.inner.groups.enabled().then(|| self.inner.groups.clone())
+        (self.inner.groups.size() > 0).then(|| self.inner.groups.clone())
     }
 
     fn opened(&self, n: u64, conn: &quinn::Connection) {
