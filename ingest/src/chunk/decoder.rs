@@ -1,7 +1,5 @@
 //! Chunk reassembly without copying payload bytes.
 
-use std::collections::HashMap;
-
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::ChunkError;
@@ -67,9 +65,12 @@ struct ChunkStream {
 pub struct ChunkDecoder {
     chunk_size: usize,
     max_message: usize,
-    streams: HashMap<u32, ChunkStream>,
-    /// The chunk whose payload is still arriving: (csid, bytes left in this chunk).
-    in_chunk: Option<(u32, usize)>,
+    /// The chunk streams by id, in the order first seen: a peer uses a handful
+    /// (at most [`MAX_CHUNK_STREAMS`]), so a scan beats hashing the id per chunk.
+    /// None is ever removed, so an index stays valid.
+    streams: Vec<(u32, ChunkStream)>,
+    /// The chunk whose payload is still arriving: (csid, its index in `streams`, bytes left in this chunk).
+    in_chunk: Option<(u32, usize, usize)>,
     /// Payload bytes held in messages not yet complete, all chunk streams.
     held: usize,
 }
@@ -89,7 +90,7 @@ const HELD_SLACK: usize = 128 * 1024;
 impl ChunkDecoder {
     /// A decoder with the protocol's initial chunk size of 128 bytes.
     pub fn new(max_message: usize) -> Self {
-        Self { chunk_size: 128, max_message, streams: HashMap::new(), in_chunk: None, held: 0 }
+        Self { chunk_size: 128, max_message, streams: Vec::new(), in_chunk: None, held: 0 }
     }
 
     /// Changes the largest message accepted (ingest raises it once a publish
@@ -110,7 +111,7 @@ impl ChunkDecoder {
 
     /// Drops the partial message of chunk stream `csid` (Abort Message, §5.4.2).
     pub fn abort(&mut self, csid: u32) {
-        if let Some(s) = self.streams.get_mut(&csid) {
+        if let Some((_, s)) = self.streams.iter_mut().find(|(id, _)| *id == csid) {
             self.held -= s.received;
             s.parts.clear();
             s.received = 0;
@@ -121,7 +122,7 @@ impl ChunkDecoder {
     /// or `None` when more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RawMessage>, ChunkError> {
         loop {
-            let (csid, left) = match self.in_chunk {
+            let (csid, idx, left) = match self.in_chunk {
                 Some(c) => c,
                 None => match self.parse_header(buf)? {
                     Some(c) => c,
@@ -129,11 +130,11 @@ impl ChunkDecoder {
                 },
             };
             if left > 0 && buf.is_empty() {
-                self.in_chunk = Some((csid, left));
+                self.in_chunk = Some((csid, idx, left));
                 return Ok(None);
             }
             let take = left.min(buf.len());
-            let stream = self.streams.get_mut(&csid).expect("header parsed for this csid");
+            let stream = &mut self.streams[idx].1;
             if take > 0 {
                 stream.parts.push(buf.split_to(take).freeze());
                 stream.received += take;
@@ -143,7 +144,7 @@ impl ChunkDecoder {
                 }
             }
             if take < left {
-                self.in_chunk = Some((csid, left - take));
+                self.in_chunk = Some((csid, idx, left - take));
                 return Ok(None);
             }
             self.in_chunk = None;
@@ -163,9 +164,9 @@ impl ChunkDecoder {
         }
     }
 
-    /// Parses one chunk header if all of it is in `buf`; returns the chunk's csid
-    /// and payload length.
-    fn parse_header(&mut self, buf: &mut BytesMut) -> Result<Option<(u32, usize)>, ChunkError> {
+    /// Parses one chunk header if all of it is in `buf`; returns the chunk's csid,
+    /// its stream's index and the chunk's payload length.
+    fn parse_header(&mut self, buf: &mut BytesMut) -> Result<Option<(u32, usize, usize)>, ChunkError> {
         let b = &buf[..];
         let Some(&first) = b.first() else { return Ok(None) };
         let fmt = first >> 6;
@@ -184,10 +185,15 @@ impl ChunkDecoder {
         if b.len() < pos + header_len {
             return Ok(None);
         }
-        if !self.streams.contains_key(&csid) && self.streams.len() >= MAX_CHUNK_STREAMS {
-            return Err(ChunkError::TooManyChunkStreams);
-        }
-        let stream = self.streams.entry(csid).or_default();
+        let idx = match self.streams.iter().position(|(id, _)| *id == csid) {
+            Some(i) => i,
+            None if self.streams.len() >= MAX_CHUNK_STREAMS => return Err(ChunkError::TooManyChunkStreams),
+            None => {
+                self.streams.push((csid, ChunkStream::default()));
+                self.streams.len() - 1
+            }
+        };
+        let stream = &mut self.streams[idx].1;
         let h = &b[pos..pos + header_len];
         let be24 = |x: &[u8]| (u32::from(x[0]) << 16) | (u32::from(x[1]) << 8) | u32::from(x[2]);
         let mid_message = stream.received > 0;
@@ -237,7 +243,7 @@ impl ChunkDecoder {
         pos += header_len + ext_len;
         let left = (stream.len - stream.received).min(self.chunk_size);
         buf.advance(pos);
-        Ok(Some((csid, left)))
+        Ok(Some((csid, idx, left)))
     }
 }
 
