@@ -178,7 +178,7 @@ pub(crate) struct Sending {
     /// An event a group took and left to this subscriber's own task.
     stashed: Option<Event>,
     /// Why a group gave the subscriber back because its connection failed.
-    pub(crate) failed: Option<QuicError>,
+    failed: Option<QuicError>,
 }
 
 /// Frame headers a group encoded in one pass, for its other subscribers: a

@@ -20,13 +20,13 @@
 //! for the earliest hold that runs out, one timer per group instead of one
 //! per subscriber.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::egress::{Headers, Pass, Sending};
-use crate::groups::{Group, Registry};
+use crate::groups::{lock, Group, Registry};
 use crate::BroadcastWake;
 
 /// Remote subscribers per group by default.
@@ -55,10 +55,6 @@ struct Slot {
     back: Option<Box<Sending>>,
     /// The group, told when the own task takes the state back.
     group: Option<Arc<Group<Arc<Member>>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Hands `sending` (caught up) to a group of its broadcast.
