@@ -145,7 +145,9 @@ fn recordings_reach_the_bucket_and_survive_an_outage() {
     let segments = playlist.lines().filter(|l| l.ends_with(".m4s")).count();
     assert!(segments >= 6, "{playlist}");
     assert_eq!(files, segments + 2, "init, segments and the playlist");
-    assert!(local.join(".uploaded").exists(), "the finished upload is marked");
+    // The uploader marks the session right after the closed playlist's PUT
+    // returns, which can be a moment after the bucket has the file.
+    wait_for("the finished upload to be marked", Duration::from_secs(10), || local.join(".uploaded").exists());
     let log = server.log_text();
     assert!(log.contains("S3 upload failing"), "the outage was not logged:\n{log}");
     assert!(log.contains("S3 upload working again"), "the recovery was not logged:\n{log}");
