@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
     ticks: u64,
+    /// Of `ticks`, those spent in the kernel on the process's behalf.
+    system: u64,
     at: Instant,
 }
 
@@ -22,13 +24,30 @@ pub fn cpu(pid: u32) -> Option<CpuSample> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(CpuSample { ticks: utime + stime, at: Instant::now() })
+    Some(CpuSample { ticks: utime + stime, system: stime, at: Instant::now() })
 }
 
 /// CPU used between two samples, in percent of one core.
 pub fn cpu_percent(a: CpuSample, b: CpuSample) -> f64 {
     let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
     (b.ticks.saturating_sub(a.ticks)) as f64 / clock_ticks_per_second() / secs * 100.0
+}
+
+/// The share of the CPU used between two samples that was spent in the
+/// kernel (system time), in percent; NaN when no CPU was used.
+pub fn kernel_percent(a: CpuSample, b: CpuSample) -> f64 {
+    let total = b.ticks.saturating_sub(a.ticks);
+    if total == 0 {
+        return f64::NAN;
+    }
+    b.system.saturating_sub(a.system) as f64 / total as f64 * 100.0
+}
+
+/// The median of the runs' [`kernel_percent`] figures (NaN when none).
+pub fn kernel_median(runs: impl Iterator<Item = Option<f64>>) -> f64 {
+    let mut k: Vec<f64> = runs.flatten().filter(|k| k.is_finite()).collect();
+    k.sort_by(f64::total_cmp);
+    k.get(k.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// CPU seconds between two samples.

@@ -10,6 +10,8 @@ use crate::report::{Report, Row, Spread};
 struct RunResult {
     mbytes_per_s: f64,
     cpu: Option<f64>,
+    /// Percent of `cpu` in the kernel.
+    kernel: Option<f64>,
     bench_cpu: Option<f64>,
 }
 
@@ -38,6 +40,7 @@ async fn once(p: &Params, n: usize) -> anyhow::Result<RunResult> {
     Ok(RunResult {
         mbytes_per_s: bytes as f64 / elapsed / 1e6,
         cpu: cpu0.zip(cpu1).map(|(a, b)| procstat::cpu_percent(a, b)),
+        kernel: cpu0.zip(cpu1).map(|(a, b)| procstat::kernel_percent(a, b)),
         bench_cpu: self0.zip(self1).map(|(a, b)| procstat::cpu_percent(a, b)),
     })
 }
@@ -80,6 +83,7 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
                 .col("MB/s per stream", mbs.median / n as f64)
                 .col("server CPU % of a core", cpu.median)
                 .col("server CPU % per stream", cpu.median / n as f64)
+                .col("of it in the kernel %", procstat::kernel_median(results.iter().map(|r| r.kernel)))
                 .col("server CPU-seconds per GB", per_gb(results));
             if let Some(other) = other {
                 let ratio = if i == 0 && other > 0.0 { per_gb(results) / other } else { f64::NAN };
@@ -91,7 +95,8 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
     report.notes.push(
         "Publishers send the stream in a loop as fast as TCP takes it. The light publishers serialize every \
          message (rml_rtmp) and share the 2 cores with the server, so the figure that compares servers is \
-         'server CPU-seconds per GB' rather than the raw MB/s, which is bounded by the publishers here."
+         'server CPU-seconds per GB' rather than the raw MB/s, which is bounded by the publishers here. \
+         'In the kernel' is the server's system time over its user + system time (/proc/PID/stat)."
             .into(),
     );
     Ok(report)

@@ -198,13 +198,16 @@ pub(crate) struct PlayerStats {
     pub(crate) first_video: Option<Instant>,
     pub(crate) first_keyframe: Option<Instant>,
     pub(crate) error: Option<String>,
+    /// Every video frame's RTMP timestamp, arrival and whether it was a
+    /// keyframe (only when [`start_players`] was asked to record).
+    pub(crate) arrivals: Vec<(u32, Instant, bool)>,
 }
 
 /// Reads a playing client until the stream ends or `deadline`.
 pub(crate) async fn read_until(
     mut client: Client,
     deadline: Instant,
-    mut on_video: impl FnMut(u32, Instant),
+    mut on_video: impl FnMut(u32, Instant, bool),
 ) -> PlayerStats {
     let mut stats = PlayerStats::default();
     loop {
@@ -215,10 +218,11 @@ pub(crate) async fn read_until(
                     stats.video_frames += 1;
                     stats.last_video_ts = Some(m.timestamp);
                     stats.first_video.get_or_insert(m.at);
-                    if m.is_video_keyframe() {
+                    let keyframe = m.is_video_keyframe();
+                    if keyframe {
                         stats.first_keyframe.get_or_insert(m.at);
                     }
-                    on_video(m.timestamp, m.at);
+                    on_video(m.timestamp, m.at, keyframe);
                 }
             }
             Ok(Ok(None)) | Err(_) => break,
@@ -233,11 +237,14 @@ pub(crate) async fn read_until(
 }
 
 /// Starts `n` players of `url`, at most 64 connecting at once, and waits until
-/// all have been accepted (or failed). Each reads until the stream ends or `deadline`.
+/// all have been accepted (or failed). Each reads until the stream ends or
+/// `deadline`; with `record`, it notes every video frame's arrival
+/// ([`PlayerStats::arrivals`]).
 pub(crate) async fn start_players(
     url: &RtmpUrl,
     n: usize,
     deadline: Instant,
+    record: bool,
 ) -> Vec<tokio::task::JoinHandle<PlayerStats>> {
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
@@ -251,7 +258,17 @@ pub(crate) async fn start_players(
             };
             let _ = ready.send(()).await;
             match client {
-                Ok(c) => read_until(c, deadline, |_, _| {}).await,
+                Ok(c) => {
+                    let mut arrivals = Vec::new();
+                    let mut stats = read_until(c, deadline, |ts, at, key| {
+                        if record {
+                            arrivals.push((ts, at, key));
+                        }
+                    })
+                    .await;
+                    stats.arrivals = arrivals;
+                    stats
+                }
                 Err(e) => PlayerStats { error: Some(e.to_string()), ..PlayerStats::default() },
             }
         }));

@@ -10,6 +10,8 @@ use crate::report::{Report, Row, Spread};
 
 struct RunResult {
     cpu: Option<f64>,
+    /// Percent of `cpu` in the kernel.
+    kernel: Option<f64>,
     rss_mib: Option<f64>,
     mbps: f64,
     keeping_up: usize,
@@ -24,7 +26,7 @@ async fn once(p: &Params, n: usize) -> anyhow::Result<RunResult> {
     let duration = Duration::from_secs_f64(p.seconds);
     // Players join first, so each should receive every frame.
     let deadline = Instant::now() + duration + DRAIN + Duration::from_secs(30);
-    let players = start_players(&target.play[0], n, deadline).await;
+    let players = start_players(&target.play[0], n, deadline, false).await;
 
     let mut publisher = connect_publish(&target.publish[0]).await?;
     let cpu0 = target.pid.and_then(procstat::cpu);
@@ -57,6 +59,7 @@ async fn once(p: &Params, n: usize) -> anyhow::Result<RunResult> {
         .fold(0.0, f64::max);
     Ok(RunResult {
         cpu: cpu0.zip(cpu1).map(|(a, b)| procstat::cpu_percent(a, b)),
+        kernel: cpu0.zip(cpu1).map(|(a, b)| procstat::kernel_percent(a, b)),
         rss_mib: rss.map(|k| k as f64 / 1024.0),
         mbps: received as f64 * 8.0 / elapsed.as_secs_f64() / 1e6,
         keeping_up,
@@ -100,6 +103,7 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
                 .col("delivered Mb/s", mbps.median)
                 .col("server CPU % of a core", cpu.median)
                 .col("CPU spread", cpu.range())
+                .col("of it in the kernel %", procstat::kernel_median(results.iter().map(|r| r.kernel)))
                 .col("server RSS MiB", rss.median)
                 .col("RSS KiB per player above the smallest N", rss_per_player);
             if let Some(other) = other_cpu {
@@ -115,7 +119,9 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
         }
     }
     report.notes.push(
-        "Players are the bench's light RTMP clients (rml_rtmp's client session), all in the bench process, \
+        "'In the kernel' is the server's system time over its user + system time (/proc/PID/stat), the \
+         median over the runs: on loopback a socket write also runs the receiving side of TCP. \
+         Players are the bench's light RTMP clients (rml_rtmp's client session), all in the bench process, \
          on the same 2-core machine as the server: at large N they compete with the server for CPU. A player \
          keeps up when it received every video frame published after it joined; 'frames missed' counts the \
          frames it did not get (gopbus skips whole GoPs for a player that falls behind). 'max lag' is how far \
