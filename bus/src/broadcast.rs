@@ -111,6 +111,10 @@ pub(crate) struct Shared {
     armed: AtomicBool,
     /// Sequence number of the newest GoP, or `u64::MAX` before the first one.
     pub(crate) newest_seq: AtomicU64,
+    /// Set (under the state's lock) when [`State::ended`] is: a caught-up
+    /// subscriber asks after every frame whether the broadcast ended, and this
+    /// answers without the lock, which the publisher takes per frame.
+    ended: AtomicBool,
     /// Highest decode timestamp pushed so far, or `i64::MIN`.
     pub(crate) last_dts: AtomicI64,
     pub(crate) stats: BroadcastStats,
@@ -139,6 +143,7 @@ impl Shared {
             notify: std::array::from_fn(|_| Notify::new()),
             armed: AtomicBool::new(false),
             newest_seq: AtomicU64::new(NO_GOP),
+            ended: AtomicBool::new(false),
             last_dts: AtomicI64::new(i64::MIN),
             stats: BroadcastStats::default(),
             derived_ids: std::sync::Mutex::default(),
@@ -178,6 +183,18 @@ impl Shared {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records the end in `st`, the state behind this broadcast's lock.
+    pub(crate) fn mark_ended(&self, st: &mut State, reason: EndReason) {
+        st.ended = Some(reason);
+        self.ended.store(true, Ordering::Release);
+    }
+
+    /// Whether the broadcast ended; when false, it had not at some point
+    /// after the call began (a wake-up follows the end).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
     /// Whether a publisher is attached and the broadcast has not ended.
     pub(crate) fn is_live(&self) -> bool {
         let st = self.read();
@@ -200,7 +217,7 @@ impl Shared {
         if let Some(gop) = st.gops.back() {
             gop.close(how);
         }
-        st.ended = Some(reason.clone());
+        self.mark_ended(&mut st, reason.clone());
         let token = st.publisher_token.take();
         drop(st);
         if let Some(t) = token {

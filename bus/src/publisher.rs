@@ -175,7 +175,7 @@ impl Publisher {
             gop.close(how);
         }
         tracing::info!(broadcast = %self.shared.name, %reason, "broadcast ended");
-        st.ended = Some(reason.clone());
+        self.shared.mark_ended(&mut st, reason.clone());
         st.publisher_token = None;
         let had_gop = st.next_seq > 0;
         drop(st);

@@ -256,6 +256,9 @@ impl Subscriber {
 
     /// `Some(End)` if the broadcast has ended (and latches it).
     fn pending_end(&mut self) -> Option<Event> {
+        if !self.shared.has_ended() {
+            return None;
+        }
         let reason = self.shared.read().ended.clone()?;
         self.ended = Some(reason.clone());
         Some(Event::End(reason))

@@ -96,9 +96,11 @@ struct Encoded {
     len: usize,
 }
 
-/// Identifies a frame while it is alive: its payload's address and length,
-/// its timestamp, its tag. Entries of the cache hold the payload, so the
-/// address is not reused meanwhile.
+/// Identifies a frame's message while the frame is alive: its payload's
+/// address and length, its timestamp, its tag, and the message stream it goes
+/// on (a player's own: most clients get 1, but a client may create more).
+/// Entries of the cache hold the payload, so the address is not reused
+/// meanwhile.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct FrameKey {
     at: usize,
@@ -107,6 +109,7 @@ struct FrameKey {
     tag: u8,
     keyframe: bool,
     cts: i32,
+    stream: u32,
 }
 
 /// What a group's players share: the encoder and the frames encoded lately.
@@ -357,6 +360,7 @@ fn serve(link: &Link, config: &GroupConfig, shared: &mut Shared, flush_all: bool
             gopbus_bus::Event::Frame(f) => {
                 let Some(tag) = playing.egress.frame_tag(&f.header) else { continue };
                 let h = &f.header;
+                let header = playing.egress.frame_header(tag.tag_type, h.dts);
                 let key = FrameKey {
                     at: f.payload.parts().first().map_or(0, |p| p.as_ptr() as usize),
                     len: f.payload.len(),
@@ -364,8 +368,8 @@ fn serve(link: &Link, config: &GroupConfig, shared: &mut Shared, flush_all: bool
                     tag: tag.tag_type,
                     keyframe: h.is_keyframe(),
                     cts: h.cts,
+                    stream: header.stream_id,
                 };
-                let header = playing.egress.frame_header(tag.tag_type, h.dts);
                 let e = shared.encoded(key, header, tag.prefix(), f.payload.parts());
                 playing.viewer.sent_frame(f.payload.len() as u64);
                 playing.egress.frames += 1;
@@ -413,7 +417,7 @@ mod tests {
     use bytes::{Bytes, BytesMut};
 
     fn key(at: &Bytes, dts: i64) -> FrameKey {
-        FrameKey { at: at.as_ptr() as usize, len: at.len(), dts, tag: types::VIDEO, keyframe: false, cts: 0 }
+        FrameKey { at: at.as_ptr() as usize, len: at.len(), dts, tag: types::VIDEO, keyframe: false, cts: 0, stream: 1 }
     }
 
     #[test]
@@ -444,6 +448,14 @@ mod tests {
         let m = dec.decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
         assert_eq!((m.timestamp, m.type_id, m.len), (40, types::VIDEO, 5 + payload.len()));
         assert_eq!(&m.contiguous()[5..], &payload[..]);
+        // A player on another message stream gets its own encoding, on its stream.
+        let other = MessageHeader { stream_id: 2, ..header };
+        let c =
+            shared.encoded(FrameKey { stream: 2, ..key(&payload, 40) }, other, &prefix, std::slice::from_ref(&payload));
+        assert!(!Arc::ptr_eq(&a, &c), "a player on stream 2 got stream 1's message");
+        let wire: Vec<u8> = c.segs.iter().flat_map(|s| s.iter().copied()).collect();
+        let m = dec.decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
+        assert_eq!(m.stream_id, 2);
         // Another frame is another encoding; the cache keeps the last CACHE frames.
         for dts in 0..CACHE as i64 + 1 {
             let p = Bytes::from(vec![dts as u8; 100]);
