@@ -241,3 +241,19 @@ async fn a_waiting_subscriber_that_leaves_frees_its_slot() {
     drop(s);
     assert_eq!(bus.slots(), 0);
 }
+
+#[test]
+fn the_bus_counts_every_published_frame_and_byte_by_the_end() {
+    let bus = Bus::new(BusConfig::default());
+    let mut a = bus.publish("a");
+    let mut b = bus.publish("b");
+    push_gop(&mut a, 0, 40);
+    push_gop(&mut b, 0, 3);
+    // A live publisher reports every few frames and at every GoP: most are counted already.
+    let (frames, _) = bus.published();
+    assert!((32..=43).contains(&frames), "{frames} of 43 counted while live");
+    push_gop(&mut b, 1, 2);
+    a.end(EndReason::PublisherLeft);
+    drop(b);
+    assert_eq!(bus.published(), (45, 45 * 10), "every frame and byte, once both stopped");
+}
