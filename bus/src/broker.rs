@@ -127,18 +127,16 @@ impl Bus {
     }
 
     /// Frames and payload bytes published on this bus since it started (all
-    /// broadcasts and derived tracks, local and announced over QUIC). A
-    /// publisher adds its frames every 16 frames, at every GoP and when it
-    /// stops, so a live publisher's last few frames may not be counted yet.
+    /// broadcasts and derived tracks, local and announced over QUIC).
     pub fn published(&self) -> (u64, u64) {
         let [frames, bytes] = &self.inner.published;
         (frames.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn count_published(&self, frames: u64, bytes: u64) {
-        let [f, b] = &self.inner.published;
-        f.fetch_add(frames, Ordering::Relaxed);
-        b.fetch_add(bytes, Ordering::Relaxed);
+    pub(crate) fn count_published(&self, bytes: usize) {
+        let [frames, total] = &self.inner.published;
+        frames.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Who watches what on this node, per protocol (see [`crate::audience`]).

@@ -27,16 +27,7 @@ pub struct Publisher {
     track: Option<(TrackId, Arc<str>)>,
     done: bool,
     cut: bool,
-    /// Frames and bytes pushed but not yet added to the bus-wide totals
-    /// ([`Bus::published`]): that counter is shared by every publisher of the
-    /// node, and adding to it per frame made publishers on different cores
-    /// contend for it.
-    unreported: (u64, u64),
 }
-
-/// Frames a publisher pushes between two reports to the bus-wide totals (and
-/// at every GoP and at the end).
-const REPORT_EVERY: u64 = 16;
 
 impl Publisher {
     pub(crate) fn new(
@@ -46,18 +37,7 @@ impl Publisher {
         token: CancellationToken,
         previous_last_dts: Option<i64>,
     ) -> Self {
-        Self {
-            bus,
-            shared,
-            epoch,
-            token,
-            previous_last_dts,
-            current: None,
-            track: None,
-            done: false,
-            cut: false,
-            unreported: (0, 0),
-        }
+        Self { bus, shared, epoch, token, previous_last_dts, current: None, track: None, done: false, cut: false }
     }
 
     /// Makes this the publisher of a derived track.
@@ -133,7 +113,6 @@ impl Publisher {
         self.shared.newest_seq.store(seq, Ordering::Release);
         drop(st);
         self.current = Some(gop);
-        self.report();
         self.shared.stats.gops.fetch_add(1, Ordering::Relaxed);
         self.shared.wake_all();
         self.bus.gop_opened(&self.shared.name, first, tracks_changed);
@@ -160,21 +139,9 @@ impl Publisher {
             self.shared.stats.video_frames.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
-        self.unreported.0 += 1;
-        self.unreported.1 += len as u64;
-        if self.unreported.0 >= REPORT_EVERY {
-            self.report();
-        }
+        self.bus.count_published(len);
         self.shared.wake_all();
         Ok(())
-    }
-
-    /// Adds what was pushed since the last report to the bus-wide totals.
-    fn report(&mut self) {
-        let (frames, bytes) = std::mem::take(&mut self.unreported);
-        if frames > 0 {
-            self.bus.count_published(frames, bytes);
-        }
     }
 
     /// Cuts the current GoP short (subscribers get [`Event::CutShort`](crate::Event::CutShort)
@@ -195,7 +162,6 @@ impl Publisher {
     }
 
     fn finish(&mut self, reason: EndReason) {
-        self.report();
         if self.done {
             return;
         }

@@ -243,17 +243,17 @@ async fn a_waiting_subscriber_that_leaves_frees_its_slot() {
 }
 
 #[test]
-fn the_bus_counts_every_published_frame_and_byte_by_the_end() {
+fn the_bus_counts_every_published_frame_and_byte_at_once() {
     let bus = Bus::new(BusConfig::default());
     let mut a = bus.publish("a");
     let mut b = bus.publish("b");
     push_gop(&mut a, 0, 40);
     push_gop(&mut b, 0, 3);
-    // A live publisher reports every few frames and at every GoP: most are counted already.
-    let (frames, _) = bus.published();
-    assert!((32..=43).contains(&frames), "{frames} of 43 counted while live");
+    // Counted as pushed: a publisher that pauses while connected is not under-counted
+    // (`gopbus_ingest_frames_total` is read from this).
+    assert_eq!(bus.published(), (43, 43 * 10));
     push_gop(&mut b, 1, 2);
     a.end(EndReason::PublisherLeft);
     drop(b);
-    assert_eq!(bus.published(), (45, 45 * 10), "every frame and byte, once both stopped");
+    assert_eq!(bus.published(), (45, 45 * 10));
 }
