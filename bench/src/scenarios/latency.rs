@@ -29,11 +29,7 @@ async fn once(p: &Params, load: usize) -> anyhow::Result<Run> {
     let sent: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
     let loaders = start_players(&target.play[0], load, deadline, true).await;
     let measuring = connect_play(&target.play[0]).await?;
-    let reader = tokio::spawn(async move {
-        let mut arrivals = Vec::new();
-        read_until(measuring, deadline, |ts, at, key| arrivals.push((ts, at, key))).await;
-        arrivals
-    });
+    let reader = tokio::spawn(read_until(measuring, deadline, true));
     let mut publisher = connect_publish(&target.publish[0]).await?;
     let s = sent.clone();
     let mut frames = 0u64;
@@ -47,7 +43,7 @@ async fn once(p: &Params, load: usize) -> anyhow::Result<Run> {
         })
         .await?;
     drop(publisher);
-    let mut players = vec![reader.await?];
+    let mut players = vec![reader.await?.arrivals];
     for h in loaders {
         players.push(h.await?.arrivals);
     }
@@ -121,10 +117,10 @@ pub(super) async fn run(p: &Params) -> anyhow::Result<Report> {
     report.notes.push(
         "Latency is from just before the publisher writes a video message to when the player has parsed it, \
          matched by RTMP timestamp. A server that rewrites timestamps shows up as 'frames not received'. \
-         'All players' pools every player's frames: a server \
-         that serves its players in a fixed order gives the first and the last very different figures, \
-         and which one the player that joined last is depends on the server. A keyframe is many times \
-         the size of the other frames, so its copy to every player is what the tail is made of."
+         'All players' pools every player's frames: a server that serves its players in a fixed order \
+         gives the first and the last very different figures, and which one the player that joined last \
+         is depends on the server. Keyframes are shown apart: many times the size of the other frames, \
+         their copy to every player takes longest."
             .into(),
     );
     Ok(report)

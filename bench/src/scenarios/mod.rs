@@ -199,16 +199,13 @@ pub(crate) struct PlayerStats {
     pub(crate) first_keyframe: Option<Instant>,
     pub(crate) error: Option<String>,
     /// Every video frame's RTMP timestamp, arrival and whether it was a
-    /// keyframe (only when [`start_players`] was asked to record).
+    /// keyframe (only when [`read_until`] was asked to record).
     pub(crate) arrivals: Vec<(u32, Instant, bool)>,
 }
 
-/// Reads a playing client until the stream ends or `deadline`.
-pub(crate) async fn read_until(
-    mut client: Client,
-    deadline: Instant,
-    mut on_video: impl FnMut(u32, Instant, bool),
-) -> PlayerStats {
+/// Reads a playing client until the stream ends or `deadline`; with `record`,
+/// notes every video frame's arrival ([`PlayerStats::arrivals`]).
+pub(crate) async fn read_until(mut client: Client, deadline: Instant, record: bool) -> PlayerStats {
     let mut stats = PlayerStats::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -222,7 +219,9 @@ pub(crate) async fn read_until(
                     if keyframe {
                         stats.first_keyframe.get_or_insert(m.at);
                     }
-                    on_video(m.timestamp, m.at, keyframe);
+                    if record {
+                        stats.arrivals.push((m.timestamp, m.at, keyframe));
+                    }
                 }
             }
             Ok(Ok(None)) | Err(_) => break,
@@ -238,8 +237,7 @@ pub(crate) async fn read_until(
 
 /// Starts `n` players of `url`, at most 64 connecting at once, and waits until
 /// all have been accepted (or failed). Each reads until the stream ends or
-/// `deadline`; with `record`, it notes every video frame's arrival
-/// ([`PlayerStats::arrivals`]).
+/// `deadline` ([`read_until`], which `record` is passed to).
 pub(crate) async fn start_players(
     url: &RtmpUrl,
     n: usize,
@@ -258,17 +256,7 @@ pub(crate) async fn start_players(
             };
             let _ = ready.send(()).await;
             match client {
-                Ok(c) => {
-                    let mut arrivals = Vec::new();
-                    let mut stats = read_until(c, deadline, |ts, at, key| {
-                        if record {
-                            arrivals.push((ts, at, key));
-                        }
-                    })
-                    .await;
-                    stats.arrivals = arrivals;
-                    stats
-                }
+                Ok(c) => read_until(c, deadline, record).await,
                 Err(e) => PlayerStats { error: Some(e.to_string()), ..PlayerStats::default() },
             }
         }));
