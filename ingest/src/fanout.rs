@@ -97,19 +97,16 @@ struct Encoded {
 }
 
 /// Identifies a frame's message while the frame is alive: its payload's
-/// address and length, its timestamp, its tag, and the message stream it goes
-/// on (a player's own: most clients get 1, but a client may create more).
+/// address and length, and what is encoded around it — the message header
+/// (timestamp, type, the player's message stream) and the FLV tag bytes.
 /// Entries of the cache hold the payload, so the address is not reused
 /// meanwhile.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct FrameKey {
     at: usize,
     len: usize,
-    dts: i64,
-    tag: u8,
-    keyframe: bool,
-    cts: i32,
-    stream: u32,
+    header: crate::chunk::MessageHeader,
+    tag: gopbus_proto::flv::FrameTag,
 }
 
 /// What a group's players share: the encoder and the frames encoded lately.
@@ -123,18 +120,13 @@ struct Shared {
 const CACHE: usize = 64;
 
 impl Shared {
-    fn encoded(
-        &mut self,
-        key: FrameKey,
-        header: crate::chunk::MessageHeader,
-        prefix: &[u8],
-        parts: &[bytes::Bytes],
-    ) -> Arc<Encoded> {
+    /// The message of the frame `key` describes, whose payload is `parts`.
+    fn encoded(&mut self, key: FrameKey, parts: &[bytes::Bytes]) -> Arc<Encoded> {
         if let Some(e) = self.cache.iter().rev().find(|e| e.key == key) {
             return e.clone();
         }
         let mut q = OutQueue::default();
-        self.enc.encode(header, prefix, parts, &mut q);
+        self.enc.encode(key.header, key.tag.prefix(), parts, &mut q);
         let len = q.len();
         let e = Arc::new(Encoded { key, segs: q.take_segments(), len });
         if self.cache.len() == CACHE {
@@ -359,18 +351,14 @@ fn serve(link: &Link, config: &GroupConfig, shared: &mut Shared, flush_all: bool
         match ev {
             gopbus_bus::Event::Frame(f) => {
                 let Some(tag) = playing.egress.frame_tag(&f.header) else { continue };
-                let h = &f.header;
-                let header = playing.egress.frame_header(tag.tag_type, h.dts);
+                let header = playing.egress.frame_header(tag.tag_type, f.header.dts);
                 let key = FrameKey {
                     at: f.payload.parts().first().map_or(0, |p| p.as_ptr() as usize),
                     len: f.payload.len(),
-                    dts: h.dts,
-                    tag: tag.tag_type,
-                    keyframe: h.is_keyframe(),
-                    cts: h.cts,
-                    stream: header.stream_id,
+                    header,
+                    tag,
                 };
-                let e = shared.encoded(key, header, tag.prefix(), f.payload.parts());
+                let e = shared.encoded(key, f.payload.parts());
                 playing.viewer.sent_frame(f.payload.len() as u64);
                 playing.egress.frames += 1;
                 st.pending_len += e.len;
@@ -416,8 +404,21 @@ mod tests {
     use crate::chunk::{csid, types, ChunkDecoder, MessageHeader};
     use bytes::{Bytes, BytesMut};
 
-    fn key(at: &Bytes, dts: i64) -> FrameKey {
-        FrameKey { at: at.as_ptr() as usize, len: at.len(), dts, tag: types::VIDEO, keyframe: false, cts: 0, stream: 1 }
+    /// An inter frame's message on stream 1 (the tag bytes `27 01 00 00 00`).
+    fn key(at: &Bytes, timestamp: u32) -> FrameKey {
+        let frame = gopbus_proto::FrameHeader {
+            track: gopbus_proto::TrackId::VIDEO,
+            dts: i64::from(timestamp),
+            cts: 0,
+            flags: gopbus_proto::FrameFlags::default(),
+            len: at.len() as u32,
+        };
+        FrameKey {
+            at: at.as_ptr() as usize,
+            len: at.len(),
+            header: MessageHeader { csid: csid::VIDEO, timestamp, type_id: types::VIDEO, stream_id: 1 },
+            tag: gopbus_proto::flv::FrameTag::video(&frame),
+        }
     }
 
     #[test]
@@ -426,10 +427,8 @@ mod tests {
         enc.set_chunk_size(4096);
         let mut shared = Shared { enc, cache: std::collections::VecDeque::new() };
         let payload = Bytes::from((0..10_000u32).map(|i| i as u8).collect::<Vec<_>>());
-        let header = MessageHeader { csid: csid::VIDEO, timestamp: 40, type_id: types::VIDEO, stream_id: 1 };
-        let prefix = [0x27, 1, 0, 0, 0];
-        let a = shared.encoded(key(&payload, 40), header, &prefix, std::slice::from_ref(&payload));
-        let b = shared.encoded(key(&payload, 40), header, &prefix, std::slice::from_ref(&payload));
+        let a = shared.encoded(key(&payload, 40), std::slice::from_ref(&payload));
+        let b = shared.encoded(key(&payload, 40), std::slice::from_ref(&payload));
         assert!(Arc::ptr_eq(&a, &b), "the second player got a second encoding");
         // The payload goes out as slices of the frame's own buffer: no byte copied.
         let (start, end) = (payload.as_ptr() as usize, payload.as_ptr() as usize + payload.len());
@@ -447,19 +446,20 @@ mod tests {
         dec.set_chunk_size(4096).unwrap();
         let m = dec.decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
         assert_eq!((m.timestamp, m.type_id, m.len), (40, types::VIDEO, 5 + payload.len()));
+        assert_eq!(&m.contiguous()[..5], &[0x27, 1, 0, 0, 0]);
         assert_eq!(&m.contiguous()[5..], &payload[..]);
         // A player on another message stream gets its own encoding, on its stream.
-        let other = MessageHeader { stream_id: 2, ..header };
-        let c =
-            shared.encoded(FrameKey { stream: 2, ..key(&payload, 40) }, other, &prefix, std::slice::from_ref(&payload));
+        let mut other = key(&payload, 40);
+        other.header.stream_id = 2;
+        let c = shared.encoded(other, std::slice::from_ref(&payload));
         assert!(!Arc::ptr_eq(&a, &c), "a player on stream 2 got stream 1's message");
         let wire: Vec<u8> = c.segs.iter().flat_map(|s| s.iter().copied()).collect();
         let m = dec.decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
         assert_eq!(m.stream_id, 2);
         // Another frame is another encoding; the cache keeps the last CACHE frames.
-        for dts in 0..CACHE as i64 + 1 {
-            let p = Bytes::from(vec![dts as u8; 100]);
-            shared.encoded(key(&p, dts), header, &prefix, std::slice::from_ref(&p));
+        for ts in 0..CACHE as u32 + 1 {
+            let p = Bytes::from(vec![ts as u8; 100]);
+            shared.encoded(key(&p, ts), std::slice::from_ref(&p));
         }
         assert_eq!(shared.cache.len(), CACHE);
         assert!(!shared.cache.iter().any(|e| Arc::ptr_eq(e, &a)), "the oldest entry was not dropped");

@@ -69,8 +69,8 @@ pub struct ChunkDecoder {
     /// (at most [`MAX_CHUNK_STREAMS`]), so a scan beats hashing the id per chunk.
     /// None is ever removed, so an index stays valid.
     streams: Vec<(u32, ChunkStream)>,
-    /// The chunk whose payload is still arriving: (csid, its index in `streams`, bytes left in this chunk).
-    in_chunk: Option<(u32, usize, usize)>,
+    /// The chunk whose payload is still arriving: (its stream's index in `streams`, bytes left in this chunk).
+    in_chunk: Option<(usize, usize)>,
     /// Payload bytes held in messages not yet complete, all chunk streams.
     held: usize,
 }
@@ -122,7 +122,7 @@ impl ChunkDecoder {
     /// or `None` when more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RawMessage>, ChunkError> {
         loop {
-            let (csid, idx, left) = match self.in_chunk {
+            let (idx, left) = match self.in_chunk {
                 Some(c) => c,
                 None => match self.parse_header(buf)? {
                     Some(c) => c,
@@ -130,11 +130,11 @@ impl ChunkDecoder {
                 },
             };
             if left > 0 && buf.is_empty() {
-                self.in_chunk = Some((csid, idx, left));
+                self.in_chunk = Some((idx, left));
                 return Ok(None);
             }
             let take = left.min(buf.len());
-            let stream = &mut self.streams[idx].1;
+            let (csid, stream) = &mut self.streams[idx];
             if take > 0 {
                 stream.parts.push(buf.split_to(take).freeze());
                 stream.received += take;
@@ -144,7 +144,7 @@ impl ChunkDecoder {
                 }
             }
             if take < left {
-                self.in_chunk = Some((csid, idx, left - take));
+                self.in_chunk = Some((idx, left - take));
                 return Ok(None);
             }
             self.in_chunk = None;
@@ -153,7 +153,7 @@ impl ChunkDecoder {
                 self.held -= stream.received;
                 stream.received = 0;
                 return Ok(Some(RawMessage {
-                    csid,
+                    csid: *csid,
                     timestamp: stream.timestamp,
                     type_id: stream.type_id,
                     stream_id: stream.stream_id,
@@ -164,9 +164,9 @@ impl ChunkDecoder {
         }
     }
 
-    /// Parses one chunk header if all of it is in `buf`; returns the chunk's csid,
-    /// its stream's index and the chunk's payload length.
-    fn parse_header(&mut self, buf: &mut BytesMut) -> Result<Option<(u32, usize, usize)>, ChunkError> {
+    /// Parses one chunk header if all of it is in `buf`; returns its chunk
+    /// stream's index in `streams` and the chunk's payload length.
+    fn parse_header(&mut self, buf: &mut BytesMut) -> Result<Option<(usize, usize)>, ChunkError> {
         let b = &buf[..];
         let Some(&first) = b.first() else { return Ok(None) };
         let fmt = first >> 6;
@@ -243,7 +243,7 @@ impl ChunkDecoder {
         pos += header_len + ext_len;
         let left = (stream.len - stream.received).min(self.chunk_size);
         buf.advance(pos);
-        Ok(Some((csid, idx, left)))
+        Ok(Some((idx, left)))
     }
 }
 
