@@ -39,6 +39,11 @@ pub(crate) mod defaults {
     pub(crate) const WEBRTC_OFFERS_PER_MINUTE: u32 = 60;
     pub(crate) const BROWSER_RENDITION: &str = "720p@2500k";
     pub(crate) const TRANSCODE_PRESET: &str = "veryfast";
+
+    /// RTMP event loops: one per CPU.
+    pub(crate) fn rtmp_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
 }
 
 /// The TOML file: the keys of every block, named as the flags with `_` for `-`.
@@ -78,6 +83,7 @@ pub(crate) struct File {
     pub(crate) max_gop_secs: Option<u64>,
     pub(crate) rtmp_player_group: Option<usize>,
     pub(crate) rtmp_audio_hold_ms: Option<u64>,
+    pub(crate) rtmp_threads: Option<usize>,
     pub(crate) hls_segment: Option<f64>,
     pub(crate) hls_max_segment: Option<f64>,
     pub(crate) hls_part: Option<f64>,
@@ -187,6 +193,11 @@ pub(crate) struct RtmpArgs {
     /// every message at once [default: 50].
     #[arg(long, env = "GOPBUS_RTMP_AUDIO_HOLD_MS")]
     pub(crate) rtmp_audio_hold_ms: Option<u64>,
+    /// Event-loop threads RTMP connections are spread over (each connection on the one with the fewest
+    /// at accept; its player groups run there too); 0 runs them on the shared multi-threaded runtime
+    /// [default: the number of CPUs].
+    #[arg(long, env = "GOPBUS_RTMP_THREADS")]
+    pub(crate) rtmp_threads: Option<usize>,
 }
 
 /// Resolved [`RtmpArgs`].
@@ -232,6 +243,7 @@ impl RtmpArgs {
                 .rtmp_audio_hold_ms
                 .or(f.rtmp_audio_hold_ms)
                 .map_or(d.audio_hold, |ms| Duration::from_millis(ms.min(1000))),
+            threads: self.rtmp_threads.or(f.rtmp_threads).unwrap_or_else(defaults::rtmp_threads).min(256),
             ..d
         };
         Rtmp { listen: self.rtmp.or(f.rtmp).unwrap_or_else(|| parse(defaults::RTMP, "rtmp")), config }

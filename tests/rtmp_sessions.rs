@@ -234,12 +234,16 @@ fn gauge(server: &Server, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
 }
 
-/// Ten players of one broadcast, with player groups of `group` (0: none):
-/// each gets every frame of the source, byte for byte and in order, and they
-/// are served by the groups the setting asks for.
-async fn players_of_one_broadcast(group: usize) {
+/// Ten players of one broadcast, with player groups of `group` (0: none) on
+/// `threads` RTMP event loops: each gets every frame of the source, byte for
+/// byte and in order, and they are served by the groups the settings ask for
+/// (a group serves the players of one loop).
+async fn players_of_one_broadcast(group: usize, threads: usize) {
     const PLAYERS: usize = 10;
-    let server = Server::start_with(&format!("group{group}"), &["--rtmp-player-group", &group.to_string()]);
+    let server = Server::start_with(
+        &format!("group{group}-{threads}"),
+        &["--rtmp-player-group", &group.to_string(), "--rtmp-threads", &threads.to_string()],
+    );
     let key = server.create_stream("g");
     let tags = flv::read(&Fixture::av(48000, 4)).unwrap();
     let body = |t: &Tag| t.data.clone();
@@ -265,7 +269,11 @@ async fn players_of_one_broadcast(group: usize) {
     if group == 0 {
         assert_eq!((grouped, groups), (0.0, 0.0));
     } else {
-        assert_eq!((grouped, groups), (PLAYERS as f64, PLAYERS.div_ceil(group) as f64));
+        // The players are spread evenly over the loops (each joined the one with the fewest).
+        let loops = threads.max(1);
+        let on = |i: usize| PLAYERS / loops + usize::from(i < PLAYERS % loops);
+        let expected: usize = (0..loops).map(|i| on(i).div_ceil(group)).sum();
+        assert_eq!((grouped, groups), (PLAYERS as f64, expected as f64));
     }
     drop(publishing.await.unwrap());
 
@@ -296,12 +304,19 @@ async fn players_of_one_broadcast(group: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_players_get_every_frame_in_order() {
-    players_of_one_broadcast(4).await;
+    players_of_one_broadcast(4, 1).await;
+}
+
+/// On two loops the ten players are five and five: two groups of (at most)
+/// four on each loop, four in all where one loop has three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_players_on_two_event_loops_get_every_frame_in_order() {
+    players_of_one_broadcast(4, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_groups_players_get_every_frame_in_order() {
-    players_of_one_broadcast(0).await;
+    players_of_one_broadcast(0, 0).await;
 }
 
 /// A publisher that sends as fast as TCP takes it (a backlog, a flood) is read

@@ -235,24 +235,28 @@ pub(crate) struct GroupConfig {
     pub(crate) player_queue: usize,
     /// The chunk size every connection sends with.
     pub(crate) chunk_size: usize,
+    /// Event loops (1 when connections run on the caller's runtime): a group
+    /// serves the players of one loop, on that loop.
+    pub(crate) loops: usize,
 }
 
-/// The groups of one RTMP server, by broadcast instance.
+/// The groups of one RTMP server, by event loop and broadcast instance.
 pub(crate) struct Groups {
     config: GroupConfig,
-    registry: Registry<Arc<Link>>,
+    /// One registry per event loop.
+    registries: Vec<Registry<Arc<Link>>>,
 }
 
 type Group = gopbus_bus::groups::Group<Arc<Link>>;
 
 impl Groups {
     pub(crate) fn new(config: GroupConfig) -> Self {
-        Self { config, registry: Registry::new(config.size) }
+        Self { config, registries: (0..config.loops.max(1)).map(|_| Registry::new(config.size)).collect() }
     }
 
     /// Players in a group now, and the groups.
     pub(crate) fn counts(&self) -> (usize, usize) {
-        (self.registry.members(), self.registry.running())
+        self.registries.iter().fold((0, 0), |(m, r), reg| (m + reg.members(), r + reg.running()))
     }
 
     /// Hands `playing` (caught up, its queue written) to a group of its
@@ -265,7 +269,9 @@ impl Groups {
         let wake = sub.wake_handle();
         let key = wake.broadcast_id();
         let name = sub.name().to_owned();
-        self.registry.join(
+        // The calling connection's loop: the group runs there too.
+        let on = crate::loops::current().min(self.registries.len() - 1);
+        self.registries[on].join(
             key,
             |group| {
                 let mut st = link.lock();
@@ -275,7 +281,7 @@ impl Groups {
             },
             |group| {
                 tracing::debug!(broadcast = %name, "RTMP player group started");
-                tokio::spawn(run(self.clone(), key, group.clone(), wake));
+                tokio::spawn(run(self.clone(), on, key, group.clone(), wake));
             },
         );
         None
@@ -293,7 +299,7 @@ enum Pass {
 }
 
 /// One group's task: serves its players until none is left.
-async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: BroadcastWake) {
+async fn run(groups: Arc<Groups>, on: usize, key: usize, group: Arc<Group>, wake: BroadcastWake) {
     let config = groups.config;
     let mut players: Vec<Arc<Link>> = Vec::new();
     let mut flush_at: Option<Instant> = None;
@@ -321,7 +327,7 @@ async fn run(groups: Arc<Groups>, key: usize, group: Arc<Group>, wake: Broadcast
             }
             Pass::Left => false,
         });
-        if groups.registry.left(key, &group, before - players.len()) {
+        if groups.registries[on].left(key, &group, before - players.len()) {
             return;
         }
         if players.is_empty() {

@@ -31,6 +31,7 @@
 //!   what the flow asks of the bus and the key store.
 //! - [`publish`], [`play`]: sans-IO media adapters to and from the bus.
 //! - `fanout`: groups of players served by one task per broadcast.
+//! - `loops`: the event-loop threads connections are spread over.
 //! - [`timeline`]: 32-bit timestamp unwrapping and takeover rebasing.
 #![warn(missing_docs)]
 
@@ -39,6 +40,7 @@ pub mod chunk;
 mod error;
 mod fanout;
 pub mod flow;
+mod loops;
 pub mod play;
 pub mod publish;
 mod server;

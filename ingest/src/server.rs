@@ -51,6 +51,10 @@ pub struct IngestConfig {
     /// video message; held longer, it goes with the next message of any kind
     /// (zero: written at once).
     pub audio_hold: Duration,
+    /// Event-loop threads RTMP connections are spread over, each a
+    /// single-threaded runtime (see the `loops` module); 0 runs them on the
+    /// runtime that calls [`Ingest::run`].
+    pub threads: usize,
 }
 
 impl Default for IngestConfig {
@@ -69,6 +73,7 @@ impl Default for IngestConfig {
             gop_limits: crate::publish::GopLimits::default(),
             player_group: 64,
             audio_hold: Duration::from_millis(50),
+            threads: 0,
         }
     }
 }
@@ -83,6 +88,23 @@ pub(crate) struct LivePublisher {
     pub(crate) kicked: CancellationToken,
     /// Its address.
     pub(crate) peer: SocketAddr,
+}
+
+/// An accepted socket on its way to its connection task.
+enum Accepted {
+    /// Stays on the runtime that accepted it.
+    Here(tokio::net::TcpStream),
+    /// Goes to an event loop (registered there by [`into_tokio`](Self::into_tokio), on the loop).
+    Moved(std::net::TcpStream),
+}
+
+impl Accepted {
+    fn into_tokio(self) -> std::io::Result<tokio::net::TcpStream> {
+        match self {
+            Self::Here(s) => Ok(s),
+            Self::Moved(s) => tokio::net::TcpStream::from_std(s),
+        }
+    }
 }
 
 /// A live RTMP publisher, as [`Ingest::publisher`] reports it.
@@ -139,6 +161,7 @@ impl Ingest {
             audio_hold: config.audio_hold,
             player_queue: config.player_queue,
             chunk_size: config.out_chunk_size,
+            loops: config.threads.max(1),
         }));
         Arc::new(Self {
             bus,
@@ -196,6 +219,19 @@ impl Ingest {
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
         let tracker = TaskTracker::new();
+        let loops = match self.config.threads {
+            0 => None,
+            n => match crate::loops::Loops::start(n) {
+                Ok(loops) => {
+                    tracing::info!(threads = n, "RTMP connections run on {n} event loops");
+                    Some(loops)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the RTMP event loops; connections run on the main runtime");
+                    None
+                }
+            },
+        };
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -226,27 +262,45 @@ impl Ingest {
             let span = tracing::info_span!("rtmp", id, %peer, broadcast = tracing::field::Empty);
             self.stats.connections.fetch_add(1, Ordering::Relaxed);
             self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-            tracker.spawn(
-                async move {
-                    let ingest = this.clone();
-                    let result = session::run(this, stream, id, shutdown).await;
-                    ingest.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                    ingest.leave(peer.ip());
-                    match result {
-                        Ok(()) => tracing::info!("connection closed"),
-                        Err(crate::SessionError::ClosedEarly) => {
-                            tracing::debug!("connection closed before the handshake")
-                        }
-                        Err(e) => tracing::warn!(error = %e, "connection closed with error"),
-                    }
-                    drop(permit);
+            // On an event loop, the socket moves to that loop's reactor:
+            // deregistered here, registered there by the task.
+            let (handle, placed, stream) = match &loops {
+                None => (None, None, Ok(Accepted::Here(stream))),
+                Some(loops) => {
+                    let (handle, placed) = loops.place();
+                    (Some(handle), Some(placed), stream.into_std().map(Accepted::Moved))
                 }
-                .instrument(span),
-            );
+            };
+            let connection = async move {
+                let _placed = placed;
+                let ingest = this.clone();
+                let result = match stream.and_then(Accepted::into_tokio) {
+                    Ok(stream) => session::run(this, stream, id, shutdown).await,
+                    Err(e) => Err(e.into()),
+                };
+                ingest.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                ingest.leave(peer.ip());
+                match result {
+                    Ok(()) => tracing::info!("connection closed"),
+                    Err(crate::SessionError::ClosedEarly) => {
+                        tracing::debug!("connection closed before the handshake")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "connection closed with error"),
+                }
+                drop(permit);
+            }
+            .instrument(span);
+            match handle {
+                None => tracker.spawn(connection),
+                Some(handle) => tracker.spawn_on(connection, handle),
+            };
         }
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
             tracing::warn!("connections still open 5 s after shutdown");
+        }
+        if let Some(loops) = loops {
+            loops.stop().await;
         }
     }
 
