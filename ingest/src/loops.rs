@@ -92,15 +92,23 @@ impl Loops {
     }
 
     /// Stops the loops, dropping what still runs on them, and waits for their threads.
-    pub(crate) async fn stop(self) {
+    pub(crate) async fn stop(mut self) {
         self.stop.cancel();
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
+    }
+}
+
+impl Drop for Loops {
+    /// Dropped without [`stop`](Self::stop) (the task serving them aborted):
+    /// the loops end on their own.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
