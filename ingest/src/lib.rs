@@ -15,7 +15,8 @@
 //!   written per frame and per player.
 //! - One driver task per connection, and one task per group of caught-up
 //!   players of a broadcast that writes to all of them per frame
-//!   ([`fanout`](crate::server)); admission is bounded; handshake and idle
+//!   ([`fanout`](crate::server)), both on the event loop the connection was
+//!   given at accept (`loops`); admission is bounded; handshake and idle
 //!   time are limited. A bad peer is disconnected with a logged reason and never
 //!   disturbs another connection.
 //! - Ingest never reaches into subscribers; subscribers never reach into ingest.
