@@ -268,12 +268,21 @@ async fn players_of_one_broadcast(group: usize, threads: usize) {
         (gauge(&server, "gopbus_rtmp_grouped_players"), gauge(&server, "gopbus_rtmp_player_groups"));
     if group == 0 {
         assert_eq!((grouped, groups), (0.0, 0.0));
+    } else if threads <= 1 {
+        assert_eq!((grouped, groups), (PLAYERS as f64, PLAYERS.div_ceil(group) as f64));
     } else {
-        // The players are spread evenly over the loops (each joined the one with the fewest).
-        let loops = threads.max(1);
-        let on = |i: usize| PLAYERS / loops + usize::from(i < PLAYERS % loops);
-        let expected: usize = (0..loops).map(|i| on(i).div_ceil(group)).sum();
-        assert_eq!((grouped, groups), (PLAYERS as f64, expected as f64));
+        // The first group runs on the publisher's loop, whichever loop its
+        // players are on; once it is full, players go to groups on their own
+        // loops (five and five): three or four groups, by the order they
+        // caught up in. (Where groups run is a matter of CPU, measured by
+        // `bench rtmp-fanout`; this checks that players on two loops are all
+        // grouped and get everything.)
+        assert_eq!(grouped, PLAYERS as f64);
+        let fewest = PLAYERS.div_ceil(group) as f64;
+        assert!(
+            groups == fewest || groups == fewest + 1.0,
+            "{groups} groups for {PLAYERS} players in groups of {group}"
+        );
     }
     drop(publishing.await.unwrap());
 
@@ -307,8 +316,8 @@ async fn grouped_players_get_every_frame_in_order() {
     players_of_one_broadcast(4, 1).await;
 }
 
-/// On two loops the ten players are five and five: two groups of (at most)
-/// four on each loop, four in all where one loop has three.
+/// On two loops the ten players are five and five, grouped on the
+/// publisher's loop first and then on their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_players_on_two_event_loops_get_every_frame_in_order() {
     players_of_one_broadcast(4, 2).await;

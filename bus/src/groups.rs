@@ -60,6 +60,12 @@ impl<M> Registry<M> {
         self.members.load(Relaxed)
     }
 
+    /// Whether broadcast `key` has no group yet or one with room: a member
+    /// would start its first group or join one, not start another.
+    pub fn has_room(&self, key: usize) -> bool {
+        lock(&self.by_broadcast).get(&key).is_none_or(|groups| groups.iter().any(|g| g.size.load(Relaxed) < self.size))
+    }
+
     /// Puts a member made by `make` (given its group) into a group of broadcast
     /// `key` with room; a new group is made when none has, and `start`ed
     /// (spawn its task there). Returns what `make` made.
@@ -150,7 +156,11 @@ mod tests {
             );
             group.unwrap()
         };
-        let (a, b, c, other) = (join(1, 10), join(1, 11), join(1, 12), join(2, 20));
+        assert!(registry.has_room(1), "no group yet: the first member starts one");
+        let (a, b) = (join(1, 10), join(1, 11));
+        assert!(!registry.has_room(1), "the only group is full");
+        let (c, other) = (join(1, 12), join(2, 20));
+        assert!(registry.has_room(1), "the second group has room");
         assert!(Arc::ptr_eq(&a, &b), "room in the first group");
         assert!(!Arc::ptr_eq(&a, &c), "the third member starts a second group");
         assert!(!Arc::ptr_eq(&a, &other), "another broadcast, another group");

@@ -245,13 +245,24 @@ pub(crate) struct Groups {
     config: GroupConfig,
     /// One registry per event loop.
     registries: Vec<Registry<Arc<Link>>>,
+    /// The event loops' runtimes (unset: groups run where they are started).
+    loops: std::sync::OnceLock<Vec<tokio::runtime::Handle>>,
 }
 
 type Group = gopbus_bus::groups::Group<Arc<Link>>;
 
 impl Groups {
     pub(crate) fn new(config: GroupConfig) -> Self {
-        Self { config, registries: (0..config.loops.max(1)).map(|_| Registry::new(config.size)).collect() }
+        Self {
+            config,
+            registries: (0..config.loops.max(1)).map(|_| Registry::new(config.size)).collect(),
+            loops: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Groups run on these loops from now on.
+    pub(crate) fn set_loops(&self, handles: Vec<tokio::runtime::Handle>) {
+        let _ = self.loops.set(handles);
     }
 
     /// Players in a group now, and the groups.
@@ -261,7 +272,12 @@ impl Groups {
 
     /// Hands `playing` (caught up, its queue written) to a group of its
     /// broadcast; gives it back if it cannot be grouped.
-    pub(crate) fn join(self: &Arc<Self>, link: &Arc<Link>, playing: Playing) -> Option<Playing> {
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        playing: Playing,
+        publisher: Option<usize>,
+    ) -> Option<Playing> {
         let crate::play::PlaySource::Published(sub) = &playing.sub else { return Some(playing) };
         if self.config.size == 0 || link.lock().enc.chunk_size() != self.config.chunk_size {
             return Some(playing);
@@ -269,8 +285,14 @@ impl Groups {
         let wake = sub.wake_handle();
         let key = wake.broadcast_id();
         let name = sub.name().to_owned();
-        // The calling connection's loop: the group runs there too.
-        let on = crate::loops::current().min(self.registries.len() - 1);
+        // The group runs on the publisher's loop (the one its frames come
+        // from: no thread to cross) while that loop's groups of the broadcast
+        // have room, then on the player's own (the loops write in parallel).
+        let here = crate::loops::current().min(self.registries.len() - 1);
+        let on = match publisher {
+            Some(p) if p < self.registries.len() && p != here && self.registries[p].has_room(key) => p,
+            _ => here,
+        };
         self.registries[on].join(
             key,
             |group| {
@@ -281,7 +303,11 @@ impl Groups {
             },
             |group| {
                 tracing::debug!(broadcast = %name, "RTMP player group started");
-                tokio::spawn(run(self.clone(), on, key, group.clone(), wake));
+                let task = run(self.clone(), on, key, group.clone(), wake);
+                match self.loops.get().and_then(|h| h.get(on)) {
+                    Some(handle) => drop(handle.spawn(task)),
+                    None => drop(tokio::spawn(task)),
+                }
             },
         );
         None

@@ -85,6 +85,11 @@ impl Loops {
         (&self.handles[index], Placed { load: self.load.clone(), index })
     }
 
+    /// The loops' runtimes, by index.
+    pub(crate) fn handles(&self) -> Vec<Handle> {
+        self.handles.clone()
+    }
+
     /// Connections on each loop now.
     #[cfg(test)]
     pub(crate) fn load(&self) -> Vec<usize> {

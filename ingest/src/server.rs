@@ -88,6 +88,8 @@ pub(crate) struct LivePublisher {
     pub(crate) kicked: CancellationToken,
     /// Its address.
     pub(crate) peer: SocketAddr,
+    /// The event loop it runs on (where its broadcast's player groups run).
+    pub(crate) on: usize,
 }
 
 /// An accepted socket on its way to its connection task.
@@ -224,6 +226,7 @@ impl Ingest {
             n => match crate::loops::Loops::start(n) {
                 Ok(loops) => {
                     tracing::info!(threads = n, "RTMP connections run on {n} event loops");
+                    self.groups.set_loops(loops.handles());
                     Some(loops)
                 }
                 Err(e) => {

@@ -497,6 +497,7 @@ impl Conn {
             revoked: revoked.clone(),
             kicked: kicked.clone(),
             peer: self.peer,
+            on: crate::loops::current(),
         };
         // Known before the broadcast is: a forwarder proves the name with its key.
         self.ingest.live.insert(name.clone(), live);
@@ -592,7 +593,11 @@ impl Conn {
     /// Hands the caught-up player to a group of its broadcast, if it can be grouped.
     fn group(&mut self) {
         let Some(playing) = self.playing.take() else { return };
-        self.playing = self.ingest.groups.join(&self.link, playing);
+        let publisher = match &playing.sub {
+            PlaySource::Published(sub) => self.ingest.live.get(sub.name()).map(|p| p.on),
+            _ => None,
+        };
+        self.playing = self.ingest.groups.join(&self.link, playing, publisher);
         self.grouped = self.playing.is_none();
     }
 
