@@ -235,8 +235,8 @@ pub(crate) struct GroupConfig {
     pub(crate) player_queue: usize,
     /// The chunk size every connection sends with.
     pub(crate) chunk_size: usize,
-    /// Event loops (1 when connections run on the caller's runtime): a group
-    /// serves the players of one loop, on that loop.
+    /// Event loops (1 when connections run on the caller's runtime): each
+    /// has its own groups, run on it.
     pub(crate) loops: usize,
 }
 
@@ -271,7 +271,8 @@ impl Groups {
     }
 
     /// Hands `playing` (caught up, its queue written) to a group of its
-    /// broadcast; gives it back if it cannot be grouped.
+    /// broadcast; gives it back if it cannot be grouped. `publisher` is the
+    /// loop of the broadcast's publisher when it is on this node.
     pub(crate) fn join(
         self: &Arc<Self>,
         link: &Arc<Link>,

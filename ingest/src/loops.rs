@@ -2,12 +2,12 @@
 //! RTMP connections are spread over.
 //!
 //! A connection stays on the loop it was given at accept (the one with the
-//! fewest connections) for its whole life, with the player groups its players
-//! start: its socket, its timers and the group task writing to it are driven
-//! by one thread, without the work-stealing scheduler's hand-offs between
-//! threads. It is nginx-rtmp's shape (a worker process per core) inside one
-//! process; the bus still joins them (a publisher on one loop wakes the
-//! players and groups on the others).
+//! fewest connections) for its whole life: its socket and its timers are
+//! driven by one thread, without the work-stealing scheduler's hand-offs
+//! between threads. It is nginx-rtmp's shape (a worker process per core)
+//! inside one process; the bus still joins them (a publisher on one loop wakes
+//! the players and groups on the others). Where player groups run is
+//! `fanout::Groups::join`'s choice: the publisher's loop first.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
