@@ -235,8 +235,9 @@ pub(crate) struct GroupConfig {
     pub(crate) player_queue: usize,
     /// The chunk size every connection sends with.
     pub(crate) chunk_size: usize,
-    /// Event loops (1 when connections run on the caller's runtime): each
-    /// has its own groups, run on it.
+    /// Event loops ([`IngestConfig::threads`](crate::IngestConfig::threads);
+    /// 0, connections on the caller's runtime, counts as one): each has its
+    /// own groups, run on it.
     pub(crate) loops: usize,
 }
 
@@ -245,8 +246,9 @@ pub(crate) struct Groups {
     config: GroupConfig,
     /// One registry per event loop.
     registries: Vec<Registry<Arc<Link>>>,
-    /// The event loops' runtimes (unset: groups run where they are started).
-    loops: std::sync::OnceLock<Vec<tokio::runtime::Handle>>,
+    /// The event loops' runtimes, shared with `loops::Loops` (unset: groups
+    /// run where they are started).
+    loops: std::sync::OnceLock<Arc<[tokio::runtime::Handle]>>,
 }
 
 type Group = gopbus_bus::groups::Group<Arc<Link>>;
@@ -261,7 +263,7 @@ impl Groups {
     }
 
     /// Groups run on these loops from now on.
-    pub(crate) fn set_loops(&self, handles: Vec<tokio::runtime::Handle>) {
+    pub(crate) fn set_loops(&self, handles: Arc<[tokio::runtime::Handle]>) {
         let _ = self.loops.set(handles);
     }
 

@@ -30,7 +30,8 @@ pub(crate) fn current() -> usize {
 
 /// Running event loops; stop them with [`stop`](Self::stop).
 pub(crate) struct Loops {
-    handles: Vec<Handle>,
+    /// Shared with the player groups (`fanout::Groups`), which spawn on them.
+    handles: Arc<[Handle]>,
     /// Connections on each loop now.
     load: Arc<[AtomicUsize]>,
     stop: CancellationToken,
@@ -75,7 +76,7 @@ impl Loops {
             }
         }
         let load = (0..n).map(|_| AtomicUsize::new(0)).collect();
-        Ok(Self { handles, load, stop, threads })
+        Ok(Self { handles: handles.into(), load, stop, threads })
     }
 
     /// The loop with the fewest connections now, and its count for one more.
@@ -85,8 +86,8 @@ impl Loops {
         (&self.handles[index], Placed { load: self.load.clone(), index })
     }
 
-    /// The loops' runtimes, by index.
-    pub(crate) fn handles(&self) -> Vec<Handle> {
+    /// The loops' runtimes, by index (the same list, not a copy).
+    pub(crate) fn handles(&self) -> Arc<[Handle]> {
         self.handles.clone()
     }
 

@@ -163,7 +163,7 @@ impl Ingest {
             audio_hold: config.audio_hold,
             player_queue: config.player_queue,
             chunk_size: config.out_chunk_size,
-            loops: config.threads.max(1),
+            loops: config.threads,
         }));
         Arc::new(Self {
             bus,
