@@ -237,7 +237,7 @@ fn gauge(server: &Server, name: &str) -> f64 {
 /// Ten players of one broadcast, with player groups of `group` (0: none) on
 /// `threads` RTMP event loops: each gets every frame of the source, byte for
 /// byte and in order, and they are served by the groups the settings ask for
-/// (a group serves the players of one loop).
+/// (a group writes to players of any loop).
 async fn players_of_one_broadcast(group: usize, threads: usize) {
     const PLAYERS: usize = 10;
     let server = Server::start_with(
@@ -272,11 +272,12 @@ async fn players_of_one_broadcast(group: usize, threads: usize) {
         assert_eq!((grouped, groups), (PLAYERS as f64, PLAYERS.div_ceil(group) as f64));
     } else {
         // The first group runs on the publisher's loop, whichever loop its
-        // players are on; once it is full, players go to groups on their own
-        // loops (five and five): three or four groups, by the order they
-        // caught up in. (Where groups run is a matter of CPU, measured by
-        // `bench rtmp-fanout`; this checks that players on two loops are all
-        // grouped and get everything.)
+        // players are on; past it, players are spread to even the loops
+        // (five and five: four groups; two players catching up at the same
+        // moment on two loops may both see the same counts and make it six
+        // and four: three). Which loop serves whom is `fanout::pick_loop`'s
+        // unit test; this checks that players on two loops are all grouped
+        // and get everything.
         assert_eq!(grouped, PLAYERS as f64);
         let fewest = PLAYERS.div_ceil(group) as f64;
         assert!(
@@ -317,7 +318,7 @@ async fn grouped_players_get_every_frame_in_order() {
 }
 
 /// On two loops the ten players are five and five, grouped on the
-/// publisher's loop first and then on their own.
+/// publisher's loop first and then spread over both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_players_on_two_event_loops_get_every_frame_in_order() {
     players_of_one_broadcast(4, 2).await;

@@ -60,10 +60,9 @@ impl<M> Registry<M> {
         self.members.load(Relaxed)
     }
 
-    /// Whether broadcast `key` has no group yet or one with room: a member
-    /// would start its first group or join one, not start another.
-    pub fn has_room(&self, key: usize) -> bool {
-        lock(&self.by_broadcast).get(&key).is_none_or(|groups| groups.iter().any(|g| g.size.load(Relaxed) < self.size))
+    /// Members of broadcast `key`'s groups here (in them or in their inboxes).
+    pub fn members_of(&self, key: usize) -> usize {
+        lock(&self.by_broadcast).get(&key).map_or(0, |groups| groups.iter().map(|g| g.size.load(Relaxed)).sum())
     }
 
     /// Puts a member made by `make` (given its group) into a group of broadcast
@@ -156,22 +155,23 @@ mod tests {
             );
             group.unwrap()
         };
-        assert!(registry.has_room(1), "no group yet: the first member starts one");
+        assert_eq!(registry.members_of(1), 0, "no group yet");
         let (a, b) = (join(1, 10), join(1, 11));
-        assert!(!registry.has_room(1), "the only group is full");
+        assert_eq!(registry.members_of(1), 2, "the first group is full");
         let (c, other) = (join(1, 12), join(2, 20));
-        assert!(registry.has_room(1), "the second group has room");
         assert!(Arc::ptr_eq(&a, &b), "room in the first group");
         assert!(!Arc::ptr_eq(&a, &c), "the third member starts a second group");
         assert!(!Arc::ptr_eq(&a, &other), "another broadcast, another group");
         assert_eq!(started.get(), 3);
         assert_eq!((registry.running(), registry.members()), (3, 4));
+        assert_eq!((registry.members_of(1), registry.members_of(2), registry.members_of(3)), (3, 1, 0));
         let mut members = Vec::new();
         a.take_joined(&mut members);
         assert_eq!(members, vec![10, 11]);
         assert!(!registry.left(1, &a, 1), "one member is still there");
         assert!(registry.left(1, &a, 1), "the last one left: the group goes");
         assert_eq!((registry.running(), registry.members()), (2, 2));
+        assert_eq!(registry.members_of(1), 1, "the emptied group's members are gone");
         // A new member of broadcast 1 finds room in the second group.
         let d = join(1, 13);
         assert!(Arc::ptr_eq(&c, &d));

@@ -288,14 +288,9 @@ impl Groups {
         let wake = sub.wake_handle();
         let key = wake.broadcast_id();
         let name = sub.name().to_owned();
-        // The group runs on the publisher's loop (the one its frames come
-        // from: no thread to cross) while that loop's groups of the broadcast
-        // have room, then on the player's own (the loops write in parallel).
         let here = crate::loops::current().min(self.registries.len() - 1);
-        let on = match publisher {
-            Some(p) if p < self.registries.len() && p != here && self.registries[p].has_room(key) => p,
-            _ => here,
-        };
+        let players: Vec<usize> = self.registries.iter().map(|r| r.members_of(key)).collect();
+        let on = pick_loop(&players, publisher, here, self.config.size);
         self.registries[on].join(
             key,
             |group| {
@@ -314,6 +309,24 @@ impl Groups {
             },
         );
         None
+    }
+}
+
+/// The loop a caught-up player's group runs on, given the players of its
+/// broadcast grouped on each loop now, the loop of the broadcast's publisher
+/// (when on this node), the player's own loop and the group size.
+///
+/// The broadcast's first group's worth of players is served on the
+/// publisher's loop (the one its frames come from: no thread to cross; one
+/// player costs as much as on a single runtime). Past that, on the loop with
+/// the fewest of them (the publisher's, then the player's own, on a tie): the
+/// loops write in parallel, so a frame reaches the last player after about
+/// players ÷ loops writes, not after all of them.
+fn pick_loop(players: &[usize], publisher: Option<usize>, here: usize, first: usize) -> usize {
+    let publisher = publisher.filter(|&p| p < players.len());
+    match publisher {
+        Some(p) if players[p] < first => p,
+        _ => (0..players.len()).min_by_key(|&i| (players[i], Some(i) != publisher, i != here)).unwrap_or(here),
     }
 }
 
@@ -454,6 +467,38 @@ mod tests {
             header: MessageHeader { csid: csid::VIDEO, timestamp, type_id: types::VIDEO, stream_id: 1 },
             tag: gopbus_proto::flv::FrameTag::video(&frame),
         }
+    }
+
+    /// Joins `n` players whose connections alternate over `loops` loops
+    /// (what least-loaded placement gives) and counts where their groups run.
+    fn place(n: usize, loops: usize, publisher: Option<usize>) -> Vec<usize> {
+        let mut players = vec![0; loops];
+        for i in 0..n {
+            let on = pick_loop(&players, publisher, i % loops, 64);
+            players[on] += 1;
+        }
+        players
+    }
+
+    #[test]
+    fn groups_fill_the_publishers_loop_first_then_spread_evenly() {
+        // One player, or a group's worth: on the publisher's loop, whichever
+        // loop their connections are on.
+        assert_eq!(place(1, 2, Some(1)), vec![0, 1]);
+        assert_eq!(place(64, 2, Some(0)), vec![64, 0]);
+        // Past the first group the other loop takes players until even.
+        assert_eq!(place(100, 2, Some(0)), vec![64, 36]);
+        assert_eq!(place(128, 2, Some(1)), vec![64, 64]);
+        assert_eq!(place(1000, 2, Some(0)), vec![500, 500]);
+        assert_eq!(place(1000, 4, Some(2)), vec![250, 250, 250, 250]);
+        // No publisher here (a broadcast from the bus): even from the start,
+        // each on its own loop while the counts tie.
+        assert_eq!(place(3, 2, None), vec![2, 1]);
+        assert_eq!(pick_loop(&[0, 0], None, 1, 64), 1);
+        // One registry (connections on the shared runtime).
+        assert_eq!(place(100, 1, Some(0)), vec![100]);
+        // A publisher index past the loops (cannot happen) counts as none.
+        assert_eq!(pick_loop(&[5, 3], Some(7), 0, 64), 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! between threads. It is nginx-rtmp's shape (a worker process per core)
 //! inside one process; the bus still joins them (a publisher on one loop wakes
 //! the players and groups on the others). Where player groups run is
-//! `fanout::Groups::join`'s choice: the publisher's loop first.
+//! `fanout::pick_loop`'s choice: the publisher's loop for the first group's
+//! worth of players, then evenly over the loops.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
