@@ -136,8 +136,10 @@ impl BusClient {
         config: BusConfig,
     ) -> Result<(Self, RemoteSubscriber), QuicError> {
         let client = Self::open(url, token, tls, None).await?;
-        // Whichever fails first is the error: a refused hello fails the subscription too.
-        let ((), sub) = tokio::try_join!(client.welcomed(), client.subscribe(broadcast, start, config))?;
+        // Whichever fails first is the error: a refused hello fails the
+        // subscription too, and is the error when it is known.
+        let ((), sub) = tokio::try_join!(client.welcomed(), client.subscribe(broadcast, start, config))
+            .map_err(|e| client.refusal().unwrap_or(e))?;
         Ok((client, sub))
     }
 
@@ -349,7 +351,11 @@ impl BusClient {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         // Registered after the control reader gave up (it answers the hello, then
         // clears what is pending when the connection ends): nobody would answer.
-        if let Some(gone) = self.refusal().or_else(|| self.conn.close_reason().map(QuicError::from)) {
+        // The reader records a refusal before it closes the connection, so the
+        // refusal is read after the close: read before, a refusal that came
+        // between the two reads would show as a connection closed here.
+        let closed = self.conn.close_reason();
+        if let Some(gone) = self.refusal().or_else(|| closed.map(QuicError::from)) {
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(gone);
         }
