@@ -26,6 +26,8 @@ pub(crate) async fn read_stream(
     tx: mpsc::Sender<Piece>,
     pacer: Option<Arc<super::conn::Pacer>>,
 ) {
+    // Whether the sender finished the stream (not reset it, and no error).
+    let mut finished = false;
     loop {
         let (index, frame) = match reader.message().await {
             Ok(Some(Message::Frame(wf))) => {
@@ -48,7 +50,10 @@ pub(crate) async fn read_stream(
                     Err(_) => break,
                 }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                finished = true;
+                break;
+            }
             Ok(Some(other)) => {
                 tracing::warn!(?other, "unexpected message on a GoP stream");
                 reader.stop();
@@ -66,7 +71,7 @@ pub(crate) async fn read_stream(
             return;
         }
     }
-    let _ = tx.send(Piece::Close { seq, track }).await;
+    let _ = tx.send(Piece::Close { seq, track, finished }).await;
 }
 
 /// The local publisher a merged broadcast goes into.

@@ -48,9 +48,12 @@ pub(crate) enum Piece {
     Open { track: TrackId, gop: GopHeader, prev_frames: u32 },
     /// Frame `index` of GoP `seq`.
     Frame { seq: u64, index: u32, frame: Frame },
-    /// The sub-channel of `track` in GoP `seq` ended (finished, reset, or a
-    /// reading error: whether frames are missing follows from the indexes).
-    Close { seq: u64, track: TrackId },
+    /// The sub-channel of `track` in GoP `seq` ended: `finished` when the
+    /// sender finished it (everything it wrote arrived), not when it was reset
+    /// (a GoP the sender abandoned, or whose unacknowledged tail it dropped)
+    /// or a reading error. Whether frames are missing follows from the indexes
+    /// and the next GoP's count; at the end of the broadcast, from this.
+    Close { seq: u64, track: TrackId, finished: bool },
     /// The broadcast ended (from the control stream).
     End(EndReason),
 }
@@ -89,6 +92,8 @@ struct TrackState {
     last: Option<u32>,
     /// Its stream has ended.
     closed: bool,
+    /// It ended without being finished: frames after `last` may be lost.
+    reset: bool,
 }
 
 /// One GoP being received.
@@ -219,14 +224,18 @@ impl Merger {
                     self.stats.lost_frames += 1;
                 }
             }
-            Piece::Close { seq, track } => {
+            Piece::Close { seq, track, finished } => {
+                let close = |t: &mut TrackState| {
+                    t.closed = true;
+                    t.reset |= !finished;
+                };
                 if let Some(c) = self.cur.as_mut().filter(|c| c.seq == seq) {
-                    c.tracks.entry(track).or_default().closed = true;
+                    close(c.tracks.entry(track).or_default());
                     if !c.cut && !c.queue.is_empty() && c.gap_is_permanent() {
                         Self::cut(c, sink, &mut self.stats);
                     }
                 } else if let Some(st) = self.staged.as_mut().filter(|s| s.state.seq == seq) {
-                    st.state.tracks.entry(track).or_default().closed = true;
+                    close(st.state.tracks.entry(track).or_default());
                 }
             }
             Piece::End(reason) => self.ending = Some(reason),
@@ -311,13 +320,16 @@ impl Merger {
 
     /// Ends once the end notice came and the current GoP has nothing in flight.
     /// The notice travels on the control stream and can overtake the last GoP's data.
+    /// No GoP follows the last one to give its count: it is cut when a frame
+    /// is missing (queued past a hole) or may be (a stream of it was reset —
+    /// a receiver that fell behind, say).
     fn check_end(&mut self, sink: &mut impl Sink) -> Result<Step, QuicError> {
         let Some(reason) = &self.ending else { return Ok(Step::Continue) };
         if self.staged.is_some() || self.cur.as_ref().is_some_and(|c| !c.cut && !c.all_closed()) {
             return Ok(Step::Continue);
         }
         if let Some(c) = self.cur.as_mut() {
-            if !c.cut && !c.queue.is_empty() {
+            if !c.cut && (!c.queue.is_empty() || c.tracks.values().any(|t| t.reset)) {
                 Self::cut(c, sink, &mut self.stats);
             }
         }
@@ -409,7 +421,11 @@ mod tests {
     }
 
     fn close(seq: u64, track: TrackId) -> Piece {
-        Piece::Close { seq, track }
+        Piece::Close { seq, track, finished: true }
+    }
+
+    fn reset(seq: u64, track: TrackId) -> Piece {
+        Piece::Close { seq, track, finished: false }
     }
 
     struct Run {
@@ -557,6 +573,22 @@ mod tests {
     }
 
     #[test]
+    fn the_end_after_a_reset_stream_cuts_the_last_gop() {
+        // A receiver that fell behind: the sender reset the last GoP's
+        // streams, and the end notice is all that follows. Nothing is queued
+        // past a hole, but the tail may be gone.
+        let mut r = Run::new();
+        r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, V, 0), reset(0, V), close(0, A)]);
+        let step = r.at(1, vec![Piece::End(EndReason::PublisherLeft)]);
+        assert_eq!(step, Step::End(EndReason::PublisherLeft));
+        assert_eq!(r.seen(), "G0 0 X");
+        // With no frame at all (the failure seen under load: a GoP header, then the end).
+        let mut r = Run::new();
+        r.at(0, vec![open(0, V, 0), reset(0, V), reset(0, A), Piece::End(EndReason::PublisherLeft)]);
+        assert_eq!(r.seen(), "G0 X");
+    }
+
+    #[test]
     fn a_lost_connection_releases_what_is_in_order_and_cuts_the_rest() {
         let mut r = Run::new();
         r.at(0, vec![open(0, V, 0), open(0, A, 0), frame(0, V, 0), frame(0, A, 2)]);
@@ -687,7 +719,8 @@ mod properties {
                         let h = FrameHeader { track, dts: seq as i64 * 100 + i64::from(index), cts: 0, flags: Default::default(), len: 1 };
                         s.push_back(Piece::Frame { seq, index, frame: Frame { header: h, payload: Payload::from_bytes(Bytes::from_static(b"x")) } });
                     }
-                    s.push_back(Piece::Close { seq, track });
+                    // A GoP sent whole has its streams finished; an abandoned one, reset.
+                    s.push_back(Piece::Close { seq, track, finished: whole });
                     streams.push(s);
                 }
                 // Sent whole: the next header carries the count; cut: PREV_CUT.
