@@ -84,6 +84,7 @@ pub(crate) struct File {
     pub(crate) rtmp_player_group: Option<usize>,
     pub(crate) rtmp_audio_hold_ms: Option<u64>,
     pub(crate) rtmp_threads: Option<usize>,
+    pub(crate) rtmp_loop_fill: Option<usize>,
     pub(crate) hls_segment: Option<f64>,
     pub(crate) hls_max_segment: Option<f64>,
     pub(crate) hls_part: Option<f64>,
@@ -198,6 +199,11 @@ pub(crate) struct RtmpArgs {
     /// [default: the number of CPUs].
     #[arg(long, env = "GOPBUS_RTMP_THREADS")]
     pub(crate) rtmp_threads: Option<usize>,
+    /// RTMP connections an event loop takes before the next loop gets any; once every loop has that
+    /// many, a connection goes to the loop with the fewest (0: the fewest from the first connection on)
+    /// [default: 64].
+    #[arg(long, env = "GOPBUS_RTMP_LOOP_FILL")]
+    pub(crate) rtmp_loop_fill: Option<usize>,
 }
 
 /// Resolved [`RtmpArgs`].
@@ -244,6 +250,7 @@ impl RtmpArgs {
                 .or(f.rtmp_audio_hold_ms)
                 .map_or(d.audio_hold, |ms| Duration::from_millis(ms.min(1000))),
             threads: self.rtmp_threads.or(f.rtmp_threads).unwrap_or_else(defaults::rtmp_threads).min(256),
+            loop_fill: self.rtmp_loop_fill.or(f.rtmp_loop_fill).unwrap_or(d.loop_fill),
             ..d
         };
         Rtmp { listen: self.rtmp.or(f.rtmp).unwrap_or_else(|| parse(defaults::RTMP, "rtmp")), config }

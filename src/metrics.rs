@@ -29,6 +29,15 @@ pub(crate) fn ingest(ingest: Arc<gopbus_ingest::Ingest>) -> Arc<dyn MetricsSourc
             Kind::Counter,
             n(&s.refused),
         ));
+        let loops = ingest.loop_connections();
+        if !loops.is_empty() {
+            out.push(Family {
+                name: "gopbus_rtmp_loop_connections",
+                help: "RTMP connections on each event loop now",
+                kind: Kind::Gauge,
+                samples: loops.iter().enumerate().map(|(i, n)| (vec![("loop", i.to_string())], *n as f64)).collect(),
+            });
+        }
         let (grouped, groups) = ingest.grouped_players();
         out.push(Family::one(
             "gopbus_rtmp_grouped_players",

@@ -1,10 +1,14 @@
 //! RTMP event loops: single-threaded runtimes, each on its own thread, that
 //! RTMP connections are spread over.
 //!
-//! A connection stays on the loop it was given at accept (the one with the
-//! fewest connections) for its whole life: its socket and its timers are
-//! driven by one thread, without the work-stealing scheduler's hand-offs
-//! between threads. It is nginx-rtmp's shape (a worker process per core)
+//! A connection stays on the loop it was given at accept for its whole life:
+//! its socket and its timers are driven by one thread, without the
+//! work-stealing scheduler's hand-offs between threads. The loops fill in
+//! order: a loop takes up to `fill` connections before the next one gets any,
+//! and once every loop has that many, a connection goes to the loop with the
+//! fewest. A lightly loaded server thus runs on one thread — one busy thread
+//! sleeps and wakes less than several half-busy ones, and a publisher and its
+//! first players share it — and spreads as connections grow. It is nginx-rtmp's shape (a worker process per core)
 //! inside one process; the bus still joins them (a publisher on one loop wakes
 //! the players and groups on the others). Where player groups run is
 //! `fanout::pick_loop`'s choice: the publisher's loop for the first group's
@@ -35,6 +39,8 @@ pub(crate) struct Loops {
     handles: Arc<[Handle]>,
     /// Connections on each loop now.
     load: Arc<[AtomicUsize]>,
+    /// Connections a loop takes before the next one gets any.
+    fill: usize,
     stop: CancellationToken,
     threads: Vec<JoinHandle<()>>,
 }
@@ -52,8 +58,10 @@ impl Drop for Placed {
 }
 
 impl Loops {
-    /// Starts `n` loops (threads `rtmp-0` … `rtmp-{n-1}`).
-    pub(crate) fn start(n: usize) -> std::io::Result<Self> {
+    /// Starts `n` loops (threads `rtmp-0` … `rtmp-{n-1}`), each taking up to
+    /// `fill` connections before the next one is used (0: the fewest from the
+    /// first connection on).
+    pub(crate) fn start(n: usize, fill: usize) -> std::io::Result<Self> {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -77,12 +85,15 @@ impl Loops {
             }
         }
         let load = (0..n).map(|_| AtomicUsize::new(0)).collect();
-        Ok(Self { handles: handles.into(), load, stop, threads })
+        Ok(Self { handles: handles.into(), load, fill, stop, threads })
     }
 
-    /// The loop with the fewest connections now, and its count for one more.
+    /// The first loop with fewer than `fill` connections, else the one with
+    /// the fewest; and its count for one more.
     pub(crate) fn place(&self) -> (&Handle, Placed) {
-        let index = (0..self.load.len()).min_by_key(|&i| self.load[i].load(Ordering::Relaxed)).unwrap_or(0);
+        let load = |i: usize| self.load[i].load(Ordering::Relaxed);
+        let n = self.load.len();
+        let index = (0..n).find(|&i| load(i) < self.fill).or_else(|| (0..n).min_by_key(|&i| load(i))).unwrap_or(0);
         self.load[index].fetch_add(1, Ordering::Relaxed);
         (&self.handles[index], Placed { load: self.load.clone(), index })
     }
@@ -90,6 +101,11 @@ impl Loops {
     /// The loops' runtimes, by index (the same list, not a copy).
     pub(crate) fn handles(&self) -> Arc<[Handle]> {
         self.handles.clone()
+    }
+
+    /// Counts of the connections on each loop, shared (for `/metrics`).
+    pub(crate) fn counts(&self) -> Arc<[AtomicUsize]> {
+        self.load.clone()
     }
 
     /// Connections on each loop now.
@@ -125,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_go_to_the_least_loaded_loop_and_tasks_run_there() {
-        let loops = Loops::start(3).unwrap();
+        let loops = Loops::start(3, 0).unwrap();
         let mut placed = Vec::new();
         for _ in 0..5 {
             let (handle, p) = loops.place();
@@ -153,5 +169,28 @@ mod tests {
         loops.stop().await;
         assert!(rx.await.is_err(), "a task left on a stopped loop was not dropped");
         assert_eq!(current(), 0);
+    }
+
+    #[tokio::test]
+    async fn loops_fill_in_order_then_take_the_fewest() {
+        let loops = Loops::start(3, 2).unwrap();
+        let mut placed: Vec<Placed> = (0..5).map(|_| loops.place().1).collect();
+        // Two on the first loop, then two on the second, then the third.
+        assert_eq!(loops.load(), vec![2, 2, 1]);
+        placed.push(loops.place().1);
+        assert_eq!(loops.load(), vec![2, 2, 2]);
+        // Every loop is full: the fewest, the lowest index on a tie.
+        placed.extend((0..4).map(|_| loops.place().1));
+        assert_eq!(loops.load(), vec![4, 3, 3]);
+        // The first loop empties: it is filled again first, then it has the fewest.
+        placed.retain(|p| p.index != 0);
+        assert_eq!(loops.load(), vec![0, 3, 3]);
+        placed.extend((0..2).map(|_| loops.place().1));
+        assert_eq!(loops.load(), vec![2, 3, 3]);
+        placed.push(loops.place().1);
+        assert_eq!(loops.load(), vec![3, 3, 3]);
+        drop(placed);
+        assert_eq!(loops.load(), vec![0, 0, 0]);
+        loops.stop().await;
     }
 }

@@ -55,6 +55,11 @@ pub struct IngestConfig {
     /// single-threaded runtime (see the `loops` module); 0 runs them on the
     /// runtime that calls [`Ingest::run`].
     pub threads: usize,
+    /// Connections an event loop takes before the next loop gets any; once
+    /// every loop has that many, a connection goes to the loop with the
+    /// fewest (0: the fewest from the first connection on). See the `loops`
+    /// module.
+    pub loop_fill: usize,
 }
 
 impl Default for IngestConfig {
@@ -74,6 +79,7 @@ impl Default for IngestConfig {
             player_group: 64,
             audio_hold: Duration::from_millis(50),
             threads: 0,
+            loop_fill: 64,
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct Ingest {
     pub(crate) stats: IngestStats,
     /// Groups of caught-up players.
     pub(crate) groups: Arc<crate::fanout::Groups>,
+    /// Connections on each event loop, once the loops run.
+    loop_counts: std::sync::OnceLock<Arc<[std::sync::atomic::AtomicUsize]>>,
 }
 
 /// What ingest counts, for metrics.
@@ -173,6 +181,7 @@ impl Ingest {
             live: DashMap::new(),
             hook,
             next_session: AtomicU64::new(1),
+            loop_counts: std::sync::OnceLock::new(),
             per_ip: DashMap::new(),
             per_ip_logged: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -207,6 +216,12 @@ impl Ingest {
         &self.stats
     }
 
+    /// RTMP connections on each event loop now (empty without loops; see
+    /// `IngestConfig::threads`).
+    pub fn loop_connections(&self) -> Vec<usize> {
+        self.loop_counts.get().map_or_else(Vec::new, |c| c.iter().map(|n| n.load(Ordering::Relaxed)).collect())
+    }
+
     /// RTMP players served by a group now (see `IngestConfig::player_group`), and the groups.
     pub fn grouped_players(&self) -> (usize, usize) {
         self.groups.counts()
@@ -223,10 +238,12 @@ impl Ingest {
         let tracker = TaskTracker::new();
         let loops = match self.config.threads {
             0 => None,
-            n => match crate::loops::Loops::start(n) {
+            n => match crate::loops::Loops::start(n, self.config.loop_fill) {
                 Ok(loops) => {
-                    tracing::info!(threads = n, "RTMP connections run on {n} event loops");
+                    let fill = self.config.loop_fill;
+                    tracing::info!(threads = n, fill, "RTMP connections run on {n} event loops");
                     self.groups.set_loops(loops.handles());
+                    let _ = self.loop_counts.set(loops.counts());
                     Some(loops)
                 }
                 Err(e) => {
