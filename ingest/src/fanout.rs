@@ -290,7 +290,8 @@ impl Groups {
         let name = sub.name().to_owned();
         let here = crate::loops::current().min(self.registries.len() - 1);
         let players: Vec<usize> = self.registries.iter().map(|r| r.members_of(key)).collect();
-        let on = pick_loop(&players, publisher, here, self.config.size);
+        let totals: Vec<usize> = self.registries.iter().map(|r| r.members()).collect();
+        let on = pick_loop(&players, &totals, publisher, here, self.config.size);
         self.registries[on].join(
             key,
             |group| {
@@ -313,20 +314,27 @@ impl Groups {
 }
 
 /// The loop a caught-up player's group runs on, given the players of its
-/// broadcast grouped on each loop now, the loop of the broadcast's publisher
-/// (when on this node), the player's own loop and the group size.
+/// broadcast grouped on each loop now, the players of all broadcasts grouped
+/// on each loop, the loop of the broadcast's publisher (when on this node),
+/// the player's own loop and the group size.
 ///
 /// The broadcast's first group's worth of players is served on the
 /// publisher's loop (the one its frames come from: no thread to cross; one
-/// player costs as much as on a single runtime). Past that, on the loop with
-/// the fewest of them (the publisher's, then the player's own, on a tie): the
-/// loops write in parallel, so a frame reaches the last player after about
-/// players ÷ loops writes, not after all of them.
-fn pick_loop(players: &[usize], publisher: Option<usize>, here: usize, first: usize) -> usize {
-    let publisher = publisher.filter(|&p| p < players.len());
+/// player costs as much as on a single runtime) — while that loop serves less
+/// than a group's worth of players more than the loop with the fewest, so
+/// that publishers gathered on one loop (`--rtmp-loop-fill`) do not bring
+/// every broadcast's players there. Otherwise, on the loop with the fewest
+/// players of all broadcasts, then of this one (the publisher's, then the
+/// player's own, on a tie): the loops write in parallel, so a frame of one
+/// large broadcast reaches its last player after about players ÷ loops
+/// writes, not after all of them, and many broadcasts spread over the loops.
+fn pick_loop(players: &[usize], totals: &[usize], publisher: Option<usize>, here: usize, first: usize) -> usize {
+    let n = players.len().min(totals.len());
+    let publisher = publisher.filter(|&p| p < n);
+    let fewest = totals[..n].iter().copied().min().unwrap_or(0);
     match publisher {
-        Some(p) if players[p] < first => p,
-        _ => (0..players.len()).min_by_key(|&i| (players[i], Some(i) != publisher, i != here)).unwrap_or(here),
+        Some(p) if players[p] < first && totals[p] < fewest + first => p,
+        _ => (0..n).min_by_key(|&i| (totals[i], players[i], Some(i) != publisher, i != here)).unwrap_or(here),
     }
 }
 
@@ -469,15 +477,44 @@ mod tests {
         }
     }
 
-    /// Joins `n` players whose connections alternate over `loops` loops
-    /// (what least-loaded placement gives) and counts where their groups run.
+    /// Joins `n` players of one broadcast whose connections alternate over
+    /// `loops` loops and counts where their groups run.
     fn place(n: usize, loops: usize, publisher: Option<usize>) -> Vec<usize> {
         let mut players = vec![0; loops];
         for i in 0..n {
-            let on = pick_loop(&players, publisher, i % loops, 64);
+            let on = pick_loop(&players, &players, publisher, i % loops, 64);
             players[on] += 1;
         }
         players
+    }
+
+    /// Joins the players of several broadcasts, `(players, publisher's loop)`
+    /// each, one broadcast after the other (or round-robin when `interleave`),
+    /// and counts where their groups run: per broadcast, and in all.
+    fn place_many(
+        broadcasts: &[(usize, Option<usize>)],
+        loops: usize,
+        interleave: bool,
+    ) -> (Vec<Vec<usize>>, Vec<usize>) {
+        let mut players = vec![vec![0; loops]; broadcasts.len()];
+        let mut totals = vec![0; loops];
+        let mut joins: Vec<usize> = Vec::new();
+        if interleave {
+            let most = broadcasts.iter().map(|b| b.0).max().unwrap_or(0);
+            for round in 0..most {
+                joins.extend((0..broadcasts.len()).filter(|&b| broadcasts[b].0 > round));
+            }
+        } else {
+            for (b, &(n, _)) in broadcasts.iter().enumerate() {
+                joins.extend(std::iter::repeat_n(b, n));
+            }
+        }
+        for (i, b) in joins.into_iter().enumerate() {
+            let on = pick_loop(&players[b], &totals, broadcasts[b].1, i % loops, 64);
+            players[b][on] += 1;
+            totals[on] += 1;
+        }
+        (players, totals)
     }
 
     #[test]
@@ -494,11 +531,37 @@ mod tests {
         // No publisher here (a broadcast from the bus): even from the start,
         // each on its own loop while the counts tie.
         assert_eq!(place(3, 2, None), vec![2, 1]);
-        assert_eq!(pick_loop(&[0, 0], None, 1, 64), 1);
+        assert_eq!(pick_loop(&[0, 0], &[0, 0], None, 1, 64), 1);
         // One registry (connections on the shared runtime).
         assert_eq!(place(100, 1, Some(0)), vec![100]);
         // A publisher index past the loops (cannot happen) counts as none.
-        assert_eq!(pick_loop(&[5, 3], Some(7), 0, 64), 1);
+        assert_eq!(pick_loop(&[5, 3], &[5, 3], Some(7), 0, 64), 1);
+    }
+
+    #[test]
+    fn publishers_on_one_loop_do_not_bring_every_broadcasts_players_there() {
+        // Twenty broadcasts of 30 players, every publisher on loop 0 (the
+        // loops fill in order): the loops end within a group's worth of each
+        // other, whether the players come broadcast by broadcast or mixed.
+        for interleave in [false, true] {
+            let (_, totals) = place_many(&[(30, Some(0)); 20], 2, interleave);
+            assert_eq!(totals.iter().sum::<usize>(), 600);
+            assert!(totals[0].abs_diff(totals[1]) <= 64, "{totals:?} (interleaved: {interleave})");
+        }
+        // The first broadcasts' players are all on their publisher's loop
+        // while it is less than a group's worth ahead.
+        // Past that, the loop with the fewest takes players until it is less
+        // than a group's worth behind.
+        let (per, totals) = place_many(&[(30, Some(0)), (30, Some(0)), (30, Some(0))], 2, false);
+        assert_eq!(per, vec![vec![30, 0], vec![30, 0], vec![17, 13]]);
+        assert_eq!(totals, vec![77, 13]);
+        // Publishers spread over the loops: each broadcast stays on its own.
+        let (per, _) = place_many(&[(30, Some(0)), (30, Some(1)), (30, Some(0)), (30, Some(1))], 2, true);
+        assert_eq!(per, vec![vec![30, 0], vec![0, 30], vec![30, 0], vec![0, 30]]);
+        // One large broadcast among small ones still spreads over both loops.
+        let (per, totals) = place_many(&[(30, Some(0)), (30, Some(0)), (400, Some(0))], 2, false);
+        assert!(per[2][1] >= 150, "{per:?}");
+        assert!(totals[0].abs_diff(totals[1]) <= 64, "{totals:?}");
     }
 
     #[test]

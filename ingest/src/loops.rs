@@ -8,11 +8,12 @@
 //! and once every loop has that many, a connection goes to the loop with the
 //! fewest. A lightly loaded server thus runs on one thread — one busy thread
 //! sleeps and wakes less than several half-busy ones, and a publisher and its
-//! first players share it — and spreads as connections grow. It is nginx-rtmp's shape (a worker process per core)
-//! inside one process; the bus still joins them (a publisher on one loop wakes
-//! the players and groups on the others). Where player groups run is
-//! `fanout::pick_loop`'s choice: the publisher's loop for the first group's
-//! worth of players, then evenly over the loops.
+//! first players share it — and spreads as connections grow. It is
+//! nginx-rtmp's shape (a worker process per core) inside one process; the bus
+//! still joins them (a publisher on one loop wakes the players and groups on
+//! the others). Where player groups run is `fanout::pick_loop`'s choice: the
+//! publisher's loop for the first group's worth of players while that loop is
+//! not a group's worth ahead of the others, then evenly over the loops.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
