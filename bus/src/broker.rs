@@ -203,19 +203,7 @@ impl Bus {
             .filter(|s| s.is_live())
             .ok_or_else(|| BusError::NotLive(source.to_owned()))?;
         let name = derived_name(source, track);
-        let id = {
-            let mut ids = parent.derived_ids.lock().unwrap_or_else(|e| e.into_inner());
-            match ids.iter().find(|(n, _)| n == track) {
-                Some((_, id)) => *id,
-                None => {
-                    let used = ids.len();
-                    let id = u8::try_from(usize::from(TrackId::FIRST_DERIVED.0) + used)
-                        .map_err(|_| BusError::TooManyTracks(source.to_owned()))?;
-                    ids.push((track.to_owned(), TrackId(id)));
-                    TrackId(id)
-                }
-            }
-        };
+        let id = derived_id(&parent, track)?;
         let publisher = self
             .publish_inner(&name, false)
             .ok_or_else(|| BusError::TrackTaken(name.clone()))?
@@ -259,6 +247,7 @@ impl Bus {
                 if let Some(c) = self.catalog(source) {
                     self.announce(Announcement::Changed(c));
                 }
+                self.release_source_if_unused(source);
             }
         }
     }
@@ -290,6 +279,7 @@ impl Bus {
                 if let Some(c) = self.catalog(source) {
                     self.announce(Announcement::Changed(c));
                 }
+                self.release_source_if_unused(source);
             }
         }
     }
@@ -302,8 +292,21 @@ impl Bus {
     /// Starts publishing `name`. If another publisher holds it, this one takes
     /// over: the old handle's current GoP is cut short and its operations fail with
     /// [`BusError::TakenOver`](crate::BusError::TakenOver); subscribers stay attached.
+    ///
+    /// A derived track's name (`alice/video/360p`, a track fetched from another
+    /// node) gets this bus's id for that track, as [`add_track`](Self::add_track)
+    /// gives: ids are assigned per bus, so the id the track had upstream may be
+    /// another track's here.
     pub fn publish(&self, name: &str) -> Publisher {
-        self.publish_inner(name, true).expect("takeover allowed")
+        let publisher = self.publish_inner(name, true).expect("takeover allowed");
+        let (source, Some(track)) = split_track_name(name) else { return publisher };
+        match derived_id(&self.slot(source), track) {
+            Ok(id) => publisher.for_track(id, Arc::from(track)),
+            Err(e) => {
+                tracing::warn!(broadcast = %name, error = %e, "derived track published with the ids it carries");
+                publisher
+            }
+        }
     }
 
     /// Like [`publish`](Self::publish); with `takeover` false, `None` if `name` has a publisher.
@@ -418,6 +421,18 @@ impl Bus {
         self.inner.broadcasts.remove_if(&shared.name, |_, v| Arc::ptr_eq(v, shared));
     }
 
+    /// Forgets the slot of `source` (kept for its derived tracks' ids) once
+    /// nobody publishes it, waits for it, or publishes a track of it.
+    fn release_source_if_unused(&self, source: &str) {
+        let prefix = format!("{source}/");
+        if self.inner.broadcasts.iter().any(|e| e.key().starts_with(&prefix)) {
+            return;
+        }
+        if let Some(shared) = self.inner.broadcasts.get(source).map(|s| s.clone()) {
+            self.release_if_idle(&shared);
+        }
+    }
+
     /// Forgets a slot nobody publishes or waits for.
     pub(crate) fn release_if_idle(&self, shared: &Arc<Shared>) {
         self.inner.broadcasts.remove_if(&shared.name, |_, v| {
@@ -426,4 +441,17 @@ impl Bus {
                 && v.read().publisher_token.is_none()
         });
     }
+}
+
+/// The id of `source`'s derived track `track` on this bus: the one it was
+/// given before (a track added again keeps its id), else the next free one.
+fn derived_id(source: &Shared, track: &str) -> Result<TrackId, BusError> {
+    let mut ids = source.derived_ids.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, id)) = ids.iter().find(|(n, _)| n == track) {
+        return Ok(*id);
+    }
+    let id = u8::try_from(usize::from(TrackId::FIRST_DERIVED.0) + ids.len())
+        .map_err(|_| BusError::TooManyTracks(source.name.to_string()))?;
+    ids.push((track.to_owned(), TrackId(id)));
+    Ok(TrackId(id))
 }

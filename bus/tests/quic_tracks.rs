@@ -285,3 +285,107 @@ async fn one_connection_holds_a_bounded_number_of_requests() {
     .await
     .expect("room again after unwatching");
 }
+
+/// A node that makes one derived track itself (a WebRTC node's Opus) and
+/// fetches another from upstream (the origin's rendition) into its bus: ids
+/// are the bus's, so the fetched track takes this bus's id for it, not the
+/// one it had upstream, which here is the local track's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_fetched_from_upstream_does_not_take_the_id_of_a_track_made_here() {
+    tls::install_crypto_provider();
+    let origin = node("ids", None).await;
+    let enc_bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut source = enc_bus.publish("cam");
+    let enc = client(&origin).await;
+    let _publication = enc.publish_from("cam", enc_bus.subscribe("cam", SubscribeOptions::default())).await.unwrap();
+    push_source(&mut source, 0);
+    let work_bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut rendition = work_bus.publish("out");
+    let worker = client(&origin).await;
+    let _track =
+        worker.add_track("cam", "video/av1", work_bus.subscribe("out", SubscribeOptions::default())).await.unwrap();
+    push_av1(&mut rendition, 0);
+
+    // The node: the broadcast fetched, its own track added, then the origin's.
+    let node_bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let fetcher = client(&origin).await;
+    let _cam = fetcher.subscribe_into("cam", StartAt::CurrentGop, &node_bus).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while node_bus.catalog("cam").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the broadcast reached the node");
+    let mut own = node_bus.add_track("cam", "audio/own").unwrap();
+    assert_eq!(own.track_id(), Some(TrackId::FIRST_DERIVED), "the first track made on the node");
+    assert_eq!(watcher_id(&fetcher, "video/av1").await, TrackId::FIRST_DERIVED, "the origin's id for its track");
+    let _av1 = fetcher.subscribe_into("cam/video/av1", StartAt::CurrentGop, &node_bus).await.unwrap();
+    let mut chosen = node_bus.subscribe_tracks("cam", &["video/av1", "audio/own"], SubscribeOptions::default());
+
+    let own_header = |g: i64| GopHeader {
+        seq: 0,
+        start_dts: g * 500,
+        tracks: vec![TrackInfo::audio(AudioConfig {
+            asc: vec![0x11, 0x90],
+            object_type: 2,
+            sample_rate: 48000,
+            channels: 2,
+        })],
+        metadata: None,
+    };
+    for g in 1..4 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        push_source(&mut source, g);
+        push_av1(&mut rendition, g);
+        own.open_gop(own_header(g)).unwrap();
+        for i in 0..25 {
+            own.push(frame(TrackId(0), g * 500 + i * 20, true, 4)).unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let catalog = node_bus.catalog("cam").unwrap();
+    let (av1_id, own_id) = (catalog.track("video/av1").unwrap().id, catalog.track("audio/own").unwrap().id);
+    assert_ne!(av1_id, own_id, "{catalog:?}");
+    // Every frame is named by its header as the track it is (the fill byte says which).
+    let mut header: Option<std::sync::Arc<GopHeader>> = None;
+    let mut counts = [0usize; 2];
+    while let Ok(e) = tokio::time::timeout(Duration::from_millis(300), chosen.next()).await {
+        match e {
+            Event::Gop(h) => header = Some(h),
+            Event::Frame(f) => {
+                let h = header.as_ref().expect("a header first");
+                let track = h.tracks.iter().find(|t| t.id == f.header.track).expect("the frame's track is listed");
+                let fill = f.payload.contiguous()[0];
+                match track.name.as_str() {
+                    "video/av1" => {
+                        assert_eq!(fill, 3, "{h:?}");
+                        counts[0] += 1;
+                    }
+                    "audio/own" => {
+                        assert_eq!(fill, 4, "{h:?}");
+                        counts[1] += 1;
+                    }
+                    other => panic!("unexpected track {other}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(counts[0] >= 13 && counts[1] >= 25, "frames of each track: {counts:?}");
+}
+
+/// The id `watcher`'s node gives `cam`'s track `track`.
+async fn watcher_id(watcher: &BusClient, track: &str) -> TrackId {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(t) = watcher.list().await.unwrap().first().and_then(|c| c.track(track)) {
+                return t.id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the track is listed")
+}
