@@ -58,6 +58,24 @@ fn assert_plays_well(samples: &[Value]) {
     assert_plays_well_at(samples, (640, 360));
 }
 
+/// [`assert_plays_well`], printing the logs of the WebRTC nodes at `logs`
+/// when it fails (what a node did is where the cause shows).
+fn assert_plays_well_showing(samples: &[Value], logs: &[&std::path::Path]) {
+    let checked = std::panic::catch_unwind(|| assert_plays_well(samples));
+    if let Err(e) = checked {
+        for log in logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let (head, tail) = (lines.len().min(60), lines.len().saturating_sub(60).max(60));
+            eprintln!("--- {} ({} lines) ---\n{}", log.display(), lines.len(), lines[..head].join("\n"));
+            if tail < lines.len() {
+                eprintln!("{}{}", if tail > head { "…\n" } else { "" }, lines[tail..].join("\n"));
+            }
+        }
+        std::panic::resume_unwind(e);
+    }
+}
+
 /// [`assert_plays_well`] for a picture of `size`.
 fn assert_plays_well_at(samples: &[Value], size: (u64, u64)) {
     let last = samples.last().unwrap();
@@ -214,7 +232,7 @@ fn two_webrtc_nodes_fed_over_quic_serve_browsers_with_one_opus_encoder_between_t
         let page = http_get(http, "/watch/x").expect("the watch page");
         let origin = bench::web::html_server(page.into_bytes()).unwrap();
         let samples = watch(&format!("{origin}/watch/cam?server=http://{http}"), 10);
-        assert_plays_well(&samples);
+        assert_plays_well_showing(&samples, &[&log_a, &log_b]);
     }
     let (a, b) = (std::fs::read_to_string(&log_a).unwrap(), std::fs::read_to_string(&log_b).unwrap());
     let encoders = [&a, &b].iter().filter(|l| l.contains("Opus encoder started")).count();
@@ -235,7 +253,7 @@ fn a_webrtc_node_fed_over_quic_plays_a_b_frame_source_as_the_origins_rendition()
     let page = http_get(http, "/watch/x").expect("the watch page");
     let origin = bench::web::html_server(page.into_bytes()).unwrap();
     let samples = watch(&format!("{origin}/watch/obs?server=http://{http}"), 10);
-    assert_plays_well(&samples);
+    assert_plays_well_showing(&samples, &[&log]);
     let status: Value = serde_json::from_str(&http_get(http, "/webrtc/obs").unwrap()).unwrap();
     assert_eq!(status["rendition"], "video/360p", "{status}\n{}", std::fs::read_to_string(&log).unwrap());
 }
