@@ -247,7 +247,6 @@ impl Bus {
                 if let Some(c) = self.catalog(source) {
                     self.announce(Announcement::Changed(c));
                 }
-                self.release_source_if_unused(source);
             }
         }
     }

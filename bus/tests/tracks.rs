@@ -396,3 +396,38 @@ async fn drain(sub: &mut TrackSubscriber, got: &mut Vec<Gop>) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_track_fetched_by_name_takes_this_buss_next_id_and_leaves_no_slot_behind() {
+    let bus = Bus::new(BusConfig { window: 4, max_lag: 4 });
+    let mut source = bus.publish("alice");
+    push_source_gop(&mut source, 0);
+    // What a node does with a track made elsewhere: publish it under its name.
+    let mut fetched = bus.publish("alice/video/480p");
+    assert_eq!(fetched.track_id(), Some(TrackId::FIRST_DERIVED));
+    let mut worker = bus.add_track("alice", "audio/opus").unwrap();
+    assert_eq!(worker.track_id(), Some(TrackId(TrackId::FIRST_DERIVED.0 + 1)));
+    let mut sub = bus.subscribe_tracks("alice", &["video/480p", "audio/opus"], SubscribeOptions::default());
+    push_480p_gop(&mut fetched, 1);
+    push_opus_gop(&mut worker, 1);
+    source.open_gop(source_header(1000, 640)).unwrap();
+    let (gops, _) = gops(&mut sub).await;
+    let (header, frames) = gops.iter().find(|(h, _)| h.tracks.len() == 2).expect("a GoP with both tracks");
+    assert_eq!(names(header), ["video/480p", "audio/opus"]);
+    let (video, opus) = (header.tracks[0].id, header.tracks[1].id);
+    assert_ne!(video, opus);
+    // The 480p GoP: 25 frames, a keyframe first; Opus: every frame a keyframe.
+    let of = |id| frames.iter().filter(move |f| f.header.track == id);
+    assert_eq!((of(video).count(), of(video).filter(|f| f.header.is_keyframe()).count()), (25, 1));
+    assert!(of(opus).count() >= 45 && of(opus).all(|f| f.header.is_keyframe()), "{frames:?}");
+    assert_eq!(of(video).count() + of(opus).count(), frames.len());
+
+    // A fetched track whose source is not published here keeps the source's
+    // slot (its ids) only while it lives.
+    let slots = bus.slots();
+    let lone = bus.publish("bob/audio/opus");
+    assert_eq!(lone.track_id(), Some(TrackId::FIRST_DERIVED));
+    assert_eq!(bus.slots(), slots + 2);
+    drop(lone);
+    assert_eq!(bus.slots(), slots);
+}
