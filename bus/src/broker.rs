@@ -423,11 +423,13 @@ impl Bus {
     /// Forgets the slot of `source` (kept for its derived tracks' ids) once
     /// nobody publishes it, waits for it, or publishes a track of it.
     fn release_source_if_unused(&self, source: &str) {
-        let prefix = format!("{source}/");
-        if self.inner.broadcasts.iter().any(|e| e.key().starts_with(&prefix)) {
+        let Some(shared) = self.inner.broadcasts.get(source).map(|s| s.clone()) else { return };
+        if shared.read().publisher_token.is_some() {
+            // A live source (the usual case): nothing to scan for.
             return;
         }
-        if let Some(shared) = self.inner.broadcasts.get(source).map(|s| s.clone()) {
+        let prefix = format!("{source}/");
+        if !self.inner.broadcasts.iter().any(|e| e.key().starts_with(&prefix)) {
             self.release_if_idle(&shared);
         }
     }

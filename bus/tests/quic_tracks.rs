@@ -323,16 +323,11 @@ async fn a_track_fetched_from_upstream_does_not_take_the_id_of_a_track_made_here
     let _av1 = fetcher.subscribe_into("cam/video/av1", StartAt::CurrentGop, &node_bus).await.unwrap();
     let mut chosen = node_bus.subscribe_tracks("cam", &["video/av1", "audio/own"], SubscribeOptions::default());
 
-    let own_header = |g: i64| GopHeader {
-        seq: 0,
-        start_dts: g * 500,
-        tracks: vec![TrackInfo::audio(AudioConfig {
-            asc: vec![0x11, 0x90],
-            object_type: 2,
-            sample_rate: 48000,
-            channels: 2,
-        })],
-        metadata: None,
+    // The node's own track: an audio track like the source's.
+    let own_header = |g: i64| {
+        let mut h = source_header(g * 500);
+        h.tracks.remove(0);
+        h
     };
     for g in 1..4 {
         tokio::time::sleep(Duration::from_millis(60)).await;
