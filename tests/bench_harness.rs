@@ -127,3 +127,22 @@ fn relay_compare_measures_a_gopbus_relay() {
     assert!(num(&report, 0, "join p50 ms") > 0.0, "no join was probed");
     assert_eq!(num(&report, 0, "failed joins"), 0.0);
 }
+
+/// `--server-cpus` pins every thread of the server, started by the bench or
+/// not; a list the machine cannot honour is an error, not a silent no-op.
+#[test]
+fn the_server_under_test_is_pinned_to_the_cpus_asked_for() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(cores >= 2, "this test needs two CPUs to tell a pinned process from one that is not");
+    let target = bench::target::Target::start_gopbus(std::path::Path::new(env!("CARGO_BIN_EXE_gopbus")), 1).unwrap();
+    let pid = target.pid.unwrap();
+    let before = bench::cpus::allowed(pid).unwrap();
+    assert!(before.len() > 1, "gopbus runs more than one thread: {before:?}");
+    assert!(before.iter().all(|l| l != "1"), "gopbus started pinned already: {before:?}");
+    bench::cpus::pin(pid, "1").unwrap();
+    let after = bench::cpus::allowed(pid).unwrap();
+    assert!(after.iter().all(|l| l == "1"), "a thread was left unpinned: {after:?}");
+    let e = bench::cpus::pin(pid, &cores.to_string()).unwrap_err();
+    assert!(format!("{e:#}").contains("could not pin"), "{e:#}");
+    assert!(bench::cpus::allowed(pid).unwrap().iter().all(|l| l == "1"), "a failed pin changed the mask");
+}

@@ -11,6 +11,7 @@
 //! - [`target`]: the server under test: a `gopbus serve` on loopback, or any RTMP URL.
 //! - [`moq`]: a small moq-lite client, to load moq-relay as the bench loads gopbus.
 //! - [`loadgen`]: QUIC subscribers in a process of their own (gopbus or moq-lite).
+//! - [`cpus`]: pinning the server and the bench to CPUs.
 //! - [`procstat`]: CPU and memory of a process from `/proc`.
 //! - [`alloc`]: the counting allocator of the bench binary.
 //! - [`report`]: tables and JSON.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod cpus;
 pub mod flv;
 pub mod loadgen;
 pub mod media;

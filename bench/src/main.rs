@@ -32,6 +32,10 @@ options:
   --server-pid PID      that server's pid, for CPU and memory figures
   --compare yes         with --target (rtmp-fanout, ingest): run every measurement on gopbus and on that
                         server alternately, in the same run, and report both with the ratio gopbus / other
+  --server-cpus LIST    pin the server under test (every thread) to these CPUs, as taskset takes them (0, 0-1, 0,2):
+                        the gopbus the bench starts once it listens, or --server-pid's process (rtmp-fanout,
+                        latency, ttff, ingest); both servers of --compare alike
+  --bench-cpus LIST     pin the bench itself (its players, publishers and load generators) to these CPUs
   --out DIR             where JSON reports go (default target/bench-results)
   --moq-relay PATH      relay-compare: a moq-relay binary to measure alternately with a gopbus relay
                         (default sizes 100,300; the stream 1280x720@3000 unless --video says otherwise)
@@ -64,6 +68,8 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
             "--compare" => p.compare = matches!(value.as_str(), "yes" | "true" | "1"),
             "--out" => p.out = PathBuf::from(value),
             "--moq-relay" => p.moq_relay = Some(PathBuf::from(value)),
+            "--server-cpus" => p.server_cpus = Some(value),
+            "--bench-cpus" => p.bench_cpus = Some(value),
             other => bail!("unknown option {other}\n\n{HELP}"),
         }
     }
@@ -82,6 +88,9 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
     };
     if p.compare && (p.external.is_none() || p.server_pid.is_none()) {
         bail!("--compare needs --target, --publish-url and --server-pid (the other server's CPU is the point)");
+    }
+    if p.server_cpus.is_some() && p.external.is_some() && p.server_pid.is_none() {
+        bail!("--server-cpus with --target needs --server-pid (the process to pin)");
     }
     if p.compare {
         if let Some(s) = list.iter().find(|s| !matches!(s.as_str(), "rtmp-fanout" | "ingest")) {
@@ -132,6 +141,11 @@ fn main() -> anyhow::Result<()> {
         return bench::loadgen::main(&args[1..]);
     }
     let (list, params) = parse()?;
+    if let Some(cpus) = &params.bench_cpus {
+        // Before any runtime starts: its threads, and the processes the
+        // scenarios spawn, inherit the mask.
+        bench::cpus::pin(std::process::id(), cpus)?;
+    }
     for name in list {
         eprintln!("running {name} …");
         scenarios::run(&name, &params)?;

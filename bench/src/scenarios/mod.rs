@@ -17,7 +17,7 @@ mod zero_copy;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::media::StreamSpec;
 use crate::report::Report;
@@ -72,6 +72,10 @@ pub struct Params {
     pub out: PathBuf,
     /// A moq-relay binary (relay-compare).
     pub moq_relay: Option<PathBuf>,
+    /// CPUs the server under test is pinned to (RTMP scenarios), as taskset takes them.
+    pub server_cpus: Option<String>,
+    /// CPUs the bench pinned itself to (set by `main`; recorded in the report).
+    pub bench_cpus: Option<String>,
 }
 
 impl Default for Params {
@@ -90,6 +94,8 @@ impl Default for Params {
             load_players: 100,
             out: PathBuf::from("target/bench-results"),
             moq_relay: None,
+            server_cpus: None,
+            bench_cpus: None,
         }
     }
 }
@@ -114,18 +120,24 @@ impl Params {
         self.sizes.clone().unwrap_or_else(|| default.to_vec())
     }
 
-    /// Starts the server under test with `streams` streams.
+    /// Starts the server under test with `streams` streams, pinned to
+    /// `server_cpus` when given.
     fn target(&self, streams: usize) -> anyhow::Result<Target> {
-        match &self.external {
-            Some((play, publish)) => Target::external(play, publish, self.server_pid, streams),
+        let target = match &self.external {
+            Some((play, publish)) => Target::external(play, publish, self.server_pid, streams)?,
             None => {
                 let bin = match &self.gopbus {
                     Some(b) => b.clone(),
                     None => default_gopbus()?,
                 };
-                Target::start_gopbus_with(&bin, streams, &self.gopbus_flags)
+                Target::start_gopbus_with(&bin, streams, &self.gopbus_flags)?
             }
+        };
+        if let Some(cpus) = &self.server_cpus {
+            let pid = target.pid.context("--server-cpus needs the server's pid (--server-pid)")?;
+            crate::cpus::pin(pid, cpus)?;
         }
+        Ok(target)
     }
 
     /// The servers a scenario measures, each with the params that select it:
@@ -156,6 +168,8 @@ impl Params {
                 (Some((p, _)), false) => p.clone(),
                 (None, _) => "gopbus (started by the bench)".to_owned(),
             },
+            "server cpus": self.server_cpus.as_deref().unwrap_or("any"),
+            "bench cpus": self.bench_cpus.as_deref().unwrap_or("any"),
         })
     }
 }
