@@ -92,6 +92,12 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
     if p.server_cpus.is_some() && p.external.is_some() && p.server_pid.is_none() {
         bail!("--server-cpus with --target needs --server-pid (the process to pin)");
     }
+    if p.server_cpus.is_some() {
+        // The others start their gopbus themselves; their reports would claim a pin they did not make.
+        if let Some(s) = list.iter().find(|s| !matches!(s.as_str(), "rtmp-fanout" | "latency" | "ttff" | "ingest")) {
+            bail!("--server-cpus is for rtmp-fanout, latency, ttff and ingest, not {s}");
+        }
+    }
     if p.compare {
         if let Some(s) = list.iter().find(|s| !matches!(s.as_str(), "rtmp-fanout" | "ingest")) {
             bail!("--compare is for rtmp-fanout and ingest, not {s}");
