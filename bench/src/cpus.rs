@@ -23,18 +23,3 @@ pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// The CPUs every thread of `pid` may run on, from `/proc` (`Cpus_allowed_list`),
-/// one entry per thread.
-pub fn allowed(pid: u32) -> anyhow::Result<Vec<String>> {
-    let mut lists = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let status = std::fs::read_to_string(task?.path().join("status"))?;
-        let list = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .context("no Cpus_allowed_list in /proc status")?;
-        lists.push(list.trim().to_owned());
-    }
-    Ok(lists)
-}
