@@ -66,11 +66,14 @@ fn assert_plays_well_showing(samples: &[Value], logs: &[&std::path::Path]) {
         for log in logs {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            let (head, tail) = (lines.len().min(60), lines.len().saturating_sub(60).max(60));
-            eprintln!("--- {} ({} lines) ---\n{}", log.display(), lines.len(), lines[..head].join("\n"));
-            if tail < lines.len() {
-                eprintln!("{}{}", if tail > head { "…\n" } else { "" }, lines[tail..].join("\n"));
-            }
+            let n = lines.len();
+            // All of it, or its first and last 60 lines.
+            let shown = if n <= 120 {
+                lines.join("\n")
+            } else {
+                format!("{}\n…\n{}", lines[..60].join("\n"), lines[n - 60..].join("\n"))
+            };
+            eprintln!("--- {} ({n} lines) ---\n{shown}", log.display());
         }
         std::panic::resume_unwind(e);
     }
