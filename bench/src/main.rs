@@ -94,14 +94,10 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
     }
     if p.server_cpus.is_some() {
         // The others start their gopbus themselves; their reports would claim a pin they did not make.
-        if let Some(s) = list.iter().find(|s| !matches!(s.as_str(), "rtmp-fanout" | "latency" | "ttff" | "ingest")) {
-            bail!("--server-cpus is for rtmp-fanout, latency, ttff and ingest, not {s}");
-        }
+        only_for("--server-cpus", &list, &["rtmp-fanout", "latency", "ttff", "ingest"])?;
     }
     if p.compare {
-        if let Some(s) = list.iter().find(|s| !matches!(s.as_str(), "rtmp-fanout" | "ingest")) {
-            bail!("--compare is for rtmp-fanout and ingest, not {s}");
-        }
+        only_for("--compare", &list, &["rtmp-fanout", "ingest"])?;
     }
     if p.external.is_some() {
         for s in &list {
@@ -120,6 +116,14 @@ fn parse() -> anyhow::Result<(Vec<String>, Params)> {
         }
     }
     Ok((list, p))
+}
+
+/// Refuses `flag` for a scenario of `list` not among `scenarios`.
+fn only_for(flag: &str, list: &[String], scenarios: &[&str]) -> anyhow::Result<()> {
+    match list.iter().find(|s| !scenarios.contains(&s.as_str())) {
+        Some(s) => bail!("{flag} is for {}, not {s}", scenarios.join(", ")),
+        None => Ok(()),
+    }
 }
 
 /// `whep-viewers HTTP NAME N SECONDS`: N WHEP viewers in this process (a
